@@ -1,0 +1,125 @@
+"""API service (aiohttp): usage and cost queries over the consumption store, plus ``/metrics`` and ``/healthz``.
+
+Reads: PostgreSQL. Every query parameter is checked: an unknown parameter or a bad value is a 400 that names it, so a
+typo never silently returns the unfiltered answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+
+import asyncpg
+from aiohttp import web
+
+from costmesh.common import db
+from costmesh.common.metrics import ERRORS, metrics_routes
+from costmesh.common.runtime import ServiceContext
+
+log = logging.getLogger(__name__)
+
+POOL = web.AppKey("pool", asyncpg.Pool)
+
+#: Dimensions a usage query may group by; the values are the column names (never interpolated from the request).
+GROUPS = {
+    "tenant": "tenant",
+    "feature": "feature",
+    "agent": "agent",
+    "src_workload": "src_workload",
+    "dst": "dst",
+    "protocol": "protocol",
+    "tenant_method": "tenant_method",
+}
+MEASURES = (
+    "requests",
+    "errors",
+    "bytes_in",
+    "bytes_out",
+    "busy_us",
+    "tokens_in",
+    "tokens_out",
+    "tokens_cached",
+    "tokens_reasoning",
+)
+
+
+class BadRequest(web.HTTPBadRequest):
+    def __init__(self, message: str) -> None:
+        ERRORS.labels("api", "bad_request").inc()
+        super().__init__(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _params(request: web.Request, allowed: set[str]) -> dict[str, str]:
+    unknown = sorted(set(request.query) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown parameter {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+    return dict(request.query)
+
+
+def _time(params: dict[str, str], name: str) -> datetime | None:
+    if name not in params:
+        return None
+    try:
+        value = datetime.fromisoformat(params[name].replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"parameter {name!r}: not an ISO 8601 time: {params[name]!r}") from None
+    if value.tzinfo is None:
+        raise BadRequest(f"parameter {name!r}: give a time zone (e.g. Z)")
+    return value
+
+
+async def usage(request: web.Request) -> web.Response:
+    """``GET /v1/usage?group_by=tenant[&from=ISO][&to=ISO]``: consumption summed per group."""
+    params = _params(request, {"group_by", "from", "to"})
+    group = params.get("group_by", "tenant")
+    if group not in GROUPS:
+        raise BadRequest(f"parameter 'group_by': unknown dimension {group!r}; one of {', '.join(GROUPS)}")
+    start, end = _time(params, "from"), _time(params, "to")
+    column = GROUPS[group]
+    sums = ", ".join(f"sum({m})::bigint AS {m}" for m in MEASURES)
+    sql = (
+        f"SELECT {column} AS key, {sums} FROM consumption_minute "
+        "WHERE ($1::timestamptz IS NULL OR minute >= $1) AND ($2::timestamptz IS NULL OR minute < $2) "
+        f"GROUP BY {column} ORDER BY requests DESC, key"
+    )
+    async with request.app[POOL].acquire() as conn:
+        rows = await conn.fetch(sql, start, end)
+    return web.json_response(
+        {"group_by": group, "rows": [{group: r["key"], **{m: r[m] for m in MEASURES}} for r in rows]}
+    )
+
+
+async def ingest(request: web.Request) -> web.Response:
+    """``GET /v1/ingest``: how many batches and records the attributor has applied (for supervisors and demos)."""
+    _params(request, set())
+    async with request.app[POOL].acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS batches, coalesce(sum(records), 0)::bigint AS records FROM applied_batches"
+        )
+    return web.json_response({"applied_batches": row["batches"], "applied_records": row["records"]})
+
+
+def make_app(pool: asyncpg.Pool, ctx: ServiceContext) -> web.Application:
+    app = web.Application()
+    app[POOL] = pool
+    app.router.add_get("/v1/usage", usage)
+    app.router.add_get("/v1/ingest", ingest)
+    metrics_routes(app, ctx.health_state)
+    return app
+
+
+async def main(ctx: ServiceContext) -> None:
+    pool = await db.create_pool(ctx.dsn)
+    await db.migrate(pool)
+    runner = web.AppRunner(make_app(pool, ctx), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, ctx.config.api.host, ctx.config.api.port)
+    await site.start()
+    log.info("api listening", extra={"host": ctx.config.api.host, "port": ctx.config.api.port})
+    ctx.ready = True
+    try:
+        await ctx.stopping.wait()
+    finally:
+        await runner.cleanup()
+        await pool.close()

@@ -1,0 +1,215 @@
+"""The ``costmesh`` command: the embedded stack (``up``, ``demo``), each service alone, and config checks.
+
+Exit status: 0 success, 1 a runtime failure (an unreachable server, a service that died), 2 bad usage or bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from costmesh import __version__
+from costmesh.common.config import Config, ConfigError, load_config
+from costmesh.common.logs import setup_logging
+from costmesh.common.natsio import Unreachable
+
+log = logging.getLogger("costmesh.cli")
+
+SERVICES = {
+    "sensor": "Capture traffic on this node (or replay captures) and send per-window call records to the redactor.",
+    "redactor": "Check and redact this node's call records and publish them to the JetStream events stream.",
+    "attributor": "Consume the events stream exactly once into the consumption store in PostgreSQL.",
+    "billing": "Import bills and revenue and run cost allocation.",
+    "api": "Serve the HTTP API: usage and cost queries, /metrics and /healthz.",
+}
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"costmesh: invalid config: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _service_parser(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=SERVICES[name], description=SERVICES[name])
+    p.add_argument("--config", help="config file (TOML); defaults apply without one")
+    p.add_argument("--nats-url", default="", help="NATS URL (default: nats.url from config)")
+    p.add_argument("--dsn", default="", help="PostgreSQL DSN (default: postgres.dsn / dsn_env from config)")
+    p.add_argument("--metrics-port", type=int, default=0, help="port of /metrics and /healthz (0: a free port)")
+    if name == "sensor":
+        p.add_argument(
+            "--replay",
+            action="append",
+            default=[],
+            metavar="CAPTURE",
+            help="replay a capture file through the sensor (repeatable)",
+        )
+    if name == "api":
+        p.add_argument("--api-port", type=int, default=0, help="API listen port (default: api.port from config)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="costmesh",
+        description="Runtime cost attribution for multi-tenant SaaS: who consumed what, and what it cost.",
+    )
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="override the config's level"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser(
+        "up",
+        help="Run everything: embedded NATS and PostgreSQL (unless configured) and all services.",
+        description="Run everything: embedded NATS and PostgreSQL (unless configured) and all services.",
+    )
+    up.add_argument("--config", help="config file (TOML)")
+    up.add_argument("--data-dir", help="folder for embedded NATS and PostgreSQL data (default: data_dir from config)")
+    up.add_argument("--replay", action="append", default=[], metavar="CAPTURE", help="capture for the sensor to replay")
+    up.add_argument("--api-port", type=int, default=0, help="API listen port (default: api.port from config)")
+
+    demo = sub.add_parser(
+        "demo",
+        help="Replay a capture through the whole embedded pipeline and print usage per tenant.",
+        description="Replay a capture through the whole embedded pipeline and print usage per tenant.",
+    )
+    demo.add_argument("--capture", required=True, help="capture file (pcap) to replay")
+    demo.add_argument("--config", help="config file (TOML)")
+    demo.add_argument("--timeout", type=float, default=60, help="seconds to wait for the pipeline (default 60)")
+
+    for name in SERVICES:
+        _service_parser(sub, name)
+
+    config = sub.add_parser("config", help="Work with config files.", description="Work with config files.")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_sub.add_parser(
+        "check",
+        help="Validate a config file; exit 2 naming file, key and reason if invalid.",
+        description="Validate a config file; exit 2 naming file, key and reason if invalid.",
+    )
+    check.add_argument("file", help="config file (TOML)")
+
+    sub.add_parser("version", help="Print the costmesh version.", description="Print the costmesh version.")
+    return parser
+
+
+def _run_service(args: argparse.Namespace, config: Config) -> int:
+    from costmesh.common.db import dsn_of
+    from costmesh.common.runtime import ServiceContext, run_service
+
+    nats_url = args.nats_url or config.nats.url
+    try:
+        dsn = args.dsn or dsn_of(config.postgres)
+    except ConfigError as exc:
+        print(f"costmesh: invalid config: {exc}", file=sys.stderr)
+        return 2
+    if not nats_url:
+        print("costmesh: no NATS URL: give --nats-url or nats.url (or run `costmesh up`)", file=sys.stderr)
+        return 2
+    if args.command in ("attributor", "billing", "api") and not dsn:
+        print("costmesh: no PostgreSQL DSN: give --dsn or postgres.dsn (or run `costmesh up`)", file=sys.stderr)
+        return 2
+    ctx = ServiceContext(args.command, config, nats_url, dsn, args.metrics_port)
+    if args.command == "sensor":
+        from costmesh.sensor import service as sensor
+
+        replay = [Path(p) for p in args.replay]
+        return run_service(ctx, lambda c: sensor.main(c, replay))
+    if args.command == "api" and args.api_port:
+        config.api.port = args.api_port
+    module = {
+        "redactor": "costmesh.redactor.service",
+        "attributor": "costmesh.attributor.service",
+        "billing": "costmesh.billing.service",
+        "api": "costmesh.api.app",
+    }[args.command]
+    main = __import__(module, fromlist=["main"]).main
+    return run_service(ctx, main)
+
+
+def _demo(args: argparse.Namespace, config: Config) -> int:
+    from costmesh.common.embedded import free_port
+    from costmesh.common.supervisor import Stack, http_json
+
+    with tempfile.TemporaryDirectory(prefix="costmesh-demo-") as tmp:
+        stack = Stack(config, args.config, Path(tmp), [args.capture], api_port=free_port())
+        try:
+            stack.start()
+            end = time.monotonic() + args.timeout
+            base = f"http://127.0.0.1:{stack.api_port}"
+            while True:
+                sensor = stack.health("sensor")
+                applied = http_json(base + "/v1/ingest")["applied_batches"]
+                if sensor.get("replay_done") and applied >= int(sensor.get("batches_published", 0)):
+                    break
+                if time.monotonic() > end:
+                    print(
+                        f"costmesh: demo timed out: {applied} of {sensor.get('batches_published')} batches applied",
+                        file=sys.stderr,
+                    )
+                    return 1
+                time.sleep(0.2)
+            rows = http_json(base + "/v1/usage?group_by=tenant")["rows"]
+        finally:
+            stack.stop()
+    print(render_table(rows, ["tenant", "requests", "errors", "bytes_in", "bytes_out", "busy_us"]))
+    return 0
+
+
+def render_table(rows: list[dict], columns: list[str]) -> str:
+    """A plain aligned text table; empty tenant shows as ``(none)``."""
+    cells = [[str(r.get(c, "")) or "(none)" for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(
+            v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        )
+
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(f"costmesh {__version__}")
+        return 0
+    if args.command == "config":
+        try:
+            load_config(args.file)
+        except ConfigError as exc:
+            print(f"costmesh: invalid config: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.file}: ok")
+        return 0
+    config = _load(getattr(args, "config", None))
+    if args.log_level:
+        config.log_level = args.log_level
+    if args.command in SERVICES:
+        return _run_service(args, config)
+    setup_logging("up", config.log_level)
+    try:
+        if args.command == "demo":
+            return _demo(args, config)
+        from costmesh.common.supervisor import run_up
+
+        if args.api_port:
+            config.api.port = args.api_port
+        return run_up(config, args.config, Path(args.data_dir or config.data_dir), args.replay)
+    except Unreachable as exc:
+        print(f"costmesh: {exc}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"costmesh: invalid config: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""What the services share: message contracts, config, NATS and database helpers, metrics, the embedded runtime."""

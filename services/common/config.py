@@ -1,0 +1,232 @@
+"""The one config file (TOML), validated by msgspec.
+
+Every section is a Struct that forbids unknown keys, so a typo is an error with its key path, never a silent default.
+Secrets are never written in the file: a field named ``*_env`` names the environment variable that holds the value,
+and ``resolve_secret`` reads it when the service needs it.
+
+An empty ``nats.url`` or ``postgres.dsn`` means "use the embedded default" (``costmesh up`` starts them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the file, the key and the reason."""
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class NatsConfig(_Section):
+    url: str = ""
+    #: Path of a NATS ``.creds`` file (JWT + nkey seed).
+    creds_file: str = ""
+    #: Path of an nkey seed file (``SU...``) for nkey authentication.
+    nkey_seed_file: str = ""
+    user: str = ""
+    password_env: str = ""
+    token_env: str = ""
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: Require TLS even when the URL says ``nats://``.
+    tls_required: bool = False
+    stream: str = "COSTMESH_EVENTS"
+    #: Stream replicas: 1 on one server, 3 on a production cluster.
+    replicas: int = 1
+    #: Server-side de-duplication window for ``Nats-Msg-Id``, seconds.
+    duplicate_window_s: int = 120
+    max_age_h: int = 72
+
+
+class PostgresConfig(_Section):
+    dsn: str = ""
+    #: Environment variable holding the DSN (it usually carries a password).
+    dsn_env: str = ""
+
+
+class Rule(_Section):
+    """One extraction rule: where to find a tenant, feature or agent id. First match wins, per target."""
+
+    source: Literal["header", "baggage", "jwt_claim", "query", "path", "body", "pg_database", "pg_user", "sni", "host"]
+    target: Literal["tenant", "feature", "agent"] = "tenant"
+    #: Header name, baggage key, JWT claim, query parameter or JSON body field (dotted: ``metadata.user_id``).
+    key: str = ""
+    #: For ``path``, ``sni``, ``host``, ``pg_*``: a regular expression whose first group (or whole match) is the id.
+    pattern: str = ""
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.source in ("header", "baggage", "jwt_claim", "query", "body") and not self.key:
+            raise ValueError(f"source {self.source!r} needs a key")
+        if self.pattern:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid pattern {self.pattern!r}: {exc}") from exc
+
+
+def default_rules() -> list[Rule]:
+    """The rules that need no config: ``X-Tenant-ID``, ``X-Customer-ID``, and the ``tenant`` key of W3C baggage."""
+    return [
+        Rule(source="header", key="x-tenant-id", name="header:x-tenant-id"),
+        Rule(source="header", key="x-customer-id", name="header:x-customer-id"),
+        Rule(source="baggage", key="tenant", name="baggage:tenant"),
+        Rule(target="feature", source="header", key="x-feature", name="header:x-feature"),
+        Rule(target="agent", source="header", key="x-agent-id", name="header:x-agent-id"),
+    ]
+
+
+class Workload(_Section):
+    """A static name for an address (bare hosts, offline analysis): ``address`` is an IP or CIDR, ``port`` optional."""
+
+    address: str
+    name: str
+    port: int = 0
+    zone: str = ""
+    #: Background work whose consumption is modeled as ``platform`` rather than left unallocated.
+    background: bool = False
+
+
+class ResourceMapping(_Section):
+    """Maps billed resources to observed ones: a bill line matching ``match`` is the observed resource ``resource``."""
+
+    resource: str
+    kind: Literal["database", "queue", "nat_gateway", "cross_az", "compute", "ai_api", "storage", "other"]
+    #: Regular expression over the bill line's resource id / ARN / name.
+    match: str = ""
+    #: Observed endpoints (``host:port`` or DNS names) that are this resource.
+    endpoints: list[str] = []
+
+
+class Price(_Section):
+    """AI token prices in micro-dollars per million tokens (integers: never float money)."""
+
+    provider: str
+    model: str
+    input_micros_per_mtok: int
+    output_micros_per_mtok: int
+    cached_micros_per_mtok: int = 0
+    reasoning_micros_per_mtok: int = 0
+
+
+class AlertRule(_Section):
+    """Runaway-AI-cost rule for a scope (empty field = any)."""
+
+    tenant: str = ""
+    feature: str = ""
+    agent: str = ""
+    budget_micros_per_hour: int = 0
+    spike_factor: float = 3.0
+    window_s: int = 300
+    cooldown_s: int = 900
+
+
+class SlackConfig(_Section):
+    webhook_url_env: str = ""
+
+
+class SensorConfig(_Section):
+    window_s: float = 1.0
+    interfaces: list[str] = msgspec.field(default_factory=lambda: ["lo"])
+    snaplen: int = 512
+    #: Ports on which flows joined mid-stream are taken as PostgreSQL / HTTP.
+    postgres_ports: list[int] = msgspec.field(default_factory=lambda: [5432])
+    http_ports: list[int] = msgspec.field(default_factory=lambda: [80, 8000, 8080])
+    max_flows: int = 65536
+    #: How many records one published batch holds at most.
+    batch_records: int = 500
+
+
+class RedactorConfig(_Section):
+    #: Environment variable with the HMAC key; when set, tenant ids leave the node pseudonymised.
+    tenant_hmac_key_env: str = ""
+
+
+class AttributorConfig(_Section):
+    durable: str = "attributor"
+    fetch_batch: int = 64
+    retention_minute_days: int = 14
+    retention_hourly_days: int = 396
+
+
+class ApiConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Environment variable with bearer tokens, ``token:role`` pairs separated by commas; empty = no auth (loopback).
+    tokens_env: str = ""
+
+
+class MetricsConfig(_Section):
+    host: str = "127.0.0.1"
+    #: First port of the per-service metrics/health listeners (sensor, redactor, attributor, billing, api-offset);
+    #: 0 picks free ports.
+    base_port: int = 0
+
+
+class Config(_Section):
+    node: str = ""
+    data_dir: str = ".costmesh"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    postgres: PostgresConfig = msgspec.field(default_factory=PostgresConfig)
+    sensor: SensorConfig = msgspec.field(default_factory=SensorConfig)
+    redactor: RedactorConfig = msgspec.field(default_factory=RedactorConfig)
+    attributor: AttributorConfig = msgspec.field(default_factory=AttributorConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    slack: SlackConfig = msgspec.field(default_factory=SlackConfig)
+    rules: list[Rule] = msgspec.field(default_factory=default_rules)
+    workloads: list[Workload] = []
+    resources: list[ResourceMapping] = []
+    prices: list[Price] = []
+    alert_rules: list[AlertRule] = []
+
+    def node_name(self) -> str:
+        return self.node or os.uname().nodename
+
+
+_PATH_RE = re.compile(r"at `\$(?P<path>[^`]*)`")
+
+
+def _key_of(message: str) -> str:
+    match = _PATH_RE.search(message)
+    return match.group("path").lstrip(".") if match else ""
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate a config file; ``None`` gives the defaults. Raises ``ConfigError`` naming file, key, reason."""
+    if path is None:
+        return Config()
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from exc
+    try:
+        return msgspec.toml.decode(raw, type=Config)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        key = _key_of(text)
+        reason = _PATH_RE.sub("", text).strip().rstrip("-").strip()
+        raise ConfigError(f"{file}: key {key or '(top level)'}: {reason}") from exc
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+
+
+def resolve_secret(env_name: str, what: str) -> str:
+    """The value of a secret named by an ``*_env`` field; empty name → empty secret. Missing variable is an error."""
+    if not env_name:
+        return ""
+    value = os.environ.get(env_name)
+    if value is None:
+        raise ConfigError(f"{what}: environment variable {env_name} is not set")
+    return value

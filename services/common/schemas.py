@@ -1,0 +1,157 @@
+"""Message contracts shared by every service: what travels on NATS between sensor, redactor, attributor and alerting.
+
+Every message is a ``msgspec.Struct`` encoded as msgpack. Each carries ``v`` (the contract version) so that a reader can
+refuse what it does not understand instead of misreading it. Units live in field names (``bytes_out``, ``busy_us``,
+``window_start_us``): times are integer microseconds since the Unix epoch, durations integer microseconds.
+
+Bus messages form a tagged union on ``type`` so one decoder can read any of them (``BusMessage``).
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+import msgspec
+
+CONTRACT_VERSION: Final = 1
+
+#: How the tenant of a record was found. ``header``/``baggage``/``jwt``/``query``/``path``/``body``/``db``/``sni``/
+#: ``host`` are measured directly on the call; ``trace`` joins an untagged call to a tagged one of the same trace;
+#: ``propagated`` comes from the caller's inbound tenant mix; ``platform`` is modeled background work; ``unallocated``
+#: means nothing could be said.
+TenantMethod = Literal[
+    "header",
+    "baggage",
+    "jwt",
+    "query",
+    "path",
+    "body",
+    "db",
+    "sni",
+    "host",
+    "trace",
+    "propagated",
+    "platform",
+    "unallocated",
+]
+
+#: Application protocol of a call, as the sensor recognised it.
+Protocol = Literal["http", "postgres", "tls", "dns", "kafka", "redis", "mongodb", "amqp", "nats", "tcp", "udp"]
+
+
+class ObservedCall(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """All calls of one kind seen in one window between one source and one destination, for one tenant/feature/agent.
+
+    The sensor aggregates per window (default 1 s) so that the bus carries records, not packets. ``dst`` is a workload
+    name when the destination is known, else an external name (SNI, DNS, host) or ``ip:port``.
+    """
+
+    v: int = CONTRACT_VERSION
+    window_start_us: int
+    window_end_us: int
+    node: str
+    src_workload: str
+    dst: str
+    protocol: Protocol
+    operation: str = ""
+    tenant: str = ""
+    tenant_method: TenantMethod = "unallocated"
+    tenant_rule: str = ""
+    feature: str = ""
+    agent: str = ""
+    requests: int = 0
+    errors: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    busy_us: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cached: int = 0
+    tokens_reasoning: int = 0
+    provider: str = ""
+    model: str = ""
+
+
+class FlowVolume(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Bytes and packets of one flow direction (``src`` → ``dst``) in one window, counted in the kernel.
+
+    These count every byte, also those never copied to user space: data-transfer, NAT and cross-zone cost is split by
+    them.
+    """
+
+    v: int = CONTRACT_VERSION
+    window_start_us: int
+    window_end_us: int
+    node: str
+    l4: Literal["tcp", "udp"]
+    src_addr: str
+    src_port: int
+    dst_addr: str
+    dst_port: int
+    bytes: int = 0
+    packets: int = 0
+    src_workload: str = ""
+    dst_workload: str = ""
+
+
+class CallBatch(msgspec.Struct, tag="call_batch", tag_field="type", kw_only=True, omit_defaults=True):
+    """One publish from a node: its id is the ``Nats-Msg-Id`` and the attributor's applied-batch key.
+
+    ``seq`` increases per node and sensor run, so gaps and reorderings can be seen.
+    """
+
+    v: int = CONTRACT_VERSION
+    batch_id: str
+    node: str
+    seq: int
+    records: list[ObservedCall] = []
+    flows: list[FlowVolume] = []
+
+
+class Alert(msgspec.Struct, tag="alert", tag_field="type", kw_only=True, omit_defaults=True):
+    """A runaway-AI-cost alert, firing or resolved, for one tenant/feature/agent scope.
+
+    Rates are integer micro-dollars per hour so that alerts never carry float money.
+    """
+
+    v: int = CONTRACT_VERSION
+    alert_id: str
+    state: Literal["firing", "resolved"]
+    reason: Literal["budget", "spike"]
+    tenant: str = ""
+    feature: str = ""
+    agent: str = ""
+    rate_micros_per_hour: int = 0
+    budget_micros_per_hour: int = 0
+    baseline_micros_per_hour: int = 0
+    window_s: int = 0
+    started_at_us: int = 0
+    at_us: int = 0
+    message: str = ""
+
+
+BusMessage = CallBatch | Alert
+
+
+class Codec:
+    """One reused msgpack encoder and decoder per service, as msgspec recommends for speed."""
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(BusMessage)
+        self._batch_decoder = msgspec.msgpack.Decoder(CallBatch)
+
+    def encode(self, message: BusMessage) -> bytes:
+        return self._encoder.encode(message)
+
+    def decode(self, data: bytes) -> BusMessage:
+        """Decode any bus message; raises ``msgspec.ValidationError``/``DecodeError`` on a malformed one."""
+        return self._decoder.decode(data)
+
+    def decode_batch(self, data: bytes) -> CallBatch:
+        batch = self._batch_decoder.decode(data)
+        if batch.v != CONTRACT_VERSION:
+            raise msgspec.ValidationError(
+                f"unsupported contract version {batch.v} (this build reads {CONTRACT_VERSION})"
+            )
+        return batch

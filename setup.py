@@ -1,0 +1,56 @@
+"""Build script: maps the source folders onto the ``costmesh`` package and compiles ``native/*.pyx``.
+
+``services/`` is the package ``costmesh`` and ``native/`` is ``costmesh.native``. With ``COSTMESH_NO_EXTENSIONS=1`` no
+extension is compiled and the pure-Python twins are used, the same switch the runtime reads.
+"""
+
+import glob
+import os
+
+from setuptools import setup
+
+PACKAGE_DIRS = {"costmesh": "services", "costmesh.native": "native"}
+
+
+def _packages() -> list[str]:
+    found = []
+    for package, folder in PACKAGE_DIRS.items():
+        for root, _dirs, files in os.walk(folder):
+            if "__init__.py" in files and "__pycache__" not in root:
+                rel = os.path.relpath(root, folder)
+                found.append(package if rel == "." else package + "." + rel.replace(os.sep, "."))
+    return found
+
+
+def _extensions() -> list:
+    if os.environ.get("COSTMESH_NO_EXTENSIONS") == "1":
+        return []
+    sources = sorted(glob.glob("native/*.pyx"))
+    if not sources:
+        return []
+    from Cython.Build import cythonize
+    from setuptools import Extension
+
+    debug = os.environ.get("COSTMESH_DEBUG") == "1"
+    exts = [
+        Extension(
+            "costmesh.native." + os.path.splitext(os.path.basename(src))[0],
+            [src],
+            extra_compile_args=["-O0", "-g"] if debug else ["-O3"],
+        )
+        for src in sources
+    ]
+    return cythonize(
+        exts,
+        language_level=3,
+        compiler_directives={"boundscheck": debug, "wraparound": False, "cdivision": True},
+        compile_time_env={"COSTMESH_DEBUG": debug},
+    )
+
+
+setup(
+    package_dir=PACKAGE_DIRS,
+    packages=_packages(),
+    package_data={"costmesh.native": ["*.pxd", "*.pyi", "*.c", "*.h"]},
+    ext_modules=_extensions(),
+)

@@ -1,0 +1,59 @@
+"""Shared fixtures: a real ``nats-server`` and a real PostgreSQL per test session, each on a free loopback port and
+stopped afterwards; a fresh database per test that asks for one."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from costmesh.common.embedded import EmbeddedNats, EmbeddedPostgres
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data"
+#: The shared sample corpus beside the repository (CI lays a copy of shared/ next to the clone).
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """A JetStream server per test (it starts in ~50 ms): streams share subjects, so tests must not share servers."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), durable=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def fresh_dsn(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
+    """A DSN to a database created for this test alone and dropped after it."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    conn = await asyncpg.connect(postgres.dsn)
+    await conn.execute(f"CREATE DATABASE {name}")
+    await conn.close()
+    yield postgres.dsn.rsplit("/", 1)[0] + "/" + name
+    conn = await asyncpg.connect(postgres.dsn)
+    await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    await conn.close()
+
+
+async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
+    """Poll an async predicate until it returns a truthy value; fail the test with the last value after timeout."""
+    end = asyncio.get_running_loop().time() + timeout
+    last = None
+    while asyncio.get_running_loop().time() < end:
+        last = await predicate()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s (last value: {last!r})")

@@ -1,0 +1,78 @@
+"""The ``costmesh`` command: help texts, version, clear failures for unreachable servers, the demo."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from costmesh.cli import SERVICES
+from costmesh.common.embedded import free_port
+
+from .conftest import DATA
+
+SUBCOMMANDS = ["up", "demo", *SERVICES, "config", "version"]
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "costmesh.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_every_subcommand_has_a_one_line_help():
+    top = _run("--help")
+    assert top.returncode == 0
+    for name in SUBCOMMANDS:
+        assert re.search(rf"^\s+{name}\s+\S", top.stdout, re.M), f"{name} missing from costmesh --help"
+        sub = _run(name, "--help")
+        assert sub.returncode == 0, sub.stderr
+        assert "options:" in sub.stdout
+        description = sub.stdout.split("\n\n")[1].strip()
+        assert description and description.endswith("."), f"{name}: no one-line description"
+
+
+def test_version():
+    result = _run("version")
+    assert result.returncode == 0 and re.fullmatch(r"costmesh \d+\.\d+\.\d+\n", result.stdout)
+
+
+@pytest.mark.parametrize("what", ["nats", "postgres"])
+def test_up_fails_fast_naming_an_unreachable_server(tmp_path, what):
+    dead = free_port()  # nothing listens there
+    url = f"nats://127.0.0.1:{dead}" if what == "nats" else f"postgresql://postgres@127.0.0.1:{dead}/postgres"
+    key = "url" if what == "nats" else "dsn"
+    config = tmp_path / "c.toml"
+    config.write_text(f'[{what}]\n{key} = "{url}"\n')
+    start = time.monotonic()
+    result = _run("up", "--config", str(config), "--data-dir", str(tmp_path / "d"), timeout=30)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 1
+    name = "NATS" if what == "nats" else "PostgreSQL"
+    assert f"could not reach {name} at" in result.stderr and f"127.0.0.1:{dead}" in result.stderr
+    assert elapsed < 10, f"took {elapsed:.1f} s to give up"
+
+
+def test_service_without_urls_says_what_is_missing():
+    result = _run("attributor")
+    assert result.returncode == 2 and "no NATS URL" in result.stderr
+
+
+def test_demo_prints_tenants_and_leaves_nothing_running():
+    before = {p.pid for p in psutil.process_iter()}
+    result = _run("demo", "--capture", str(DATA / "demo_tenants.pcap"), timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    truth = json.loads((DATA / "demo_tenants.truth.json").read_text())["requests_by_tenant"]
+    table = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()[2:]}
+    assert table == {(t or "(none)"): n for t, n in truth.items()}
+    leftovers = [
+        p
+        for p in psutil.process_iter(["pid", "name", "cmdline"])
+        if p.pid not in before and p.info["name"] in ("nats-server", "postgres")
+    ]
+    assert not leftovers, f"demo left processes running: {[p.info for p in leftovers]}"
