@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.api_port:
             config.api.port = args.api_port
         return run_up(config, args.config, Path(args.data_dir or config.data_dir), args.replay)
-    except Unreachable as exc:
+    except (Unreachable, RuntimeError) as exc:
         print(f"costmesh: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:
