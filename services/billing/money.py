@@ -11,6 +11,8 @@ from decimal import Decimal, InvalidOperation
 
 #: Micro-units: the default quantum (and the one the vectorised benchmark path uses).
 MICRO_SCALE = 6
+#: Digits an amount may need (Decimal's default context precision), so sums of amounts and their parts are exact.
+MAX_DIGITS = 28
 
 
 class MoneyError(ValueError):
@@ -25,8 +27,11 @@ def parse_amount(text: str) -> Decimal:
         raise MoneyError(f"not a decimal number: {text!r}") from None
     if not value.is_finite():
         raise MoneyError(f"not a finite number: {text!r}")
-    if abs(value.as_tuple().exponent) > 30 or value.adjusted() > 18:  # type: ignore[operator]
-        raise MoneyError(f"out of range: {text!r}")
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    # Sums of parts must stay exact in Decimal's default 28-digit context: whole digits + decimals <= 28.
+    if max(value.adjusted() + 1, 1) + max(-exponent, 0) > MAX_DIGITS:
+        raise MoneyError(f"more than {MAX_DIGITS} significant digits: {text!r}")
     return value
 
 
