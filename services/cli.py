@@ -50,6 +50,20 @@ def _service_parser(sub: argparse._SubParsersAction, name: str) -> argparse.Argu
             metavar="CAPTURE",
             help="replay a capture file through the sensor (repeatable)",
         )
+    if name == "billing":
+        p.add_argument(
+            "action",
+            nargs="?",
+            default="run",
+            choices=["run", "unmatched"],
+            help="run: the service (default); unmatched: list the largest cost lines no observed resource explains",
+        )
+        p.add_argument("--bill", action="append", default=[], metavar="FILE", help="unmatched: bill file (repeatable)")
+        p.add_argument(
+            "--capture", action="append", default=[], metavar="FILE", help="unmatched: capture with the traffic"
+        )
+        p.add_argument("--period", help="unmatched: billing period YYYY-MM (default: all)")
+        p.add_argument("--limit", type=int, default=20, help="unmatched: how many lines to list (default 20)")
     if name == "api":
         p.add_argument("--api-port", type=int, default=0, help="API listen port (default: api.port from config)")
     return p
@@ -192,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     config = _load(getattr(args, "config", None))
     if args.log_level:
         config.log_level = args.log_level
+    if args.command == "billing" and args.action != "run":
+        from costmesh.billing.commands import unmatched
+
+        return unmatched(args, config)
     if args.command in SERVICES:
         return _run_service(args, config)
     setup_logging("up", config.log_level)

@@ -105,6 +105,19 @@ class ResourceMapping(_Section):
     match: str = ""
     #: Observed endpoints (``host:port`` or DNS names) that are this resource.
     endpoints: list[str] = []
+    #: Regular expression over the bill line's usage type (``NatGateway-Bytes``, ``BoxUsage:m5.large``…).
+    usage_type: str = ""
+    #: Regular expression over the bill line's service name (``Amazon Relational Database Service``…).
+    service: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("match", "usage_type", "service"):
+            pattern = getattr(self, name)
+            if pattern:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"invalid {name} pattern {pattern!r}: {exc}") from exc
 
 
 class Price(_Section):
