@@ -40,7 +40,10 @@ def bill_format(columns: list[str]) -> str:
     return ""
 
 
-def read_bill(path: str | Path, data: bytes | None = None) -> ImportResult:
+def read_bill(
+    path: str | Path, data: bytes | None = None, source: str = "", cost_column: str = "BilledCost"
+) -> ImportResult:
+    """Read a bill file; ``source`` names where it came from and prefixes its line ids (default: its format)."""
     name = str(path)
     if data is None:
         try:
@@ -53,11 +56,11 @@ def read_bill(path: str | Path, data: bytes | None = None) -> ImportResult:
         raise BillError(f"{name}: not a CSV or Parquet file: {exc}") from exc
     try:
         if kind == "focus":
-            return read_focus(name, data=data)
+            return read_focus(name, data=data, source=source or "focus", cost_column=cost_column)
         if kind == "cur":
             from .cur import read_cur
 
-            return read_cur(name, data=data)
+            return read_cur(name, data=data, source=source or "cur")
     except FocusError as exc:
         raise BillError(str(exc)) from exc
     raise BillError(f"{name}: neither FOCUS (no BilledCost column) nor AWS CUR (no unblended cost column)")

@@ -144,6 +144,12 @@ async def replace_period(
         return await _insert_lines(conn, lines, key)
 
 
+async def has_version(conn: asyncpg.Connection, source: str, period: str, version: str) -> bool:
+    """True when this restatement of ``period`` from ``source`` is already the one stored."""
+    key = f"{source}|{period}|{version}"
+    return bool(await conn.fetchval("SELECT true FROM billing_imports WHERE sha256 = $1", key))
+
+
 def _row_line(r: asyncpg.Record) -> CostLine:
     return CostLine(
         line_id=r["line_id"],
