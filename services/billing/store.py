@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from .model import Allocation, CostLine, ImportResult, Usage, Window
+from .revenue import Revenue
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -274,3 +275,37 @@ async def replace_allocations(
             len(records),
         )
     return len(records)
+
+
+async def replace_revenue(conn: asyncpg.Connection, rows: Sequence[Revenue]) -> int:
+    """Store revenue; a customer's figure for a period and currency is replaced by the newer import."""
+    async with conn.transaction():
+        await conn.executemany(
+            "INSERT INTO revenue (customer, period, currency, amount) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (customer, period, currency) DO UPDATE SET amount = EXCLUDED.amount",
+            [(r.customer, r.period, r.currency, r.amount) for r in rows],
+        )
+    return len(rows)
+
+
+async def load_revenue(conn: asyncpg.Connection, period: str) -> list[Revenue]:
+    rows = await conn.fetch("SELECT * FROM revenue WHERE period = $1 ORDER BY customer, currency", period)
+    return [Revenue(r["customer"], r["period"], r["amount"], r["currency"]) for r in rows]
+
+
+async def load_allocations(conn: asyncpg.Connection, period: str) -> list[Allocation]:
+    rows = await conn.fetch("SELECT * FROM allocations WHERE billing_period = $1", period)
+    return [
+        Allocation(
+            line_id=r["line_id"],
+            tenant=r["tenant"],
+            method=r["method"],
+            amount=r["amount"],
+            currency=r["currency"],
+            feature=r["feature"],
+            agent=r["agent"],
+            resource=r["resource"],
+            basis=r["basis"],
+        )
+        for r in rows
+    ]
