@@ -173,6 +173,9 @@ class BillingConfig(_Section):
     #: FOCUS column used as the line amount.
     cost_column: Literal["BilledCost", "EffectiveCost", "ListCost", "ContractedCost"] = "BilledCost"
     rate_cards: list[RateCard] = []
+    #: Price observed AI tokens with ``prices`` as cost lines of their own (before an invoice exists). Leave off when
+    #: the AI provider's invoice is imported as a bill, or its cost would count twice.
+    price_tokens: bool = False
 
 
 class AlertRule(_Section):
