@@ -195,6 +195,11 @@ class Allocator:
                 acc[("", u.feature, u.agent, "unallocated")] += weight
         return acc
 
+    def shares(self, target: Target, window: Window) -> tuple[str, dict[_Key, Fraction]]:
+        """Exact shares of ``target`` in ``window`` per (tenant, feature, agent, method), and the metric's name."""
+        metric, consumed = self.consumption(target, window)
+        return metric, self._shares(consumed, window)
+
     # -- lines ---------------------------------------------------------------------------------------------------
     def tag_tenant(self, line: CostLine) -> tuple[str, str] | None:
         lowered = {k.lower(): v for k, v in line.tags.items()}
@@ -213,8 +218,7 @@ class Allocator:
             return [_whole(line, tenant, "direct", f"tag:{key}", resource)]
         if target is None:
             return [_whole(line, "", "unallocated", "unmatched", "")]
-        metric, consumed = self.consumption(target, line.window)
-        shares = self._shares(consumed, line.window)
+        metric, shares = self.shares(target, line.window)
         if not shares:
             return [_whole(line, "", "unallocated", f"no {metric} observed", resource)]
         return split(line, shares, metric, resource)
