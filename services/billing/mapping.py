@@ -51,10 +51,12 @@ class Unmatched(msgspec.Struct, frozen=True):
 
 
 def infer_kind(line: CostLine) -> ResourceKind:
-    text = " ".join((line.usage_type, line.service, line.resource_type, line.resource_id))
-    for pattern, kind in _KIND_HINTS:
-        if pattern.search(text):
-            return kind
+    # The most specific field first: a usage type says what was metered, the service what it is, the id last
+    # (an ARN's service part can mislead, e.g. an SQS line whose id names another service).
+    for text in (line.usage_type, line.service, line.resource_type, line.resource_id):
+        for pattern, kind in _KIND_HINTS:
+            if text and pattern.search(text):
+                return kind
     return "other"
 
 
