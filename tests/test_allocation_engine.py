@@ -244,3 +244,27 @@ def test_many_tenants_sum_exactly(amount, n, seed):
     allocs = split(line(amount), shares, "requests")
     assert sum((a.amount for a in allocs), Decimal(0)) == amount
     assert {a.tenant for a in allocs} <= {k[0] for k, v in shares.items() if v} | {""}
+
+
+def test_cyclic_mixes_do_not_depend_on_query_order():
+    usage = [
+        use("lb", "a", "acme", requests=1),
+        use("lb", "b", "globex", requests=1),
+        use("a", "b", requests=1),
+        use("b", "a", requests=3),
+        use("a", "orders-db", busy_us=10),
+        use("b", "other-db", busy_us=10),
+    ]
+    first, second = line("1", "l1"), line("1", "l2")
+    db2 = Target("other-db", "database")
+    one = Allocator(usage)
+    forward = one.allocate(first, DB) + one.allocate(second, db2)
+    two = Allocator(usage)
+    backward = two.allocate(second, db2)
+    backward = two.allocate(first, DB) + backward
+    assert forward == backward
+    # a's inbound: acme 1 direct + 3 untagged from b, whose own mix (cut at a) is globex: acme 1/4, globex 3/4
+    assert by_tenant(forward[:2]) == {
+        ("acme", "propagated"): Decimal("0.25"),
+        ("globex", "propagated"): Decimal("0.75"),
+    }

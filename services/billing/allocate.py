@@ -19,6 +19,7 @@ For a line of resource R over window P (DESIGN.md, "Allocation, in one paragraph
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import math
 from collections import defaultdict
@@ -72,6 +73,9 @@ class Allocator:
         tag_keys: Sequence[str] = DEFAULT_TAG_KEYS,
     ) -> None:
         self.usage = sorted(usage, key=lambda u: (u.start_us, u.src_workload, u.dst, u.tenant, u.feature, u.agent))
+        # Rows sorted by start plus the longest row's length bound the rows a window can overlap (bisect, not scan).
+        self._starts = [u.start_us for u in self.usage]
+        self._longest = max((u.end_us - u.start_us for u in self.usage), default=0)
         self.price = price
         self.background = frozenset(background)
         self.zones = dict(zones or {})
@@ -83,13 +87,15 @@ class Allocator:
         )
         self.tag_keys = tuple(k.lower() for k in tag_keys)
         self._windows: dict[Window, tuple[list[Usage], dict[str, list[Usage]]]] = {}
-        self._mixes: dict[tuple[Window, str], dict[_Key, Fraction]] = {}
+        self._mixes: dict[tuple[Window, str, frozenset[str]], dict[_Key, Fraction]] = {}
 
     # -- consumption ---------------------------------------------------------------------------------------------
     def _in(self, window: Window) -> tuple[list[Usage], dict[str, list[Usage]]]:
         cached = self._windows.get(window)
         if cached is None:
-            rows = [u for u in self.usage if window.overlaps(u.start_us, u.end_us)]
+            lo = bisect.bisect_right(self._starts, window.start_us - self._longest)
+            hi = bisect.bisect_left(self._starts, window.end_us)
+            rows = [u for u in self.usage[lo:hi] if window.overlaps(u.start_us, u.end_us)]
             by_dst: dict[str, list[Usage]] = defaultdict(list)
             for u in rows:
                 by_dst[u.dst].append(u)
@@ -151,7 +157,9 @@ class Allocator:
         Calls carrying a tenant count as that tenant; untagged calls from a caller count by that caller's own inbound
         mix. Returns ``{}`` when nothing is known. Keys carry the method the tenant was found by on the inbound call.
         """
-        cache_key = (window, workload)
+        # The answer depends on the workload and on where the cycle is cut (the workloads being visited), never on
+        # which query came first: the cache key holds both.
+        cache_key = (window, workload, _visiting)
         if cache_key in self._mixes:
             return self._mixes[cache_key]
         _, by_dst = self._in(window)
@@ -169,8 +177,7 @@ class Allocator:
                     acc[(tenant, feature, agent, "propagated")] += share * u.requests
         total = sum(acc.values())
         mix = {k: v / total for k, v in acc.items()} if total else {}
-        if not _visiting:  # only complete answers are cached (inside a cycle the answer depends on the entry point)
-            self._mixes[cache_key] = mix
+        self._mixes[cache_key] = mix
         return mix
 
     def _shares(self, consumed: list[tuple[Usage, int]], window: Window) -> dict[_Key, Fraction]:
