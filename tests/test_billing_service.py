@@ -113,3 +113,29 @@ async def test_service_imports_allocates_and_api_serves(fresh_dsn, tmp_path):
 def test_month_window():
     w = service.month_window("2024-12")
     assert (w.end_us - w.start_us) == 31 * 86_400_000_000
+
+
+async def test_unmatched_from_the_database(fresh_dsn, capsys):
+    import argparse
+
+    from costmesh.billing import store
+    from costmesh.billing.commands import unmatched
+    from costmesh.billing.focus import read_focus
+
+    pool = await db.create_pool(fresh_dsn)
+    try:
+        await db.migrate(pool)
+        await _seed_consumption(pool)
+        async with pool.acquire() as conn:
+            await store.import_file(
+                conn, read_focus(SHARED_DATA / "billing" / "focus" / "focus-1.0_sample_oci.csv"), "f"
+            )
+    finally:
+        await pool.close()
+    config = Config()
+    config.resources = [ResourceMapping(resource="x", kind="compute", match="anzwuljr9foqhxicrmnkosbza1kyjx8")]
+    args = argparse.Namespace(bill=[], capture=[], dsn=fresh_dsn, period="2024-09", limit=3)
+    assert await asyncio.to_thread(unmatched, args, config) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "5 cost line(s) match no observed resource; the 3 largest:"  # 6 in 2024-09, one mapped
+    assert len(out) == 5 and all("was not observed" in line for line in out[2:])
