@@ -37,8 +37,13 @@ async def import_paths(conn: asyncpg.Connection, paths: Iterable[Path], source: 
             ERRORS.labels("billing", "bill_file").inc()
             log.error("%s", exc)
             continue
-        if await store.import_file(conn, result, source):
+        added = await store.import_file(conn, result, source)
+        if added:
             changed |= {line.billing_period for line in result.lines}
+        log.info(
+            "bill file",
+            extra={"file": str(path), "source": source, "new_lines": added, "bad_rows": len(result.problems)},
+        )
     return changed
 
 
