@@ -105,3 +105,22 @@ def test_random_bill_same_rows_both_ways(tmp_path):
     sums = np.zeros(len(cols), dtype=np.int64)
     np.add.at(sums, result.line, result.units.astype(np.int64))
     assert np.array_equal(sums, cols.units)
+
+
+def test_columns_of_the_real_sample_match_the_row_reader():
+    from .conftest import SHARED_DATA
+
+    path = SHARED_DATA / "billing" / "focus" / "focus-1.0_sample_1000_all-providers.csv"
+    rows = read_focus(path)
+    cols = read_focus_columns(path)
+    assert cols.scale == 12 and len(cols) == len(rows.lines) == 1000 and cols.problems == []
+    assert int(cols.units.sum()) == int(sum(line.amount for line in rows.lines).scaleb(12))
+    assert cols.billing_period == ["2024-09", "2024-10"]
+    assert [int(x) for x in cols.start_us[:3]] == [line.window.start_us for line in rows.lines[:3]]
+    mapper = Mapper([], set())
+    result = allocate_columns(cols, [], mapper, tag_keys=("business_unit",))
+    got = to_allocations(cols, result, [line.line_id for line in rows.lines])
+    expected = Allocator([], tag_keys=("business_unit",)).allocate_all(rows.lines, mapper.map_all(rows.lines)[0])
+    assert sorted((a.line_id, a.tenant, a.method, a.amount) for a in got) == sorted(
+        (a.line_id, a.tenant, a.method, a.amount) for a in expected
+    )

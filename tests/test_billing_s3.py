@@ -176,6 +176,27 @@ async def test_manifest_driven_import_restatement_and_legacy(s3, fresh_dsn):
         await pool.close()
 
 
+async def test_configured_s3_source(s3, moto_url, fresh_dsn):
+    from costmesh.billing.importer import import_source
+    from costmesh.common.config import BillSource
+
+    data = f"{EXPORT}/data/BILLING_PERIOD=2023-12/cur2-00001.snappy.parquet"
+    put(s3, data, cur2_parquet(datetime(2023, 12, 1), 12))
+    manifest(s3, "2023-12", "exec-1", [f"s3://{BUCKET}/{data}"])
+    source = BillSource(name="aws", kind="s3", bucket=BUCKET, prefix=EXPORT, endpoint_url=moto_url)
+    pool = await db.create_pool(fresh_dsn)
+    try:
+        await db.migrate(pool)
+        async with pool.acquire() as conn:
+            assert await import_source(conn, source) == {"2023-12"}
+            assert await _totals(conn, "2023-12") == (12, Decimal("0.66"))
+            assert await conn.fetchval("SELECT DISTINCT source FROM cost_lines") == "aws"
+            broken = BillSource(name="aws", kind="s3", bucket=BUCKET, prefix="nothing-here", endpoint_url=moto_url)
+            assert await import_source(conn, broken) == set()
+    finally:
+        await pool.close()
+
+
 def test_legacy_sample_reads_whole():
     result = read_cur(LEGACY)
     rows = legacy_rows()
