@@ -50,6 +50,20 @@ def _service_parser(sub: argparse._SubParsersAction, name: str) -> argparse.Argu
             metavar="CAPTURE",
             help="replay a capture file through the sensor (repeatable)",
         )
+    if name == "billing":
+        p.add_argument(
+            "action",
+            nargs="?",
+            default="run",
+            choices=["run", "unmatched"],
+            help="run: the service (default); unmatched: list the largest cost lines no observed resource explains",
+        )
+        p.add_argument("--bill", action="append", default=[], metavar="FILE", help="unmatched: bill file (repeatable)")
+        p.add_argument(
+            "--capture", action="append", default=[], metavar="FILE", help="unmatched: capture with the traffic"
+        )
+        p.add_argument("--period", help="unmatched: billing period YYYY-MM (default: all)")
+        p.add_argument("--limit", type=int, default=20, help="unmatched: how many lines to list (default 20)")
     if name == "api":
         p.add_argument("--api-port", type=int, default=0, help="API listen port (default: api.port from config)")
     return p
@@ -86,6 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in SERVICES:
         _service_parser(sub, name)
+
+    report = sub.add_parser(
+        "report",
+        help="Print a chargeback report (cost and margin per customer) from bill files, without a deployment.",
+        description="Print a chargeback report (cost and margin per customer) from bill files, without a deployment.",
+    )
+    report.add_argument("--bill", nargs="+", required=True, metavar="FILE", help="bill files: FOCUS or AWS CUR")
+    report.add_argument(
+        "--capture", action="append", default=[], metavar="FILE", help="capture whose traffic splits the bill"
+    )
+    report.add_argument("--revenue", metavar="FILE", help="revenue CSV: customer, period, amount, currency")
+    report.add_argument("--config", help="config file (TOML): resources, workloads, tag keys, rate cards")
+    report.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output (default table)")
+    report.add_argument("--currency", help="report only lines in this currency (needed when bills mix currencies)")
 
     config = sub.add_parser("config", help="Work with config files.", description="Work with config files.")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -192,6 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     config = _load(getattr(args, "config", None))
     if args.log_level:
         config.log_level = args.log_level
+    if args.command == "report":
+        from costmesh.billing.report import main as report_main
+
+        return report_main(args, config)
+    if args.command == "billing" and args.action != "run":
+        from costmesh.billing.commands import unmatched
+
+        return unmatched(args, config)
     if args.command in SERVICES:
         return _run_service(args, config)
     setup_logging("up", config.log_level)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import datetime
+from decimal import Decimal
 
 import asyncpg
 from aiohttp import web
@@ -100,11 +102,112 @@ async def ingest(request: web.Request) -> web.Response:
     return web.json_response({"applied_batches": row["batches"], "applied_records": row["records"]})
 
 
+#: Dimensions a cost query may group by → column of ``allocations`` (never interpolated from the request).
+COST_GROUPS = {
+    "tenant": "tenant",
+    "feature": "feature",
+    "agent": "agent",
+    "service": "service",
+    "resource": "resource",
+    "method": "method",
+}
+_PERIOD_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+def _period(params: dict[str, str], required: bool = False) -> str | None:
+    period = params.get("period")
+    if period is None:
+        if required:
+            raise BadRequest("parameter 'period' is required (YYYY-MM)")
+        return None
+    if not _PERIOD_RE.match(period):
+        raise BadRequest(f"parameter 'period': not a YYYY-MM billing period: {period!r}")
+    return period
+
+
+async def cost(request: web.Request) -> web.Response:
+    """``GET /v1/cost?group_by=tenant|feature|agent|service|resource|method[&period=YYYY-MM][&from=ISO][&to=ISO]``.
+
+    Allocated cost per group and currency, split by allocation method; amounts are exact decimal strings.
+    """
+    params = _params(request, {"group_by", "period", "from", "to"})
+    group = params.get("group_by", "tenant")
+    if group not in COST_GROUPS:
+        raise BadRequest(f"parameter 'group_by': unknown dimension {group!r}; one of {', '.join(COST_GROUPS)}")
+    period = _period(params)
+    start, end = _time(params, "from"), _time(params, "to")
+    column = COST_GROUPS[group]
+    sql = (
+        f"SELECT {column} AS key, currency, method, sum(amount) AS amount FROM allocations "
+        "WHERE ($1::text IS NULL OR billing_period = $1) AND ($2::timestamptz IS NULL OR charge_start >= $2) "
+        "AND ($3::timestamptz IS NULL OR charge_start < $3) "
+        f"GROUP BY {column}, currency, method ORDER BY 1, 2, 3"
+    )
+    async with request.app[POOL].acquire() as conn:
+        rows = await conn.fetch(sql, period, start, end)
+    out: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        entry = out.setdefault(
+            (r["key"], r["currency"]),
+            {group: r["key"], "currency": r["currency"], "cost": Decimal(0), "by_method": {}},
+        )
+        entry["cost"] += r["amount"]
+        entry["by_method"][r["method"]] = format(r["amount"], "f")
+    result = sorted(out.values(), key=lambda e: (-e["cost"], e[group], e["currency"]))
+    for entry in result:
+        entry["cost"] = format(entry["cost"], "f")
+    return web.json_response({"group_by": group, "period": period, "rows": result})
+
+
+async def pnl(request: web.Request) -> web.Response:
+    """``GET /v1/pnl?period=YYYY-MM[&currency=USD]``: customer P&L, negative margins first; amounts as strings."""
+    from costmesh.billing import store as billing_store
+    from costmesh.billing.pnl import customer_pnl
+
+    params = _params(request, {"period", "currency"})
+    period = _period(params, required=True)
+    assert period is not None
+    currency = params.get("currency", "USD").upper()
+    if not (len(currency) == 3 and currency.isalpha()):
+        raise BadRequest(f"parameter 'currency': not a currency code: {currency!r}")
+    async with request.app[POOL].acquire() as conn:
+        allocations = [a for a in await billing_store.load_allocations(conn, period) if a.currency == currency]
+        revenue = await billing_store.load_revenue(conn, period)
+    report = customer_pnl(allocations, revenue, currency)
+
+    def s(value: Decimal | None) -> str | None:
+        return None if value is None else format(value, "f")
+
+    return web.json_response(
+        {
+            "period": period,
+            "currency": currency,
+            "billed": s(report.billed),
+            "revenue": s(report.revenue),
+            "unallocated": s(report.not_allocated),
+            "unallocated_by_category": {k: s(v) for k, v in report.not_allocated_by_category.items()},
+            "customers": [
+                {
+                    "customer": c.customer,
+                    "revenue": s(c.revenue),
+                    "cost": s(c.cost),
+                    "by_category": {k: s(v) for k, v in c.by_category.items()},
+                    "margin": s(c.margin),
+                    "margin_pct": s(c.margin_pct),
+                }
+                for c in report.customers
+            ],
+        }
+    )
+
+
 def make_app(pool: asyncpg.Pool, ctx: ServiceContext) -> web.Application:
     app = web.Application()
     app[POOL] = pool
     app.router.add_get("/v1/usage", usage)
     app.router.add_get("/v1/ingest", ingest)
+    app.router.add_get("/v1/cost", cost)
+    app.router.add_get("/v1/pnl", pnl)
     metrics_routes(app, ctx.health_state)
     return app
 

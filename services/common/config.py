@@ -105,6 +105,19 @@ class ResourceMapping(_Section):
     match: str = ""
     #: Observed endpoints (``host:port`` or DNS names) that are this resource.
     endpoints: list[str] = []
+    #: Regular expression over the bill line's usage type (``NatGateway-Bytes``, ``BoxUsage:m5.large``…).
+    usage_type: str = ""
+    #: Regular expression over the bill line's service name (``Amazon Relational Database Service``…).
+    service: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("match", "usage_type", "service"):
+            pattern = getattr(self, name)
+            if pattern:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"invalid {name} pattern {pattern!r}: {exc}") from exc
 
 
 class Price(_Section):
@@ -116,6 +129,53 @@ class Price(_Section):
     output_micros_per_mtok: int
     cached_micros_per_mtok: int = 0
     reasoning_micros_per_mtok: int = 0
+
+
+class BillSource(_Section):
+    """Where bills come from: a local folder of FOCUS/CUR files, or an S3 bucket of CUR / Data Exports."""
+
+    name: str
+    kind: Literal["folder", "s3"] = "folder"
+    #: folder: the directory (files ending .csv, .csv.gz, .parquet are read).
+    path: str = ""
+    #: s3: bucket and key prefix under which the export's manifests live.
+    bucket: str = ""
+    prefix: str = ""
+    region: str = "us-east-1"
+    #: s3: a non-AWS endpoint (S3-compatible storage, tests).
+    endpoint_url: str = ""
+
+
+class RateCard(_Section):
+    """A price for self-managed infrastructure with no bill line yet, e.g. an EC2 instance type per hour.
+
+    ``resource`` is the observed resource (node, database host…) it prices; amounts are decimal text (never float).
+    """
+
+    resource: str
+    price_per_hour: str
+    kind: Literal["database", "queue", "nat_gateway", "cross_az", "compute", "ai_api", "storage", "other"] = "compute"
+    currency: str = "USD"
+    description: str = ""
+    endpoints: list[str] = []
+
+
+class BillingConfig(_Section):
+    sources: list[BillSource] = []
+    #: Seconds between imports + allocation runs of the billing service.
+    interval_s: int = 3600
+    #: Revenue CSV files (customer, period, amount, currency) imported with the bills.
+    revenue_files: list[str] = []
+    #: Bill tags read as the tenant of a line (case-insensitive), first found wins.
+    tag_keys: list[str] = msgspec.field(
+        default_factory=lambda: ["tenant", "tenant_id", "customer", "customer_id", "costmesh:tenant"]
+    )
+    #: FOCUS column used as the line amount.
+    cost_column: Literal["BilledCost", "EffectiveCost", "ListCost", "ContractedCost"] = "BilledCost"
+    rate_cards: list[RateCard] = []
+    #: Price observed AI tokens with ``prices`` as cost lines of their own (before an invoice exists). Leave off when
+    #: the AI provider's invoice is imported as a bill, or its cost would count twice.
+    price_tokens: bool = False
 
 
 class AlertRule(_Section):
@@ -189,6 +249,7 @@ class Config(_Section):
     resources: list[ResourceMapping] = []
     prices: list[Price] = []
     alert_rules: list[AlertRule] = []
+    billing: BillingConfig = msgspec.field(default_factory=BillingConfig)
 
     def node_name(self) -> str:
         return self.node or os.uname().nodename

@@ -43,4 +43,74 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         CREATE INDEX consumption_minute_tenant ON consumption_minute (tenant, minute);
         """,
     ),
+    (
+        100,
+        "billing: imported files, cost lines, allocations per period, revenue",
+        """
+        CREATE TABLE billing_imports (
+            sha256          text PRIMARY KEY,
+            file            text NOT NULL,
+            source          text NOT NULL,
+            rows            integer NOT NULL,
+            lines           integer NOT NULL,
+            problems        integer NOT NULL,
+            imported_at     timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE cost_lines (
+            line_id         text PRIMARY KEY,
+            source          text NOT NULL,
+            billing_period  text NOT NULL,
+            charge_start    timestamptz NOT NULL,
+            charge_end      timestamptz NOT NULL,
+            amount          numeric NOT NULL,
+            currency        text NOT NULL,
+            provider        text NOT NULL DEFAULT '',
+            account         text NOT NULL DEFAULT '',
+            service         text NOT NULL DEFAULT '',
+            resource_id     text NOT NULL DEFAULT '',
+            resource_name   text NOT NULL DEFAULT '',
+            resource_type   text NOT NULL DEFAULT '',
+            usage_type      text NOT NULL DEFAULT '',
+            operation       text NOT NULL DEFAULT '',
+            charge_category text NOT NULL DEFAULT '',
+            description     text NOT NULL DEFAULT '',
+            region          text NOT NULL DEFAULT '',
+            zone            text NOT NULL DEFAULT '',
+            quantity        numeric,
+            unit            text NOT NULL DEFAULT '',
+            tags            jsonb NOT NULL DEFAULT '{}',
+            import_sha256   text NOT NULL DEFAULT ''
+        );
+        CREATE INDEX cost_lines_period ON cost_lines (billing_period, source);
+        CREATE TABLE allocations (
+            billing_period  text NOT NULL,
+            line_id         text NOT NULL,
+            tenant          text NOT NULL,
+            feature         text NOT NULL DEFAULT '',
+            agent           text NOT NULL DEFAULT '',
+            method          text NOT NULL
+                CHECK (method IN ('direct', 'trace', 'propagated', 'platform', 'unallocated')),
+            basis           text NOT NULL DEFAULT '',
+            resource        text NOT NULL DEFAULT '',
+            service         text NOT NULL DEFAULT '',
+            amount          numeric NOT NULL,
+            currency        text NOT NULL,
+            charge_start    timestamptz NOT NULL
+        );
+        CREATE INDEX allocations_period ON allocations (billing_period, tenant);
+        CREATE TABLE allocation_runs (
+            billing_period  text PRIMARY KEY,
+            lines           integer NOT NULL,
+            allocations     integer NOT NULL,
+            run_at          timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE revenue (
+            customer        text NOT NULL,
+            period          text NOT NULL,
+            currency        text NOT NULL,
+            amount          numeric NOT NULL,
+            PRIMARY KEY (customer, period, currency)
+        );
+        """,
+    ),
 ]

@@ -1,0 +1,64 @@
+"""Consumption from capture files, through the same sensor code the live system runs.
+
+Reads pcap files; emits ``Usage`` rows. ``observe`` is the one seam to the sensor: today it calls
+``costmesh.sensor.service.replay`` with the minimal HTTP reader; when the full sensor lands, only this function changes.
+Records are summed per minute exactly as the attributor stores them (``costmesh.attributor.apply.per_minute``), so a
+report from a capture and the live pipeline see the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from costmesh.attributor.apply import per_minute
+from costmesh.common.config import Config
+from costmesh.common.schemas import ObservedCall
+
+from .model import Usage
+
+_MINUTE_US = 60_000_000
+
+
+def observe(path: Path, config: Config) -> list[ObservedCall]:
+    """Run one capture through the sensor's parsing and tenant extraction; returns its call records."""
+    from costmesh.sensor.pcap_http import MinimalHttpSensor
+    from costmesh.sensor.service import replay
+
+    return replay(path, MinimalHttpSensor(config, config.node_name(), int(config.sensor.window_s * 1e6)))
+
+
+def usage_from_records(records: Iterable[ObservedCall]) -> list[Usage]:
+    """Per-minute ``Usage`` rows, keyed and summed like ``consumption_minute``."""
+    out = []
+    for row in per_minute(records):
+        minute, tenant, method, feature, agent, src, dst, protocol, *m = row
+        out.append(
+            Usage(
+                src_workload=src,
+                dst=dst,
+                protocol=protocol,
+                tenant=tenant,
+                tenant_method=method,
+                feature=feature,
+                agent=agent,
+                start_us=minute,
+                end_us=minute + _MINUTE_US,
+                requests=m[0],
+                bytes_in=m[2],
+                bytes_out=m[3],
+                busy_us=m[4],
+                tokens_in=m[5],
+                tokens_out=m[6],
+                tokens_cached=m[7],
+                tokens_reasoning=m[8],
+            )
+        )
+    return out
+
+
+def usage_from_captures(paths: Sequence[Path], config: Config) -> list[Usage]:
+    records: list[ObservedCall] = []
+    for path in paths:
+        records.extend(observe(Path(path), config))
+    return usage_from_records(records)

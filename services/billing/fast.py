@@ -1,0 +1,390 @@
+"""Vectorised allocation for large bills: numpy over integer units, same method as ``Allocator`` line by line.
+
+Reads a FOCUS CSV into columns (``read_focus_columns``, pyarrow's C++ CSV reader) and consumption rows; emits
+allocation columns (line index, key index, units) that sum exactly to every line's amount. The split is grouped:
+lines of the same mapped resource whose charge windows see the same consumption rows get the same shares, so the
+per-line Python work of the row engine becomes one ``Allocator.shares`` call per (resource, consumption epoch) and one
+numpy largest-remainder split per group. ``split_rows`` equals ``money.largest_remainder`` row for row (tested); it
+falls back to Python integers (object arrays) when ``amount × Σweights`` would not fit in int64, so it is never
+inexact. Amounts are held in one quantum per file, the finest any of its lines needs (the row engine uses each line's
+own, at least micro-units: both are exact, the parts of a line may differ in the last digits).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from .allocate import Allocator, Target
+from .mapping import Mapper, Unmatched
+from .model import Allocation, CostLine, Usage, Window
+from .money import MICRO_SCALE, from_units
+
+_INT64_MAX = 2**63 - 1
+_Key = tuple[str, str, str, str]
+
+
+class FastPathUnavailable(Exception):
+    """The file cannot take the columnar path (a value pyarrow will not parse, amounts beyond int64): use the rows."""
+
+
+def split_rows(units: np.ndarray, weights: Sequence[int]) -> np.ndarray:
+    """Split each of ``units`` (n,) by ``weights`` (k,) with largest remainders → (n, k); each row sums exactly.
+
+    Ties go to the lower index, a negative amount is split as its magnitude and negated: ``largest_remainder`` per row.
+    """
+    w = [int(x) for x in weights]
+    total = sum(w)
+    if total <= 0 or any(x < 0 for x in w):
+        raise ValueError("weights must be non-negative with a positive sum")
+    n, k = len(units), len(w)
+    negative = units < 0
+    wide = units.dtype == object or int(np.abs(units).max(initial=0)) * total > _INT64_MAX
+    if wide:
+        mag = np.array([abs(int(x)) for x in units], dtype=object)
+        wv = np.array(w, dtype=object)
+    else:
+        mag = np.abs(units).astype(np.int64)
+        wv = np.array(w, dtype=np.int64)
+    num = mag[:, None] * wv[None, :]
+    q = num // total
+    r = num - q * total
+    left = mag - q.sum(axis=1)
+    # Remainders are < total: below 2**53 float64 holds them exactly, and its sort is the fastest numpy has.
+    ranked = r.astype(np.float64) if not wide and total <= 2**53 else r
+    order = np.argsort(-ranked, axis=1, kind="stable")
+    rank = np.empty((n, k), dtype=np.int64)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(k), (n, k)), axis=1)
+    q = q + (rank < np.asarray(left, dtype=q.dtype)[:, None])
+    return np.where(negative[:, None], -q, q)
+
+
+class Columns(msgspec.Struct):
+    """Cost lines as columns. ``units`` are integer multiples of ``10**-scale``; ``desc`` indexes ``descriptors``
+    (the fields mapping looks at), ``tags`` indexes ``tag_texts``."""
+
+    units: np.ndarray
+    scale: int
+    start_us: np.ndarray
+    end_us: np.ndarray
+    currency: str
+    billing_period: list[str]
+    desc: np.ndarray
+    descriptors: list[CostLine]
+    tags: np.ndarray
+    tag_texts: list[str]
+    problems: list[str]
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+
+def _decimal_units(arr: Any) -> tuple[np.ndarray, int]:
+    """Integer units and scale of a decimal128 column: the smallest scale ≥ micro that holds every value exactly."""
+    import pyarrow as pa
+
+    for scale in (MICRO_SCALE, 9, 12):
+        try:
+            exact = arr.cast(pa.decimal128(38, scale), safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        words = np.frombuffer(exact.buffers()[1], dtype=np.int64)[exact.offset * 2 : (exact.offset + len(exact)) * 2]
+        low, high = words[0::2], words[1::2]
+        if not np.array_equal(high, low >> 63):
+            raise FastPathUnavailable("an amount does not fit in 64-bit units")
+        return low.copy(), scale
+    raise FastPathUnavailable("amounts finer than 1e-12")
+
+
+def read_focus_columns(path: str | Path, data: bytes | None = None, cost_column: str = "BilledCost") -> Columns:
+    """A FOCUS CSV (plain or gzip) as ``Columns``; rows with a missing required value are reported and dropped.
+
+    Raises ``FastPathUnavailable`` for anything the row reader would report cell by cell (unparseable values): the
+    caller then uses ``focus.read_focus``, which locates every problem.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    data = Path(path).read_bytes() if data is None else data
+    if data[:2] == b"\x1f\x8b":
+        import gzip
+
+        data = gzip.decompress(data)
+    strings = ["ResourceId", "ResourceName", "ServiceName", "x_UsageType", "Tags", "BillingCurrency"]
+    types = {
+        cost_column: pa.decimal128(38, 12),
+        "ChargePeriodStart": pa.timestamp("us"),
+        "ChargePeriodEnd": pa.timestamp("us"),
+        "BillingPeriodStart": pa.timestamp("us"),
+        **dict.fromkeys(strings, pa.string()),
+    }
+    head = next(csv.reader([data.split(b"\n", 1)[0].decode("utf-8-sig", "replace")]), [])
+    wanted = [
+        c for c in (cost_column, "ChargePeriodStart", "ChargePeriodEnd", "BillingPeriodStart", *strings) if c in head
+    ]
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: types[c] for c in wanted},
+                include_columns=wanted,
+                null_values=["", "NULL", "null"],
+                strings_can_be_null=True,
+                timestamp_parsers=[pacsv.ISO8601],
+            ),
+        )
+    except (pa.ArrowInvalid, KeyError) as exc:
+        raise FastPathUnavailable(f"{path}: {exc}") from None
+    required = [cost_column, "ChargePeriodStart", "ChargePeriodEnd", "BillingPeriodStart", "BillingCurrency"]
+    missing = [c for c in required if c not in table.column_names]
+    if missing:
+        raise FastPathUnavailable(f"{path}: missing column(s) {', '.join(missing)}")
+    problems = []
+    ok = np.ones(table.num_rows, dtype=bool)
+    for c in required:
+        nulls = table[c].is_null().to_numpy(zero_copy_only=False)
+        for i in np.nonzero(nulls & ok)[0][:100]:
+            problems.append(f"{path}: row {i + 2}: column {c}: required value is missing")
+        ok &= ~nulls
+    start = table["ChargePeriodStart"].cast(pa.int64()).to_numpy(zero_copy_only=False)
+    end = table["ChargePeriodEnd"].cast(pa.int64()).to_numpy(zero_copy_only=False)
+    backwards = ok & (end < start)
+    for i in np.nonzero(backwards)[0][:100]:
+        problems.append(f"{path}: row {i + 2}: column ChargePeriodEnd: ends before ChargePeriodStart")
+    ok &= ~backwards
+    table = table.filter(pa.array(ok))
+    currencies = pc.unique(table["BillingCurrency"]).to_pylist()
+    if len(currencies) > 1 or any(not (len(c) == 3 and c.isalpha() and c.isupper()) for c in currencies):
+        raise FastPathUnavailable(f"{path}: currencies {currencies}: the columnar path takes one valid currency")
+    units, scale = _decimal_units(table[cost_column].combine_chunks())
+
+    def dictionary(name: str) -> tuple[np.ndarray, list[str]]:
+        if name not in table.column_names:
+            return np.zeros(table.num_rows, dtype=np.int32), [""]
+        enc = pc.dictionary_encode(table[name].fill_null("")).combine_chunks()
+        return enc.indices.to_numpy(zero_copy_only=False).astype(np.int32), enc.dictionary.to_pylist()
+
+    # the mapping looks at (resource id, name, usage type, service): one descriptor per distinct combination
+    parts = [dictionary(c) for c in ("ResourceId", "ResourceName", "x_UsageType", "ServiceName")]
+    stacked = np.stack([p[0] for p in parts], axis=1)
+    combos, desc = np.unique(stacked, axis=0, return_inverse=True)
+    descriptors = [
+        CostLine(
+            line_id=f"desc:{i}",
+            source="focus",
+            billing_period="",
+            window=Window(0, 0),
+            amount=Decimal(0),
+            currency=currencies[0] if currencies else "USD",
+            resource_id=parts[0][1][a],
+            resource_name=parts[1][1][b],
+            usage_type=parts[2][1][c],
+            service=parts[3][1][d],
+        )
+        for i, (a, b, c, d) in enumerate(combos.tolist())
+    ]
+    tags, tag_texts = dictionary("Tags")
+    period_start = table["BillingPeriodStart"].cast(pa.int64()).to_numpy(zero_copy_only=False)
+    months = pc.strftime(pa.array(np.unique(period_start), pa.timestamp("us")), format="%Y-%m").to_pylist()
+    return Columns(
+        units=units,
+        scale=scale,
+        start_us=start[ok],
+        end_us=end[ok],
+        currency=currencies[0] if currencies else "USD",
+        billing_period=sorted(set(months)),
+        desc=desc.astype(np.int32).reshape(-1),
+        descriptors=descriptors,
+        tags=tags,
+        tag_texts=tag_texts,
+        problems=problems,
+    )
+
+
+class ColumnAllocations(msgspec.Struct):
+    """Allocation rows as columns: ``line`` indexes the input lines, ``key`` indexes ``keys`` (tenant, feature, agent,
+    method); ``units`` in the input's scale. ``group_basis``/``group_resource`` describe each row's group."""
+
+    line: np.ndarray
+    key: np.ndarray
+    units: np.ndarray
+    group: np.ndarray
+    keys: list[_Key]
+    group_basis: list[str]
+    group_resource: list[str]
+    unmatched_descriptors: list[Unmatched]
+
+
+def _epochs(start: np.ndarray, end: np.ndarray, usage: Sequence[Usage]) -> tuple[np.ndarray, list[list[int]]]:
+    """Per line, the id of the set of consumption rows its window overlaps (lines sharing it share shares)."""
+    us = np.array([u.start_us for u in usage], dtype=np.int64)
+    ue = np.array([u.end_us for u in usage], dtype=np.int64)
+    pairs = np.stack([start, end], axis=1)
+    windows, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    ids: dict[bytes, int] = {}
+    members: list[list[int]] = []
+    window_epoch = np.empty(len(windows), dtype=np.int64)
+    for i, (s, e) in enumerate(windows.tolist()):
+        rows = np.nonzero((us < e) & (ue > s))[0]
+        key = rows.tobytes()
+        if key not in ids:
+            ids[key] = len(members)
+            members.append(rows.tolist())
+        window_epoch[i] = ids[key]
+    return window_epoch[inverse.reshape(-1)], members
+
+
+def allocate_columns(
+    cols: Columns,
+    usage: Sequence[Usage],
+    mapper: Mapper,
+    *,
+    targets: Sequence[Target | Unmatched] | None = None,
+    timings: dict[str, float] | None = None,
+    **allocator_kwargs: Any,
+) -> ColumnAllocations:
+    """Allocate every line of ``cols``; for each line the rows' units sum to the line's units exactly.
+
+    ``targets`` (one per descriptor) may be given when mapped already; ``timings`` receives seconds spent computing
+    shares (``shares``) and splitting amounts (``split``).
+    """
+    clock = time.perf_counter
+    spent = {"shares": 0.0, "split": 0.0}
+    probe = Allocator([], **allocator_kwargs)
+    tag_tenant: list[tuple[str, str] | None] = []
+    for text in cols.tag_texts:
+        try:
+            tags = json.loads(text) if text else {}
+        except ValueError:
+            tags = {}
+        line = cols.descriptors[0] if cols.descriptors else None
+        tag_tenant.append(
+            probe.tag_tenant(msgspec.structs.replace(line, tags={str(k): str(v) for k, v in tags.items()}))
+            if line is not None and isinstance(tags, dict)
+            else None
+        )
+    t0 = clock()
+    if targets is None:
+        targets = [mapper.map(d) for d in cols.descriptors]
+    epoch, members = _epochs(cols.start_us, cols.end_us, usage)
+    n_epochs = max(len(members), 1)
+    tagged = np.array([t is not None for t in tag_tenant], dtype=bool)[cols.tags]
+    # a tagged line's group is (descriptor, tag): the tag gives the tenant, the descriptor the resource it names
+    base = len(cols.descriptors) * n_epochs
+    n_tags = max(len(cols.tag_texts), 1)
+    group_code = np.where(
+        tagged,
+        base + cols.desc.astype(np.int64) * n_tags + cols.tags.astype(np.int64),
+        cols.desc.astype(np.int64) * n_epochs + epoch,
+    )
+    codes, group_of_line = np.unique(group_code, return_inverse=True)
+    group_of_line = group_of_line.reshape(-1)
+    allocators: dict[int, Allocator] = {}
+    keys: dict[_Key, int] = {}
+    basis: list[str] = []
+    resources: list[str] = []
+    order = np.argsort(group_of_line, kind="stable")
+    bounds = np.searchsorted(group_of_line[order], np.arange(len(codes) + 1))
+    out_line, out_key, out_units, out_group = [], [], [], []
+    for g, code in enumerate(codes.tolist()):
+        idx = order[bounds[g] : bounds[g + 1]]
+        first = int(idx[0])
+        shares: dict[_Key, Fraction | int]
+        if code >= base:
+            key, tenant = tag_tenant[int(cols.tags[first])]  # type: ignore[misc]
+            shares, metric, resource = {(tenant, "", "", "direct"): 1}, f"tag:{key}", ""
+            target = targets[int(cols.desc[first])]
+            if isinstance(target, Target):
+                resource = target.resource
+        else:
+            target = targets[code // n_epochs]
+            e = code % n_epochs
+            if isinstance(target, Unmatched):
+                shares, metric, resource = {}, "unmatched", ""
+            else:
+                alloc = allocators.get(e)
+                if alloc is None:
+                    alloc = allocators[e] = Allocator([usage[i] for i in members[e]], **allocator_kwargs)
+                window = Window(int(cols.start_us[first]), int(cols.end_us[first]))
+                metric, shares = alloc.shares(target, window)
+                resource = target.resource
+                if not shares:
+                    metric = f"no {metric} observed"
+        t1 = clock()
+        spent["shares"] += t1 - t0
+        ordered = sorted(k for k, v in shares.items() if v > 0)
+        if not ordered:
+            ordered, weights = [("", "", "", "unallocated")], [1]
+        else:
+            fracs = [Fraction(shares[k]) for k in ordered]
+            lcm = math.lcm(*(f.denominator for f in fracs))
+            weights = [f.numerator * (lcm // f.denominator) for f in fracs]
+        basis.append(metric)
+        resources.append(resource)
+        key_ids = np.array([keys.setdefault(k, len(keys)) for k in ordered], dtype=np.int32)
+        parts = split_rows(cols.units[idx], weights)
+        nz = parts != 0
+        zero_lines = ~nz.any(axis=1)
+        if zero_lines.any():  # a line of amount 0 keeps one row (its tag's tenant, else unallocated): it stays visible
+            keep = ordered[0] if code >= base else ("", "", "", "unallocated")
+            unalloc = keys.setdefault(keep, len(keys))
+            out_line.append(idx[zero_lines])
+            out_key.append(np.full(int(zero_lines.sum()), unalloc, dtype=np.int32))
+            out_units.append(np.zeros(int(zero_lines.sum()), dtype=parts.dtype))
+            out_group.append(np.full(int(zero_lines.sum()), g, dtype=np.int32))
+        rows, cols_ = np.nonzero(nz)
+        out_line.append(idx[rows])
+        out_key.append(key_ids[cols_])
+        out_units.append(parts[rows, cols_])
+        out_group.append(np.full(len(rows), g, dtype=np.int32))
+        t0 = clock()
+        spent["split"] += t0 - t1
+    if timings is not None:
+        timings.update(spent)
+    wide = any(u.dtype == object for u in out_units)
+    units = np.concatenate([u.astype(object) if wide else u for u in out_units]) if out_units else np.zeros(0, np.int64)
+    return ColumnAllocations(
+        line=np.concatenate(out_line) if out_line else np.zeros(0, np.int64),
+        key=np.concatenate(out_key) if out_key else np.zeros(0, np.int32),
+        units=units,
+        group=np.concatenate(out_group) if out_group else np.zeros(0, np.int32),
+        keys=list(keys),
+        group_basis=basis,
+        group_resource=resources,
+        unmatched_descriptors=[t for t in targets if isinstance(t, Unmatched)],
+    )
+
+
+def to_allocations(cols: Columns, result: ColumnAllocations, line_ids: Sequence[str]) -> list[Allocation]:
+    """Row objects (for small results and tests); ``line_ids`` names the input lines in order."""
+    out = []
+    for li, ki, u, g in zip(
+        result.line.tolist(), result.key.tolist(), result.units.tolist(), result.group.tolist(), strict=True
+    ):
+        tenant, feature, agent, method = result.keys[ki]
+        out.append(
+            Allocation(
+                line_id=line_ids[li],
+                tenant=tenant,
+                method=method,  # type: ignore[arg-type]
+                amount=from_units(int(u), cols.scale) if u else Decimal(0),
+                currency=cols.currency,
+                feature=feature,
+                agent=agent,
+                resource=result.group_resource[g],
+                basis=result.group_basis[g],
+            )
+        )
+    return out

@@ -1,0 +1,318 @@
+"""PostgreSQL persistence for billing: imported files, cost lines, allocation rows, revenue.
+
+Reads and writes the tables of schema migrations 100+. Every write that replaces something (a restated billing period,
+an allocation run, a revenue import) happens in one transaction, so readers see the old state or the new one, never a
+mix. Amounts travel as ``Decimal`` into ``numeric`` columns: exact.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from .model import Allocation, CostLine, ImportResult, Usage, Window
+from .revenue import Revenue
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_LINE_COLUMNS = (
+    "line_id",
+    "source",
+    "billing_period",
+    "charge_start",
+    "charge_end",
+    "amount",
+    "currency",
+    "provider",
+    "account",
+    "service",
+    "resource_id",
+    "resource_name",
+    "resource_type",
+    "usage_type",
+    "operation",
+    "charge_category",
+    "description",
+    "region",
+    "zone",
+    "quantity",
+    "unit",
+    "tags",
+    "import_sha256",
+)
+
+
+def to_dt(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def to_us(dt: datetime) -> int:
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _line_record(line: CostLine, sha: str) -> tuple:
+    return (
+        line.line_id,
+        line.source,
+        line.billing_period,
+        to_dt(line.window.start_us),
+        to_dt(line.window.end_us),
+        line.amount,
+        line.currency,
+        line.provider,
+        line.account,
+        line.service,
+        line.resource_id,
+        line.resource_name,
+        line.resource_type,
+        line.usage_type,
+        line.operation,
+        line.charge_category,
+        line.description,
+        line.region,
+        line.zone,
+        line.quantity,
+        line.unit,
+        json.dumps(line.tags, sort_keys=True),
+        sha,
+    )
+
+
+async def _insert_lines(conn: asyncpg.Connection, lines: Sequence[CostLine], sha: str) -> int:
+    """Insert lines whose id is new; returns how many were new. A staging table keeps it one COPY + one INSERT."""
+    if not lines:
+        return 0
+    await conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS _cost_lines_in (LIKE cost_lines INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    await conn.execute("TRUNCATE _cost_lines_in")
+    await conn.copy_records_to_table(
+        "_cost_lines_in", records=[_line_record(line, sha) for line in lines], columns=_LINE_COLUMNS
+    )
+    status = await conn.execute(
+        "INSERT INTO cost_lines SELECT DISTINCT ON (line_id) * FROM _cost_lines_in ON CONFLICT (line_id) DO NOTHING"
+    )
+    return int(status.split()[-1])
+
+
+async def import_file(conn: asyncpg.Connection, result: ImportResult, source: str) -> int:
+    """Store a file's good lines once: a file whose content was imported before changes nothing. Returns new lines."""
+    async with conn.transaction():
+        fresh = await conn.fetchval(
+            "INSERT INTO billing_imports (sha256, file, source, rows, lines, problems) VALUES ($1, $2, $3, $4, $5, $6)"
+            " ON CONFLICT (sha256) DO NOTHING RETURNING true",
+            result.sha256,
+            result.file,
+            source,
+            result.rows,
+            len(result.lines),
+            len(result.problems),
+        )
+        if not fresh:
+            return 0
+        return await _insert_lines(conn, result.lines, result.sha256)
+
+
+async def replace_period(
+    conn: asyncpg.Connection, source: str, period: str, results: Sequence[ImportResult], version: str
+) -> int:
+    """Replace every line of ``source`` in billing ``period`` with the lines of ``results``, atomically.
+
+    This is how a restated CUR period lands: the old rows disappear in the same transaction that adds the new ones.
+    ``version`` (e.g. the manifest's assembly id) identifies the restatement, so applying the same one again is a no-op.
+    """
+    key = f"{source}|{period}|{version}"
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{source}|{period}")
+        if await conn.fetchval("SELECT true FROM billing_imports WHERE sha256 = $1", key):
+            return 0
+        await conn.execute("DELETE FROM cost_lines WHERE source = $1 AND billing_period = $2", source, period)
+        await conn.execute("DELETE FROM billing_imports WHERE source = $1 AND file LIKE $2", source, f"{period}|%")
+        lines = [line for r in results for line in r.lines if line.billing_period == period]
+        await conn.execute(
+            "INSERT INTO billing_imports (sha256, file, source, rows, lines, problems) VALUES ($1, $2, $3, $4, $5, $6)",
+            key,
+            f"{period}|{version}",
+            source,
+            sum(r.rows for r in results),
+            len(lines),
+            sum(len(r.problems) for r in results),
+        )
+        return await _insert_lines(conn, lines, key)
+
+
+async def has_version(conn: asyncpg.Connection, source: str, period: str, version: str) -> bool:
+    """True when this restatement of ``period`` from ``source`` is already the one stored."""
+    key = f"{source}|{period}|{version}"
+    return bool(await conn.fetchval("SELECT true FROM billing_imports WHERE sha256 = $1", key))
+
+
+def _row_line(r: asyncpg.Record) -> CostLine:
+    return CostLine(
+        line_id=r["line_id"],
+        source=r["source"],
+        billing_period=r["billing_period"],
+        window=Window(to_us(r["charge_start"]), to_us(r["charge_end"])),
+        amount=r["amount"],
+        currency=r["currency"],
+        provider=r["provider"],
+        account=r["account"],
+        service=r["service"],
+        resource_id=r["resource_id"],
+        resource_name=r["resource_name"],
+        resource_type=r["resource_type"],
+        usage_type=r["usage_type"],
+        operation=r["operation"],
+        charge_category=r["charge_category"],
+        description=r["description"],
+        region=r["region"],
+        zone=r["zone"],
+        quantity=r["quantity"],
+        unit=r["unit"],
+        tags=json.loads(r["tags"]) if isinstance(r["tags"], str) else dict(r["tags"]),
+    )
+
+
+async def load_lines(conn: asyncpg.Connection, period: str | None = None) -> list[CostLine]:
+    rows = await conn.fetch(
+        "SELECT * FROM cost_lines WHERE $1::text IS NULL OR billing_period = $1 ORDER BY line_id", period
+    )
+    return [_row_line(r) for r in rows]
+
+
+async def periods(conn: asyncpg.Connection) -> list[str]:
+    return [r["billing_period"] for r in await conn.fetch("SELECT DISTINCT billing_period FROM cost_lines ORDER BY 1")]
+
+
+_USAGE_BY_HOUR = """
+SELECT date_trunc('hour', minute) AS hour, tenant, tenant_method, feature, agent, src_workload, dst, protocol,
+    sum(requests)::bigint AS requests, sum(bytes_in)::bigint AS bytes_in, sum(bytes_out)::bigint AS bytes_out,
+    sum(busy_us)::bigint AS busy_us, sum(tokens_in)::bigint AS tokens_in, sum(tokens_out)::bigint AS tokens_out,
+    sum(tokens_cached)::bigint AS tokens_cached, sum(tokens_reasoning)::bigint AS tokens_reasoning
+FROM consumption_minute WHERE minute >= $1 AND minute < $2
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+"""
+
+
+async def load_usage(conn: asyncpg.Connection, window: Window) -> list[Usage]:
+    """Consumption in ``window`` from the attributor's store, summed per hour (bills charge by the hour at the
+    finest, so hour rows give the same shares as minute rows for hour-aligned charge periods, at 1/60 the rows)."""
+    rows = await conn.fetch(_USAGE_BY_HOUR, to_dt(window.start_us), to_dt(window.end_us))
+    out = []
+    for r in rows:
+        start = to_us(r["hour"])
+        out.append(
+            Usage(
+                src_workload=r["src_workload"],
+                dst=r["dst"],
+                protocol=r["protocol"],
+                tenant=r["tenant"],
+                tenant_method=r["tenant_method"],
+                feature=r["feature"],
+                agent=r["agent"],
+                start_us=start,
+                end_us=start + 3_600_000_000,
+                requests=r["requests"],
+                bytes_in=r["bytes_in"],
+                bytes_out=r["bytes_out"],
+                busy_us=r["busy_us"],
+                tokens_in=r["tokens_in"],
+                tokens_out=r["tokens_out"],
+                tokens_cached=r["tokens_cached"],
+                tokens_reasoning=r["tokens_reasoning"],
+            )
+        )
+    return out
+
+
+async def replace_allocations(
+    conn: asyncpg.Connection, period: str, lines: Sequence[CostLine], allocations: Iterable[Allocation]
+) -> int:
+    """Make ``allocations`` the result for ``period``: earlier rows of the period go in the same transaction."""
+    by_id = {line.line_id: line for line in lines}
+    records = [
+        (
+            period,
+            a.line_id,
+            a.tenant,
+            a.feature,
+            a.agent,
+            a.method,
+            a.basis,
+            a.resource,
+            by_id[a.line_id].service,
+            a.amount,
+            a.currency,
+            to_dt(by_id[a.line_id].window.start_us),
+        )
+        for a in allocations
+    ]
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", "allocation|" + period)
+        await conn.execute("DELETE FROM allocations WHERE billing_period = $1", period)
+        if records:
+            await conn.copy_records_to_table(
+                "allocations",
+                records=records,
+                columns=(
+                    "billing_period",
+                    "line_id",
+                    "tenant",
+                    "feature",
+                    "agent",
+                    "method",
+                    "basis",
+                    "resource",
+                    "service",
+                    "amount",
+                    "currency",
+                    "charge_start",
+                ),
+            )
+        await conn.execute(
+            "INSERT INTO allocation_runs (billing_period, lines, allocations) VALUES ($1, $2, $3)"
+            " ON CONFLICT (billing_period) DO UPDATE SET lines = EXCLUDED.lines,"
+            " allocations = EXCLUDED.allocations, run_at = now()",
+            period,
+            len(lines),
+            len(records),
+        )
+    return len(records)
+
+
+async def replace_revenue(conn: asyncpg.Connection, rows: Sequence[Revenue]) -> int:
+    """Store revenue; a customer's figure for a period and currency is replaced by the newer import."""
+    async with conn.transaction():
+        await conn.executemany(
+            "INSERT INTO revenue (customer, period, currency, amount) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (customer, period, currency) DO UPDATE SET amount = EXCLUDED.amount",
+            [(r.customer, r.period, r.currency, r.amount) for r in rows],
+        )
+    return len(rows)
+
+
+async def load_revenue(conn: asyncpg.Connection, period: str) -> list[Revenue]:
+    rows = await conn.fetch("SELECT * FROM revenue WHERE period = $1 ORDER BY customer, currency", period)
+    return [Revenue(r["customer"], r["period"], r["amount"], r["currency"]) for r in rows]
+
+
+async def load_allocations(conn: asyncpg.Connection, period: str) -> list[Allocation]:
+    rows = await conn.fetch("SELECT * FROM allocations WHERE billing_period = $1", period)
+    return [
+        Allocation(
+            line_id=r["line_id"],
+            tenant=r["tenant"],
+            method=r["method"],
+            amount=r["amount"],
+            currency=r["currency"],
+            feature=r["feature"],
+            agent=r["agent"],
+            resource=r["resource"],
+            basis=r["basis"],
+        )
+        for r in rows
+    ]
