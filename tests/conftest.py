@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import psutil
 import pytest
 
 from costmesh.common.embedded import EmbeddedNats, EmbeddedPostgres
@@ -17,6 +18,17 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
 #: The shared sample corpus beside the repository (CI lays a copy of shared/ next to the clone).
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep temporary folders inside the checkout unless told otherwise.
+
+    PostgreSQL runs as an unprivileged user when the tests run as root, so it must be able to traverse the folders
+    above its data directory. Every pytest session resets ``/tmp/pytest-of-<user>`` to mode 0700, which would cut a
+    running server off whenever another session starts on the same machine; a per-checkout base folder avoids that.
+    """
+    if not config.option.basetemp:
+        config.option.basetemp = str(REPO / ".pytest-tmp")
 
 
 @pytest.fixture
@@ -45,6 +57,18 @@ async def fresh_dsn(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
     conn = await asyncpg.connect(postgres.dsn)
     await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
     await conn.close()
+
+
+def processes_marked(mark: str) -> list[psutil.Process]:
+    """Running processes whose environment carries ``COSTMESH_TEST_MARK=mark`` (children inherit it)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("COSTMESH_TEST_MARK") == mark and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):

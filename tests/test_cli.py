@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 import time
+import uuid
 
-import psutil
 import pytest
 
 from costmesh.cli import SERVICES
 from costmesh.common.embedded import free_port
 
-from .conftest import DATA
+from .conftest import DATA, processes_marked
 
 SUBCOMMANDS = ["up", "demo", *SERVICES, "report", "config", "version"]
 
 
-def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "costmesh.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "costmesh.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
@@ -64,15 +65,17 @@ def test_service_without_urls_says_what_is_missing():
 
 
 def test_demo_prints_tenants_and_leaves_nothing_running():
-    before = {p.pid for p in psutil.process_iter()}
-    result = _run("demo", "--capture", str(DATA / "demo_tenants.pcap"), timeout=120)
+    mark = uuid.uuid4().hex
+    result = _run(
+        "demo",
+        "--capture",
+        str(DATA / "demo_tenants.pcap"),
+        timeout=120,
+        env={**os.environ, "COSTMESH_TEST_MARK": mark},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     truth = json.loads((DATA / "demo_tenants.truth.json").read_text())["requests_by_tenant"]
     table = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()[2:]}
     assert table == {(t or "(none)"): n for t, n in truth.items()}
-    leftovers = [
-        p
-        for p in psutil.process_iter(["pid", "name", "cmdline"])
-        if p.pid not in before and p.info["name"] in ("nats-server", "postgres")
-    ]
-    assert not leftovers, f"demo left processes running: {[p.info for p in leftovers]}"
+    leftovers = processes_marked(mark)
+    assert not leftovers, f"demo left processes running: {[p.cmdline()[:3] for p in leftovers]}"
