@@ -38,16 +38,19 @@ Validator = Callable[[str], "int | None"]
 class Detector:
     """One kind of secret or PII. ``pattern`` may name a group ``v``: then only that span is replaced.
 
-    ``max_len`` bounds what the pattern can read (match plus look-around), which the streaming scanner relies on;
+    ``first`` is a character class body; ``max_len`` bounds what the pattern can read (match plus look-around), which the streaming scanner relies on;
     ``anchor`` (a regex) is set for long detectors: every match starts with it. ``validate`` gets the matched text
     and returns the length of the part that is a true positive (``None``: not one).
     """
 
     kind: str
+    #: The characters a match can start with (a cheap guard that lets the engine skip a detector at most places).
+    first: str
     pattern: str
     max_len: int
     validate: Validator | None = None
     anchor: str = ""
+    group: str = "word"
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -143,7 +146,10 @@ def entropy(text: str) -> float:
 
 
 _ASSIGN_RE = re.compile(
-    r"(?i)(?P<name>[A-Za-z0-9_.-]*)(?P<sep>[\"']?\s{0,3}(?:=|:|%3D)\s{0,3}[\"']?)(?P<v>.*)", re.DOTALL
+    r"(?P<name>[A-Za-z0-9_.-]*)(?P<sep>[\"']?\s{0,3}(?:=|:|%3[Dd])\s{0,3}[\"']?)(?P<v>.*)", re.DOTALL
+)
+_SECRET_NAME = re.compile(
+    r"(?i)api[_.-]?key|apikey|access[_.-]?key|secret|token|passw(?:or)?d|pwd|credential|private[_.-]?key|auth"
 )
 _WEAK_NAME = re.compile(r"(?i)pass|pwd|secret|credential|private")
 
@@ -155,6 +161,8 @@ def _assignment(text: str) -> int | None:
     if m is None:
         return None
     value = m.group("v")
+    if _SECRET_NAME.search(m.group("name")) is None:
+        return None
     if value.startswith("[REDACTED") or value.startswith("{"):
         return None
     if _WEAK_NAME.search(m.group("name")):
@@ -182,17 +190,67 @@ def _nb(chars: str) -> str:
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _SEP = r"(?:[ .-]|%20)"
 
-#: The detectors, in priority order for matches that start at the same place (a longer, more specific one first).
+#: The detectors, in priority order for matches that start at the same place, in three groups: ``anywhere`` (a
+#: literal prefix, may start inside a word), ``word`` (starts where a word starts), ``digit`` (starts with a digit,
+#: ``+`` or ``(``). Each group has one guard in the combined expression, so most positions cost a few checks.
 DETECTORS: Final[tuple[Detector, ...]] = (
     Detector(
         "private_key",
+        "-",
         r"-----BEGIN[ A-Z0-9]{0,30}PRIVATE KEY-----"
         r"(?:[A-Za-z0-9+/=\s\\:,.-]{0,6000}?-----END[ A-Z0-9]{0,30}PRIVATE KEY-----|[A-Za-z0-9+/=\s\\:,.-]{0,6000})",
         6200,
         anchor=r"-----BEGIN",
+        group="anywhere",
+    ),
+    Detector(
+        "jwt",
+        "e",
+        r"eyJ[A-Za-z0-9_-]{5,3000}\.[A-Za-z0-9_-]{2,6000}\.[A-Za-z0-9_-]{0,2000}",
+        11100,
+        anchor=r"eyJ",
+        group="anywhere",
+    ),
+    Detector(
+        "url_credentials",
+        ":%",
+        r"(?:://|%3[Aa]%2[Ff]%2[Ff])(?P<v>[^\s/:@%?#]{1,128}(?::|%3[Aa])[^\s/@?#]{1,256}?)(?=@|%40)",
+        400,
+        group="anywhere",
+    ),
+    Detector(
+        "slack_webhook",
+        "h",
+        r"hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/+-]{8,300}",
+        330,
+        group="anywhere",
+    ),
+    Detector("anthropic_key", "s", r"sk-ant-" + _TOK + r"{20,400}", 410, group="anywhere"),
+    Detector(
+        "github_token",
+        "g",
+        r"(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})",
+        270,
+        group="anywhere",
+    ),
+    Detector("slack_token", "x", r"(?:xox[abposr]|xapp)-[A-Za-z0-9-]{10,250}", 260, group="anywhere"),
+    Detector(
+        "stripe_key",
+        "sprw",
+        r"(?:[spr]k_(?:live|test)_[A-Za-z0-9]{10,250}|whsec_[A-Za-z0-9]{20,250})",
+        270,
+        group="anywhere",
+    ),
+    Detector(
+        "aws_access_key",
+        "A",
+        r"(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[A-Z0-9]{16}(?![A-Za-z0-9])",
+        24,
+        group="anywhere",
     ),
     Detector(
         "auth_header",
+        "PpAaSsCcXx",
         r"(?i:(?<![A-Za-z0-9-])(?:proxy-authorization|authorization|set-cookie|cookie|x-api-key|api-key|x-auth-token)"
         r"[\"']?\s{0,8}(?::|%3A)[ \t]{0,8})(?P<v>\S[^\r\n]{0,7999})",
         8100,
@@ -200,97 +258,112 @@ DETECTORS: Final[tuple[Detector, ...]] = (
     ),
     Detector(
         "bearer_token",
+        "Bb",
         r"(?i:(?<![A-Za-z0-9])(?:bearer|basic)(?:\s|%20|\+){1,4})(?P<v>[A-Za-z0-9._~+/=-]{8,6000})",
         6100,
         _token_like,
         anchor=r"(?i:bearer|basic)",
     ),
     Detector(
-        "jwt",
-        r"eyJ[A-Za-z0-9_-]{5,3000}\.[A-Za-z0-9_-]{2,6000}\.[A-Za-z0-9_-]{0,2000}",
-        11100,
-        anchor=r"eyJ",
-    ),
-    Detector(
-        "url_credentials",
-        r"(?:://|%3[Aa]%2[Ff]%2[Ff])(?P<v>[^\s/:@%?#]{1,128}(?::|%3[Aa])[^\s/@?#]{1,256}?)(?=@|%40)",
-        400,
-    ),
-    Detector("slack_webhook", r"hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/+-]{8,300}", 330),
-    Detector("anthropic_key", r"sk-ant-" + _TOK + r"{20,400}", 410),
-    Detector(
         "openai_key",
+        "s",
         _L + r"sk-(?:(?:proj|svcacct|admin|None)-" + _TOK + r"{20,400}|[A-Za-z0-9]{32,400}(?![A-Za-z0-9_-]))",
         420,
     ),
-    Detector("github_token", r"(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})", 270),
-    Detector("slack_token", r"(?:xox[abposr]|xapp)-[A-Za-z0-9-]{10,250}", 260),
-    Detector("stripe_key", r"(?:[spr]k_(?:live|test)_[A-Za-z0-9]{10,250}|whsec_[A-Za-z0-9]{20,250})", 270),
-    Detector(
-        "aws_access_key",
-        r"(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[A-Z0-9]{16}(?![A-Za-z0-9])",
-        24,
-    ),
     Detector(
         "secret",
-        r"(?i:(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]{0,40}"
-        r"(?:api[_.-]?key|apikey|access[_.-]?key|secret|token|passw(?:or)?d|pwd|credential|private[_.-]?key|auth)"
-        r"[A-Za-z0-9_.-]{0,20}[\"']?\s{0,3}(?:=|:|%3D)\s{0,3}[\"']?)(?P<v>[^\s\"'&;,<>{}\[\]]{4,512})",
+        "A-Za-z0-9_.-",
+        r"(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]{2,60}+[\"']?\s{0,3}(?:=|:|%3[Dd])\s{0,3}[\"']?"
+        r"(?P<v>[^\s\"'&;,<>{}\[\]]{4,512})",
         620,
         _assignment,
     ),
     Detector(
         "email",
+        "A-Za-z0-9._%+-",
         r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}(?:@|%40|%2540)"
         r"[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}(?![A-Za-z0-9-])",
         700,
     ),
     Detector(
         "iban",
+        "A-Za-z",
         _L + r"[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,4})?(?![A-Za-z0-9])",
         50,
         _iban,
     ),
-    Detector("card", _nb("0-9") + r"[0-9](?:(?:[ -]|%20)?[0-9]){12,18}(?![0-9])", 80, _card),
     Detector(
         "ssn",
+        "0-9",
         _nb("0-9A-Za-z-") + r"(?!000|666|9[0-9][0-9])[0-9]{3}[- ](?!00)[0-9]{2}[- ](?!0000)[0-9]{4}(?![0-9A-Za-z-])",
         15,
     ),
+    Detector("ip_address", "0-9", _nb("0-9A-Za-z.") + _OCTET + r"(?:\." + _OCTET + r"){3}(?![0-9]|\.[0-9])", 20),
+    Detector(
+        "ip_address",
+        "0-9A-Fa-f:",
+        _nb("0-9A-Za-z:.") + r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:]{0,35}(?![0-9A-Za-z:])",
+        45,
+        _ipv6,
+    ),
+    Detector(
+        "card",
+        "0-9",
+        _nb("0-9") + r"[0-9](?:(?:[ -]|%20)?[0-9]){12,18}(?![0-9])",
+        80,
+        _card,
+        group="digit",
+    ),
     Detector(
         "phone",
+        "+%(0-9",
         r"(?:(?:\+|%2[Bb])[0-9]{1,3}" + _SEP + r"?(?:\(?[0-9]{1,4}\)?" + _SEP + r"?){1,5}[0-9]{2,4}"
         r"|" + _nb("0-9.+-") + r"\(?[0-9]{3}\)?" + _SEP + r"[0-9]{3}[.-][0-9]{4})(?![0-9])",
         60,
         _digit_count(8, 15),
+        group="digit",
     ),
-    Detector(
-        "ip_address",
-        _nb("0-9A-Za-z.") + _OCTET + r"(?:\." + _OCTET + r"){3}(?![0-9]|\.[0-9])",
-        20,
-    ),
-    Detector("ip_address", _nb("0-9A-Za-z:.") + r"[0-9A-Fa-f:]{2,39}(?![0-9A-Za-z:])", 45, _ipv6),
 )
 
 KINDS: Final = tuple(dict.fromkeys(d.kind for d in DETECTORS))
 
 
-def _build() -> tuple[re.Pattern[str], dict[int, tuple[Detector, int]]]:
-    parts = []
-    groups: dict[int, tuple[Detector, int]] = {}
+def _guarded(det: Detector, name: str) -> str:
+    # A value that is already a placeholder is not a value: redacting twice changes nothing.
+    return f"(?=[{det.first}])" + det.pattern.replace("(?P<v>", f"(?P<{name}>(?!\\[REDACTED:)")
+
+
+#: One guard per group: a necessary condition of every member, checked once per position instead of per member.
+_GROUP_GUARD: Final = {
+    "anywhere": r"(?=[-e:%hsgxprwA])",
+    "word": r"(?:(?<![A-Za-z0-9])|(?<=%[0-9A-Fa-f]{2}))",
+    "digit": r"(?=[0-9+(%])",
+}
+
+
+def _build() -> tuple[re.Pattern[str], dict[int, tuple[int, int]]]:
+    groups: dict[int, tuple[int, int]] = {}
+    by_group: dict[str, list[str]] = {}
+    order: list[str] = []
     index = 0
     for i, det in enumerate(DETECTORS):
-        # A value that is already a placeholder is not a value: redacting twice changes nothing.
-        inner = det.pattern.replace("(?P<v>", f"(?P<v{i}>(?!\\[REDACTED:)")
-        parts.append(f"(?P<k{i}>{inner})")
+        if det.group not in order:
+            order.append(det.group)
+        if order[-1] != det.group:
+            raise AssertionError(f"detectors of group {det.group} must be listed together")
+        inner = _guarded(det, f"v{i}")
+        by_group.setdefault(det.group, []).append(f"(?P<k{i}>{inner})")
         index += 1
         outer = index
         index += re.compile(inner).groups
-        groups[outer] = (det, outer + 1 if "(?P<v" in det.pattern else 0)
-    return re.compile("|".join(parts)), groups
+        groups[outer] = (i, outer + 1 if "(?P<v" in det.pattern else 0)
+    combined = "|".join(f"{_GROUP_GUARD[g]}(?:{'|'.join(by_group[g])})" for g in order)
+    return re.compile(combined), groups
 
 
 COMBINED, _GROUPS = _build()
+#: Each detector alone, to try the next ones at a position where a candidate failed its validator.
+_SINGLE: Final = tuple(re.compile(_guarded(d, "v")) for d in DETECTORS)
 #: The longest text any short detector reads from where its match starts (plus look-behind context).
 SHORT_WINDOW: Final = max(d.max_len for d in DETECTORS if not d.anchor) + 8
 _LONG: Final = tuple((re.compile(d.anchor), d.max_len + 8) for d in DETECTORS if d.anchor)
@@ -305,22 +378,49 @@ def placeholder(kind: str) -> str:
 _PLACEHOLDERS: Final = {k: placeholder(k) for k in KINDS}
 
 
+def _at(text: str, start: int, first: int) -> tuple[int, int, int, str] | None:
+    """The first detector from index ``first`` on that matches at ``start`` and validates: (end, vs, ve, kind)."""
+    for i in range(first, len(DETECTORS)):
+        m = _SINGLE[i].match(text, start)
+        if m is None:
+            continue
+        det = DETECTORS[i]
+        end = m.end()
+        if det.validate is not None:
+            length = det.validate(m.group())
+            if length is None:
+                continue
+            end = start + length
+        vs, ve = m.span("v") if "v" in m.re.groupindex else (start, end)
+        return end, vs, min(ve, end), det.kind
+    return None
+
+
 def _matches(text: str, pos: int, stop: int):
     """Yield (start, end, value_start, value_end, kind) of validated matches starting in [pos, stop), left to right.
 
-    Leftmost-first: the next match is the first valid one at or after the end of the previous one.
+    At each position the first detector (in ``DETECTORS`` order) that matches and validates wins; the next match is
+    searched from the end of the previous one. This depends only on the text near each position, which is what makes
+    ``StreamScanner`` cut-invariant.
     """
     search = COMBINED.search
     while pos < stop:
         m = search(text, pos)
         if m is None or m.start() >= stop:
             return
-        det, vgroup = _GROUPS[m.lastindex]  # type: ignore[index]
+        index, vgroup = _GROUPS[m.lastindex]  # type: ignore[index]
+        det = DETECTORS[index]
         start, end = m.span()
         if det.validate is not None:
             length = det.validate(m.group())
             if length is None:
-                pos = start + 1
+                found = _at(text, start, index + 1)
+                if found is None:
+                    pos = start + 1
+                    continue
+                end, vs, ve, kind = found
+                yield start, end, vs, ve, kind
+                pos = end
                 continue
             end = start + length
         if vgroup:
