@@ -38,9 +38,10 @@ Validator = Callable[[str], "int | None"]
 class Detector:
     """One kind of secret or PII. ``pattern`` may name a group ``v``: then only that span is replaced.
 
-    ``first`` is a character class body; ``max_len`` bounds what the pattern can read (match plus look-around), which the streaming scanner relies on;
-    ``anchor`` (a regex) is set for long detectors: every match starts with it. ``validate`` gets the matched text
-    and returns the length of the part that is a true positive (``None``: not one).
+    ``first`` is a character class body; ``max_len`` bounds what the pattern can read (match plus look-around),
+    which the streaming scanner relies on; ``anchor`` (a regex) is set for long detectors: every match starts with
+    it. ``validate`` gets the matched text and returns the length of the part that is a true positive (``None``:
+    not one). ``group`` places the detector under one shared guard in the combined expression.
     """
 
     kind: str

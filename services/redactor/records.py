@@ -1,0 +1,230 @@
+"""Applying the redaction to whole batches: every field of every record, then records that became equal are merged.
+
+Reads: a decoded ``CallBatch`` (``policy.Decoder``). Emits: a new ``CallBatch`` in which
+- ``operation`` is scanned, shaped for its protocol (``shapes``), and scanned again (so no output text holds a
+  detector match, whatever shaping did);
+- free-text fields (``node``, ``tenant_rule``, ``feature``, ``agent``, ``provider``, ``model``, the batch id…) are
+  scanned (``scan``);
+- endpoints (``src_workload``, ``dst``, flow addresses) keep a private, loopback or link-local address (the
+  dependency graph needs them) and lose a public one, which is a person's or a customer's address;
+- ``tenant`` is pseudonymised when a key is configured (``pseudonym``), else scanned;
+- records equal in every non-counter field after this are merged, counters summed.
+
+Operations repeat heavily across windows, so each field class keeps a cache keyed by the raw text (bounded: cleared
+when full). The kinds found are counted per batch for metrics; never the values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from costmesh.common.config import Config
+from costmesh.common.schemas import CallBatch, FlowVolume, ObservedCall
+
+from . import policy, pseudonym, scan, shapes
+
+_Cached = tuple[str, tuple[str, ...]]
+
+
+@dataclass
+class Stats:
+    """What one batch went through: for metrics and the health answer."""
+
+    records_in: int = 0
+    records_out: int = 0
+    fields_dropped: dict[str, int] = field(default_factory=dict)
+    redactions: dict[str, int] = field(default_factory=dict)
+
+
+#: Address ranges that name infrastructure (pods, nodes, services), not people: kept on endpoints so the dependency
+#: graph can be drawn. Everything else — also documentation and benchmark ranges — is redacted.
+_INFRASTRUCTURE = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+        "::1/128", "fc00::/7", "fe80::/10",
+    )
+)  # fmt: skip
+
+
+def _endpoint_address(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str] | None:
+    """``10.0.0.1``, ``10.0.0.1:8080``, ``[fd00::1]:443``, ``fd00::1`` → (address, ``:port`` or ``""``)."""
+    host, port = value, ""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest if rest.startswith(":") and rest[1:].isdigit() else ""
+        if rest and not port:
+            return None
+    elif value.count(":") == 1:
+        host, _, p = value.partition(":")
+        if not p.isdigit():
+            return None
+        port = ":" + p
+    try:
+        return ipaddress.ip_address(host), port
+    except ValueError:
+        return None
+
+
+class RecordRedactor:
+    """Redacts batches; one per service (its caches are what make repeated operations cheap)."""
+
+    def __init__(self, config: Config, cache_entries: int = 65536) -> None:
+        policy.check_rules(config)
+        self.config = config
+        self.pseudonymize = pseudonym.from_config(config.redactor)
+        self.cache_entries = cache_entries
+        self._text: dict[str, _Cached] = {}
+        self._ops: dict[tuple[str, str], _Cached] = {}
+        self._endpoints: dict[str, _Cached] = {}
+        self._sensitive_rules: dict[str, bool] = {}
+
+    # -- one value -------------------------------------------------------------------------------------------------
+
+    def text(self, value: str) -> _Cached:
+        hit = self._text.get(value)
+        if hit is None:
+            hit = scan.redact(value)
+            self._remember(self._text, value, hit)
+        return hit
+
+    def operation(self, protocol: str, op: str) -> _Cached:
+        key = (protocol, op)
+        hit = self._ops.get(key)
+        if hit is None:
+            scanned, kinds = scan.redact(op)
+            shaped, more = scan.redact(shapes.shape(protocol, scanned))
+            hit = (shaped, kinds + more)
+            self._remember(self._ops, key, hit)
+        return hit
+
+    def endpoint(self, value: str) -> _Cached:
+        hit = self._endpoints.get(value)
+        if hit is None:
+            parsed = _endpoint_address(value)
+            if parsed is None:
+                hit = scan.redact(value)
+            else:
+                addr, port = parsed
+                if any(addr in net for net in _INFRASTRUCTURE if net.version == addr.version):
+                    hit = (value, ())
+                else:
+                    hit = (scan.placeholder("ip_address") + port, ("ip_address",))
+            self._remember(self._endpoints, value, hit)
+        return hit
+
+    def tenant(self, value: str) -> _Cached:
+        if self.pseudonymize is not None:
+            return self.pseudonymize(value), ()
+        return self.text(value)
+
+    def _remember(self, cache: dict, key: object, value: _Cached) -> None:
+        if len(cache) >= self.cache_entries:
+            cache.clear()
+        cache[key] = value
+
+    # -- one batch -------------------------------------------------------------------------------------------------
+
+    def redact_batch(self, batch: CallBatch, stats: Stats | None = None) -> tuple[CallBatch, Stats]:
+        stats = stats or Stats()
+        counts = stats.redactions
+        merged: dict[tuple, ObservedCall] = {}
+        text, operation, endpoint, tenant = self.text, self.operation, self.endpoint, self.tenant
+
+        def use(hit: _Cached) -> str:
+            for kind in hit[1]:
+                counts[kind] = counts.get(kind, 0) + 1
+            return hit[0]
+
+        for r in batch.records:
+            stats.records_in += 1
+            if r.operation:
+                h = operation(r.protocol, r.operation)
+                r.operation = h[0] if not h[1] else use(h)
+            for name in _TEXT_FIELDS:
+                v = getattr(r, name)
+                if v:
+                    h = text(v)
+                    if h[1]:  # no kind found: the text is unchanged
+                        setattr(r, name, use(h))
+            h = endpoint(r.src_workload)
+            r.src_workload = h[0] if not h[1] else use(h)
+            h = endpoint(r.dst)
+            r.dst = h[0] if not h[1] else use(h)
+            if r.tenant:
+                if r.tenant_rule and self._sensitive(r.tenant_rule):
+                    r.tenant, r.tenant_method = "", "unallocated"
+                    stats.fields_dropped["sensitive_header"] = stats.fields_dropped.get("sensitive_header", 0) + 1
+                else:
+                    h = tenant(r.tenant)
+                    r.tenant = h[0] if not h[1] else use(h)
+            key = (
+                r.window_start_us,
+                r.window_end_us,
+                r.node,
+                r.src_workload,
+                r.dst,
+                r.protocol,
+                r.operation,
+                r.tenant,
+                r.tenant_method,
+                r.tenant_rule,
+                r.feature,
+                r.agent,
+                r.provider,
+                r.model,
+                r.v,
+            )
+            first = merged.get(key)
+            if first is None:
+                merged[key] = r
+            else:
+                _add_counters(first, r)
+        flows = [self._flow(f, use) for f in batch.flows]
+        records = list(merged.values())
+        stats.records_out += len(records)
+        out = CallBatch(
+            v=batch.v,
+            batch_id=use(text(batch.batch_id)),
+            node=use(text(batch.node)),
+            seq=batch.seq,
+            records=records,
+            flows=flows,
+        )
+        return out, stats
+
+    def _flow(self, f: FlowVolume, use: Callable[[_Cached], str]) -> FlowVolume:
+        f.node = use(self.text(f.node))
+        f.src_addr = use(self.endpoint(f.src_addr))
+        f.dst_addr = use(self.endpoint(f.dst_addr))
+        if f.src_workload:
+            f.src_workload = use(self.endpoint(f.src_workload))
+        if f.dst_workload:
+            f.dst_workload = use(self.endpoint(f.dst_workload))
+        return f
+
+    def _sensitive(self, rule: str) -> bool:
+        known = self._sensitive_rules.get(rule)
+        if known is None:
+            known = policy.sensitive_rule(rule, self.config)
+            if len(self._sensitive_rules) < self.cache_entries:
+                self._sensitive_rules[rule] = known
+        return known
+
+
+#: Scanned free-text fields of a record (``policy.TEXT``), in a fixed order.
+_TEXT_FIELDS = tuple(sorted(policy.TEXT))
+
+
+def _add_counters(into: ObservedCall, other: ObservedCall) -> None:
+    into.requests += other.requests
+    into.errors += other.errors
+    into.bytes_in += other.bytes_in
+    into.bytes_out += other.bytes_out
+    into.busy_us += other.busy_us
+    into.tokens_in += other.tokens_in
+    into.tokens_out += other.tokens_out
+    into.tokens_cached += other.tokens_cached
+    into.tokens_reasoning += other.tokens_reasoning
