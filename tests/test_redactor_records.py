@@ -137,3 +137,11 @@ def test_a_refusal_reason_quotes_no_value() -> None:
     assert "$.records[0].protocol" in str(err.value)
     with pytest.raises(policy.Refused, match="msgpack"):
         policy.Decoder().decode(b"\xc1" + secret.encode())
+
+
+def test_values_hidden_by_url_encoding_are_found() -> None:
+    r = RecordRedactor(Config())
+    v6 = "2001%3Adb8%3A%3A8a2e%3A370%3A7334"
+    assert r.operation("http", f"GET /v1/hosts/{v6}/x")[0] == "GET /v1/hosts/{id}/x"
+    assert r.text(f"host {v6}") == ("host [REDACTED:ip_address]", ("ip_address",))
+    assert r.text("agent%40" + "example.com%2Fx")[1] == ("email",)

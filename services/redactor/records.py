@@ -1,8 +1,8 @@
 """Applying the redaction to whole batches: every field of every record, then records that became equal are merged.
 
 Reads: a decoded ``CallBatch`` (``policy.Decoder``). Emits: a new ``CallBatch`` in which
-- ``operation`` is scanned, shaped for its protocol (``shapes``), and scanned again (so no output text holds a
-  detector match, whatever shaping did);
+- ``operation`` is scanned, shaped for its protocol (``shapes``), and scanned again, also percent-decoded (so no
+  output text holds a detector match, whatever shaping or URL encoding did);
 - free-text fields (``node``, ``tenant_rule``, ``feature``, ``agent``, ``provider``, ``model``, the batch id…) are
   scanned (``scan``);
 - endpoints (``src_workload``, ``dst``, flow addresses) keep a private, loopback or link-local address (the
@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from costmesh.common.config import Config
 from costmesh.common.schemas import CallBatch, FlowVolume, ObservedCall
@@ -68,6 +69,20 @@ def _endpoint_address(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv
         return None
 
 
+def redact_deep(text: str) -> _Cached:
+    """``scan.redact``, then once more on the percent-decoded result: a value hidden by URL encoding is found too.
+
+    When decoding reveals something, the decoded text (redacted) is what leaves; otherwise the text as it came.
+    """
+    out, kinds = scan.redact(text)
+    if "%" in out:
+        decoded = unquote(out, errors="replace")
+        again, hidden = scan.redact(decoded)
+        if hidden:
+            return again, kinds + hidden
+    return out, kinds
+
+
 class RecordRedactor:
     """Redacts batches; one per service (its caches are what make repeated operations cheap)."""
 
@@ -86,7 +101,7 @@ class RecordRedactor:
     def text(self, value: str) -> _Cached:
         hit = self._text.get(value)
         if hit is None:
-            hit = scan.redact(value)
+            hit = redact_deep(value)
             self._remember(self._text, value, hit)
         return hit
 
@@ -95,7 +110,7 @@ class RecordRedactor:
         hit = self._ops.get(key)
         if hit is None:
             scanned, kinds = scan.redact(op)
-            shaped, more = scan.redact(shapes.shape(protocol, scanned))
+            shaped, more = redact_deep(shapes.shape(protocol, scanned))
             hit = (shaped, kinds + more)
             self._remember(self._ops, key, hit)
         return hit
@@ -105,7 +120,7 @@ class RecordRedactor:
         if hit is None:
             parsed = _endpoint_address(value)
             if parsed is None:
-                hit = scan.redact(value)
+                hit = redact_deep(value)
             else:
                 addr, port = parsed
                 if any(addr in net for net in _INFRASTRUCTURE if net.version == addr.version):

@@ -111,7 +111,7 @@ _IBAN_LEN: Final = {
 
 
 def _iban(text: str) -> int | None:
-    compact = text.replace(" ", "").upper()
+    compact = text.replace("%20", "").replace(" ", "").upper()
     if _IBAN_LEN.get(compact[:2]) != len(compact):
         return None
     rearranged = compact[4:] + compact[:4]
@@ -119,9 +119,12 @@ def _iban(text: str) -> int | None:
     return len(text) if int(number) % 97 == 1 else None
 
 
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
 def _digit_count(lo: int, hi: int) -> Validator:
     def check(text: str) -> int | None:
-        n = sum(c.isdigit() for c in text)
+        n = sum(c.isdigit() for c in _ESCAPE.sub("", text))
         return len(text) if lo <= n <= hi else None
 
     return check
@@ -190,6 +193,8 @@ def _nb(chars: str) -> str:
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _SEP = r"(?:[ .-]|%20)"
+_OPEN = r"(?:\(|%28)"
+_CLOSE = r"(?:\)|%29)"
 
 #: The detectors, in priority order for matches that start at the same place, in three groups: ``anywhere`` (a
 #: literal prefix, may start inside a word), ``word`` (starts where a word starts), ``digit`` (starts with a digit,
@@ -198,9 +203,10 @@ DETECTORS: Final[tuple[Detector, ...]] = (
     Detector(
         "private_key",
         "-",
-        r"-----BEGIN[ A-Z0-9]{0,30}PRIVATE KEY-----"
-        r"(?:[A-Za-z0-9+/=\s\\:,.-]{0,6000}?-----END[ A-Z0-9]{0,30}PRIVATE KEY-----|[A-Za-z0-9+/=\s\\:,.-]{0,6000})",
-        6200,
+        r"-----BEGIN(?:[ A-Z0-9+]|%20){0,30}PRIVATE(?: |%20|\+)KEY-----"
+        r"(?:[A-Za-z0-9+/=\s\\:,.%-]{0,6000}?-----END(?:[ A-Z0-9+]|%20){0,30}PRIVATE(?: |%20|\+)KEY-----"
+        r"|[A-Za-z0-9+/=\s\\:,.%-]{0,6000})",
+        6300,
         anchor=r"-----BEGIN",
         group="anywhere",
     ),
@@ -222,7 +228,7 @@ DETECTORS: Final[tuple[Detector, ...]] = (
     Detector(
         "slack_webhook",
         "h",
-        r"hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/+-]{8,300}",
+        r"hooks\.slack\.com(?:/|%2[Ff])(?:services|workflows|triggers)(?:/|%2[Ff])[A-Za-z0-9_/+%-]{8,300}",
         330,
         group="anywhere",
     ),
@@ -289,8 +295,8 @@ DETECTORS: Final[tuple[Detector, ...]] = (
     Detector(
         "iban",
         "A-Za-z",
-        _L + r"[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,4})?(?![A-Za-z0-9])",
-        50,
+        _L + r"[A-Za-z]{2}[0-9]{2}(?:(?: |%20)?[A-Za-z0-9]{4}){2,7}(?:(?: |%20)?[A-Za-z0-9]{1,4})?(?![A-Za-z0-9])",
+        80,
         _iban,
     ),
     Detector(
@@ -318,8 +324,9 @@ DETECTORS: Final[tuple[Detector, ...]] = (
     Detector(
         "phone",
         "+%(0-9",
-        r"(?:(?:\+|%2[Bb])[0-9]{1,3}" + _SEP + r"?(?:\(?[0-9]{1,4}\)?" + _SEP + r"?){1,5}[0-9]{2,4}"
-        r"|" + _nb("0-9.+-") + r"\(?[0-9]{3}\)?" + _SEP + r"[0-9]{3}[.-][0-9]{4})(?![0-9])",
+        r"(?:(?:\+|%2[Bb])[0-9]{1,3}" + _SEP + r"?(?:" + _OPEN + r"?[0-9]{1,4}" + _CLOSE + r"?" + _SEP + r"?){1,5}"
+        r"[0-9]{2,4}|" + _nb("0-9.+-") + _OPEN + r"?[0-9]{3}" + _CLOSE + r"?" + _SEP + r"[0-9]{3}[.-][0-9]{4})"
+        r"(?![0-9])",
         60,
         _digit_count(8, 15),
         group="digit",
