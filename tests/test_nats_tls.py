@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import json
 import os
 import socket
 import ssl
@@ -24,14 +25,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from costmesh.common import natsio
-from costmesh.common.config import Config, NatsConfig
-from costmesh.common.embedded import EmbeddedNats
+from costmesh.common.config import Config, NatsConfig, load_config
+from costmesh.common.embedded import EmbeddedNats, free_port
 from costmesh.common.runtime import ServiceContext
 from costmesh.common.schemas import ObservedCall
+from costmesh.common.supervisor import Stack, http_json
 from costmesh.redactor import service as redactor_service
 from costmesh.sensor.service import BatchSender
 
-from .conftest import wait_for
+from .conftest import DATA, wait_for
 
 
 def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -184,3 +186,30 @@ def test_plain_text_is_refused(secure_nats):
         except (ConnectionResetError, TimeoutError):
             pass
     assert b"PONG" not in answer
+
+
+async def test_the_whole_pipeline_runs_over_tls_and_nkey(secure_nats, fresh_dsn):
+    """``costmesh up`` with the secure server: every service connects with the configured CA and nkey seed."""
+    server, ca, seed, tmp = secure_nats
+    api_port = free_port()
+    config_path = tmp / "costmesh.toml"
+    config_path.write_text(
+        f'node = "node-s"\n[nats]\nurl = "{server.url}"\ntls_ca_file = "{ca}"\nnkey_seed_file = "{seed}"\n'
+        f'tls_required = true\n[postgres]\ndsn = "{fresh_dsn}"\n[api]\nport = {api_port}\n'
+    )
+    truth = json.loads((DATA / "demo_tenants.truth.json").read_text())
+    stack = Stack(load_config(config_path), str(config_path), tmp / "data", [str(DATA / "demo_tenants.pcap")])
+    await asyncio.to_thread(stack.start)
+    try:
+        base = f"http://127.0.0.1:{stack.api_port}"
+
+        async def all_applied():
+            sensor = await asyncio.to_thread(stack.health, "sensor")
+            ingest = await asyncio.to_thread(http_json, base + "/v1/ingest")
+            return sensor["replay_done"] and ingest["applied_batches"] == sensor["batches_published"] > 0
+
+        await wait_for(all_applied, timeout=60)
+        usage = await asyncio.to_thread(http_json, base + "/v1/usage?group_by=tenant")
+        assert {row["tenant"]: row["requests"] for row in usage["rows"]} == truth["requests_by_tenant"]
+    finally:
+        await asyncio.to_thread(stack.stop)
