@@ -145,3 +145,37 @@ def test_values_hidden_by_url_encoding_are_found() -> None:
     assert r.operation("http", f"GET /v1/hosts/{v6}/x")[0] == "GET /v1/hosts/{id}/x"
     assert r.text(f"host {v6}") == ("host [REDACTED:ip_address]", ("ip_address",))
     assert r.text("agent%40" + "example.com%2Fx")[1] == ("email",)
+
+
+def test_metrics_count_records_fields_and_kinds_with_bounded_labels() -> None:
+    from costmesh.common.metrics import REGISTRY
+    from costmesh.redactor.service import record_stats
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (
+        value("costmesh_redactor_records_in_total"),
+        value("costmesh_redactor_records_out_total"),
+        value("costmesh_redactor_redactions_total", kind="email"),
+        value("costmesh_redactor_fields_dropped_total", reason="sensitive_header"),
+    )
+    r = RecordRedactor(Config())
+    email = "erin.leak" + "@" + "example.com"
+    batch = _batch(
+        _call(operation=f"GET /u/{email}", requests=1),
+        _call(operation=f"GET /u/{email}", requests=1),
+        _call(tenant="x", tenant_rule="header:authorization", requests=1),
+    )
+    _out, stats = r.redact_batch(_roundtrip(batch))
+    record_stats(stats)
+    after = (
+        value("costmesh_redactor_records_in_total"),
+        value("costmesh_redactor_records_out_total"),
+        value("costmesh_redactor_redactions_total", kind="email"),
+        value("costmesh_redactor_fields_dropped_total", reason="sensitive_header"),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [3, 2, 2, 1]
+    for metric in REGISTRY.collect():
+        if metric.name == "costmesh_redactor_redactions":
+            assert {s.labels["kind"] for s in metric.samples} <= set(scan.KINDS)
