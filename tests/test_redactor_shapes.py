@@ -83,3 +83,20 @@ def test_shapes_of_ids_merge() -> None:
     a = shapes.shape("http", "GET /v1/orders/1?page=1")
     b = shapes.shape("http", "GET /v1/orders/982734?page=7")
     assert a == b == "GET /v1/orders/{id}?page"
+
+
+@pytest.mark.parametrize(
+    ("protocol", "raw"),
+    [("http", raw) for raw, _ in HTTP_CASES] + [("postgres", raw) for raw, _ in SQL_CASES],
+)
+def test_cache_key_has_the_same_shape(protocol: str, raw: str) -> None:
+    assert shapes.shape(protocol, shapes.cache_key(protocol, raw)) == shapes.shape(protocol, raw)
+
+
+def test_cache_key_folds_ids_and_values() -> None:
+    a = shapes.cache_key("http", "GET /v1/orders/17/items?page=1&q=abc HTTP/1.1")
+    b = shapes.cache_key("http", "GET /v1/orders/99182/items?page=4&q=xyz HTTP/1.1")
+    assert a == b
+    assert shapes.cache_key("postgres", "SELECT 1 WHERE a = 'x'") == shapes.cache_key(
+        "postgres", "SELECT 2 WHERE a = 'y'"
+    )

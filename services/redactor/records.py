@@ -83,6 +83,16 @@ def redact_deep(text: str) -> _Cached:
     return out, kinds
 
 
+def _shape_operation(protocol: str, op: str) -> _Cached:
+    """Scan, shape, scan again (also percent-decoded). SQL is shaped first: its literals, where values live, are
+    removed whole, so scanning the fingerprint is enough and cheaper."""
+    if protocol == "postgres":
+        return redact_deep(shapes.shape(protocol, op))
+    scanned, kinds = scan.redact(op)
+    shaped, more = redact_deep(shapes.shape(protocol, scanned))
+    return shaped, kinds + more
+
+
 class RecordRedactor:
     """Redacts batches; one per service (its caches are what make repeated operations cheap)."""
 
@@ -93,6 +103,9 @@ class RecordRedactor:
         self.cache_entries = cache_entries
         self._text: dict[str, _Cached] = {}
         self._ops: dict[tuple[str, str], _Cached] = {}
+        self._shapes: dict[tuple[str, str], _Cached] = {}
+        self._contexts: dict[tuple, tuple[tuple, tuple[str, ...], bool, bool]] = {}
+        self._pairs: dict[tuple[str, str], tuple[tuple[str, str], tuple[str, ...]]] = {}
         self._endpoints: dict[str, _Cached] = {}
         self._sensitive_rules: dict[str, bool] = {}
 
@@ -106,13 +119,17 @@ class RecordRedactor:
         return hit
 
     def operation(self, protocol: str, op: str) -> _Cached:
-        key = (protocol, op)
-        hit = self._ops.get(key)
+        """Two cache levels: the raw text (repeats across windows), then ``shapes.cache_key`` (all requests to one
+        route, all executions of one statement); only a new key pays for scanning and shaping."""
+        raw_key = (protocol, op)
+        hit = self._ops.get(raw_key)
         if hit is None:
-            scanned, kinds = scan.redact(op)
-            shaped, more = redact_deep(shapes.shape(protocol, scanned))
-            hit = (shaped, kinds + more)
-            self._remember(self._ops, key, hit)
+            key = (protocol, shapes.cache_key(protocol, op))
+            hit = self._shapes.get(key)
+            if hit is None:
+                hit = _shape_operation(protocol, key[1])
+                self._remember(self._shapes, key, hit)
+            self._remember(self._ops, raw_key, hit)
         return hit
 
     def endpoint(self, value: str) -> _Cached:
@@ -146,57 +163,52 @@ class RecordRedactor:
         stats = stats or Stats()
         counts = stats.redactions
         merged: dict[tuple, ObservedCall] = {}
-        text, operation, endpoint, tenant = self.text, self.operation, self.endpoint, self.tenant
+        text, operation = self.text, self.operation
 
         def use(hit: _Cached) -> str:
             for kind in hit[1]:
                 counts[kind] = counts.get(kind, 0) + 1
             return hit[0]
 
+        pairs, get_pair = self._pairs, self._pairs.get
+        contexts, get_context = self._contexts, self._contexts.get
+        ops_get, fields_dropped = self._ops.get, stats.fields_dropped
         for r in batch.records:
-            stats.records_in += 1
-            if r.operation:
-                h = operation(r.protocol, r.operation)
-                r.operation = h[0] if not h[1] else use(h)
-            for name in _TEXT_FIELDS:
-                v = getattr(r, name)
-                if v:
-                    h = text(v)
-                    if h[1]:  # no kind found: the text is unchanged
-                        setattr(r, name, use(h))
-            h = endpoint(r.src_workload)
-            r.src_workload = h[0] if not h[1] else use(h)
-            h = endpoint(r.dst)
-            r.dst = h[0] if not h[1] else use(h)
-            if r.tenant:
-                if r.tenant_rule and self._sensitive(r.tenant_rule):
-                    r.tenant, r.tenant_method = "", "unallocated"
-                    stats.fields_dropped["sensitive_header"] = stats.fields_dropped.get("sensitive_header", 0) + 1
-                else:
-                    h = tenant(r.tenant)
-                    r.tenant = h[0] if not h[1] else use(h)
-            key = (
-                r.window_start_us,
-                r.window_end_us,
-                r.node,
-                r.src_workload,
-                r.dst,
-                r.protocol,
-                r.operation,
-                r.tenant,
-                r.tenant_method,
-                r.tenant_rule,
-                r.feature,
-                r.agent,
-                r.provider,
-                r.model,
-                r.v,
-            )
+            # Endpoints (few edges) and the rest (tenants × features × …) are cached apart: both sets stay small.
+            pair = (r.src_workload, r.dst)
+            pair_out = get_pair(pair)
+            if pair_out is None:
+                pair_out = self._pair(pair)
+                self._remember(pairs, pair, pair_out)
+            if pair_out[1]:
+                r.src_workload, r.dst = pair_out[0]
+                for kind in pair_out[1]:
+                    counts[kind] = counts.get(kind, 0) + 1
+            ctx = (r.node, r.tenant, r.tenant_method, r.tenant_rule, r.feature, r.agent, r.provider, r.model)
+            hit = get_context(ctx)
+            if hit is None:
+                hit = self._context(ctx)
+                self._remember(contexts, ctx, hit)
+            out, kinds, changed, sensitive = hit
+            if changed:
+                r.node, r.tenant, r.tenant_method, r.tenant_rule, r.feature, r.agent, r.provider, r.model = out
+                for kind in kinds:
+                    counts[kind] = counts.get(kind, 0) + 1
+                if sensitive:
+                    fields_dropped["sensitive_header"] = fields_dropped.get("sensitive_header", 0) + 1
+            op = r.operation
+            if op:
+                h = ops_get((r.protocol, op)) or operation(r.protocol, op)
+                r.operation = op = h[0]
+                for kind in h[1]:
+                    counts[kind] = counts.get(kind, 0) + 1
+            key = (r.window_start_us, r.window_end_us, r.protocol, op, r.v, pair_out[0], out)
             first = merged.get(key)
             if first is None:
                 merged[key] = r
             else:
                 _add_counters(first, r)
+        stats.records_in += len(batch.records)
         flows = [self._flow(f, use) for f in batch.flows]
         records = list(merged.values())
         stats.records_out += len(records)
@@ -209,6 +221,35 @@ class RecordRedactor:
             flows=flows,
         )
         return out, stats
+
+    def _pair(self, pair: tuple[str, str]) -> tuple[tuple[str, str], tuple[str, ...]]:
+        """Redacted (src_workload, dst) and the kinds found."""
+        (src, src_kinds), (dst, dst_kinds) = self.endpoint(pair[0]), self.endpoint(pair[1])
+        return (src, dst), src_kinds + dst_kinds
+
+    def _context(self, ctx: tuple) -> tuple[tuple, tuple[str, ...], bool, bool]:
+        """The redacted form of a record's other text fields (``node, tenant, tenant_method, tenant_rule, feature,
+        agent, provider, model``): (fields, kinds found, whether anything changed, whether a tenant read from a
+        credential header was dropped)."""
+        node, tenant, method, rule, feature, agent, provider, model = ctx
+        kinds: list[str] = []
+
+        def via(value: str, redact: Callable[[str], _Cached]) -> str:
+            if not value:
+                return value
+            out, found = redact(value)
+            kinds.extend(found)
+            return out
+
+        sensitive = bool(tenant and rule and self._sensitive(rule))
+        if sensitive:
+            tenant, method = "", "unallocated"
+        text = self.text
+        out = (
+            via(node, text), via(tenant, self.tenant), method, via(rule, text), via(feature, text), via(agent, text),
+            via(provider, text), via(model, text),
+        )  # fmt: skip
+        return out, tuple(kinds), out != ctx, sensitive
 
     def _flow(self, f: FlowVolume, use: Callable[[_Cached], str]) -> FlowVolume:
         f.node = use(self.text(f.node))
@@ -229,8 +270,13 @@ class RecordRedactor:
         return known
 
 
-#: Scanned free-text fields of a record (``policy.TEXT``), in a fixed order.
-_TEXT_FIELDS = tuple(sorted(policy.TEXT))
+#: The non-counter text fields of a record that ``RecordRedactor._pair`` and ``_context`` handle. Every ``str`` field
+#: of the contract must be here or be ``operation``: a new one stops the redactor at import (fail closed).
+CONTEXT_FIELDS = (
+    "node", "src_workload", "dst", "tenant", "tenant_method", "tenant_rule", "feature", "agent", "provider", "model",
+)  # fmt: skip
+if set(CONTEXT_FIELDS) != policy.TEXT | policy.ENDPOINT | policy.TENANT | {"tenant_method"}:
+    raise ImportError("records.CONTEXT_FIELDS does not cover the contract's text fields: classify the new field")
 
 
 def _add_counters(into: ObservedCall, other: ObservedCall) -> None:

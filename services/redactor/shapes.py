@@ -157,3 +157,49 @@ def shape(protocol: str, op: str) -> str:
     if protocol == "redis":
         return shape_redis(op)
     return shape_topic(op)
+
+
+_ID_SEGMENT = re.compile(
+    r"(?<=/)(?:[0-9]+|[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})(?=[/;?#\s]|$)"
+)
+_QUERY_VALUE = re.compile(r"=[^&;#\s]*")
+_SQL_LITERAL = re.compile(
+    r"""(?P<keep>"(?:""|[^"])*(?:"|\Z))|(?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
+    |[EeXxBbNn]?'(?:''|\\.|[^'\\])*(?:'|\Z)
+    |\$\$.*?(?:\$\$|\Z)|\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)\$.*?(?:\$(?P=tag)\$|\Z)
+    |(?<![A-Za-z0-9_$.])(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?(?![A-Za-z0-9_])""",
+    re.DOTALL | re.VERBOSE,
+)
+
+
+def _sql_literal(m: re.Match[str]) -> str:
+    if m.group("keep"):
+        return m.group()
+    return " " if m.group("comment") else "?"
+
+
+_CANONICAL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def _canonical_id(m: re.Match[str]) -> str:
+    return "0" if len(m.group()) != 36 else _CANONICAL_UUID
+
+
+def cache_key(protocol: str, op: str) -> str:
+    """A cheaper, coarser form of an operation that has the same shape: what the redactor's caches are keyed by.
+
+    HTTP: the request line with ids in path segments (numbers, UUIDs) canonicalised and query values removed —
+    shaping turns those into ``{id}``/``{uuid}`` and drops query values anyway, so every request to one route shares
+    one key. PostgreSQL: string and number literals replaced by ``?`` — the fingerprint removes them anyway. A
+    canonical id keeps the character class of what it replaces, so a detector match spanning it still spans it.
+    """
+    if protocol == "http":
+        line = op.split("\n", 1)[0].split("\r", 1)[0]
+        path, sep, query = line.partition("?")
+        path = _ID_SEGMENT.sub(_canonical_id, path)
+        if not sep:
+            return path
+        return path + "?" + _QUERY_VALUE.sub("", query)
+    if protocol == "postgres":
+        return _SQL_LITERAL.sub(_sql_literal, op)
+    return op
