@@ -27,6 +27,9 @@ from costmesh.common.schemas import CallBatch, FlowVolume, ObservedCall
 from . import policy, pseudonym, scan, shapes
 
 _Cached = tuple[str, tuple[str, ...]]
+#: Longer texts (big SQL statements, odd free text) are redacted every time rather than cached, so that the caches'
+#: memory stays bounded by entries × this (a few tens of MB at the default ``redactor.cache_entries``).
+MAX_CACHED_TEXT = 512
 
 
 @dataclass
@@ -115,7 +118,8 @@ class RecordRedactor:
         hit = self._text.get(value)
         if hit is None:
             hit = redact_deep(value)
-            self._remember(self._text, value, hit)
+            if len(value) <= MAX_CACHED_TEXT:
+                self._remember(self._text, value, hit)
         return hit
 
     def operation(self, protocol: str, op: str) -> _Cached:
@@ -128,8 +132,10 @@ class RecordRedactor:
             hit = self._shapes.get(key)
             if hit is None:
                 hit = _shape_operation(protocol, key[1])
-                self._remember(self._shapes, key, hit)
-            self._remember(self._ops, raw_key, hit)
+                if len(key[1]) <= MAX_CACHED_TEXT:
+                    self._remember(self._shapes, key, hit)
+            if len(op) <= MAX_CACHED_TEXT:
+                self._remember(self._ops, raw_key, hit)
         return hit
 
     def endpoint(self, value: str) -> _Cached:
