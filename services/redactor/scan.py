@@ -5,8 +5,9 @@ replaced, and the kinds that were found (for metrics; never the values).
 
 One combined, precompiled regular expression holds every detector as an alternative (one pass over the text); a
 detector whose shape alone is not evidence (cards, IBANs, phone numbers, generic ``key=`` assignments, IPv6) adds a
-validator (Luhn, ISO 13616 mod-97, digit counts, entropy). A candidate that fails its validator is skipped and the
-search resumes one character later, so a control such as a 16-digit number failing Luhn stays as it is.
+validator (Luhn, ISO 13616 mod-97, digit counts, entropy). When a candidate fails its validator, the next detectors
+are tried at the same place, then the search resumes one character later; so a control such as a 16-digit number
+failing Luhn stays as it is. At each place the first detector (in ``DETECTORS`` order) that matches and validates wins.
 
 Streaming. ``StreamScanner`` redacts a text that arrives in segments (a TCP payload, a request body) and gives, for any
 way the byte stream is cut, exactly ``redact(whole_text)`` once closed: every detector has a bounded length, so a
@@ -222,14 +223,14 @@ DETECTORS: Final[tuple[Detector, ...]] = (
         "url_credentials",
         ":%",
         r"(?:://|%3[Aa]%2[Ff]%2[Ff])(?P<v>[^\s/:@%?#]{1,128}(?::|%3[Aa])[^\s/@?#]{1,256}?)(?=@|%40)",
-        400,
+        410,
         group="anywhere",
     ),
     Detector(
         "slack_webhook",
         "h",
         r"hooks\.slack\.com(?:/|%2[Ff])(?:services|workflows|triggers)(?:/|%2[Ff])[A-Za-z0-9_/+%-]{8,300}",
-        330,
+        340,
         group="anywhere",
     ),
     Detector("anthropic_key", "s", r"sk-ant-" + _TOK + r"{20,400}", 410, group="anywhere"),
@@ -327,7 +328,7 @@ DETECTORS: Final[tuple[Detector, ...]] = (
         r"(?:(?:\+|%2[Bb])[0-9]{1,3}" + _SEP + r"?(?:" + _OPEN + r"?[0-9]{1,4}" + _CLOSE + r"?" + _SEP + r"?){1,5}"
         r"[0-9]{2,4}|" + _nb("0-9.+-") + _OPEN + r"?[0-9]{3}" + _CLOSE + r"?" + _SEP + r"[0-9]{3}[.-][0-9]{4})"
         r"(?![0-9])",
-        60,
+        90,
         _digit_count(8, 15),
         group="digit",
     ),
