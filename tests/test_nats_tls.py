@@ -1,18 +1,23 @@
-"""Transport off the node: a real nats-server requiring TLS (a CA and certificate made here) and nkey authentication.
+"""Transport off the node: a real nats-server requiring TLS (a CA and certificate made here) and nkey or JWT
+authentication (operator, account and user JWTs signed here with nkeys).
 
-With the configured CA and nkey seed the whole node path works (sensor → redactor → JetStream, through
-``natsio.connect``); a client without the nkey, with a wrong nkey, without the CA, or speaking plain text is refused.
+With the configured CA and nkey seed, or ``.creds`` file, the node path works (sensor → redactor → JetStream, through
+``natsio.connect``) and so does the whole ``costmesh up`` pipeline; a client without credentials, with a wrong nkey or a
+user of an unknown account, without the CA, or speaking plain text is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
+import hashlib
 import ipaddress
 import json
 import os
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import msgspec
@@ -108,10 +113,10 @@ def secure_nats(tmp_path: Path):
     server.stop()
 
 
-async def test_the_node_path_works_over_tls_with_the_nkey(secure_nats):
-    server, ca, seed, _tmp = secure_nats
-    cfg = Config(node="node-s", nats=NatsConfig(url=server.url, tls_ca_file=str(ca), nkey_seed_file=str(seed)))
-    ctx = ServiceContext(name="redactor", config=cfg, nats_url=server.url, dsn="")
+async def _node_path_works(url: str, nats_cfg: NatsConfig) -> None:
+    """A redactor and a sensor connect with ``nats_cfg`` (``natsio.connect``); a batch lands in JetStream redacted."""
+    cfg = Config(node="node-s", nats=nats_cfg)
+    ctx = ServiceContext(name="redactor", config=cfg, nats_url=url, dsn="")
     task = asyncio.create_task(redactor_service.main(ctx))
 
     async def ready() -> bool:
@@ -120,8 +125,7 @@ async def test_the_node_path_works_over_tls_with_the_nkey(secure_nats):
     nc = None
     try:
         await wait_for(ready, timeout=15)
-        nc = await natsio.connect(cfg.nats, server.url, "test-sensor")
-        assert nc.connected_url is not None
+        nc = await natsio.connect(cfg.nats, url, "test-sensor")
         # The wire is TLS (nats-py keeps its stream writer private; the server would refuse plain text anyway).
         assert nc._transport._io_writer.get_extra_info("ssl_object") is not None
         record = ObservedCall(
@@ -139,6 +143,11 @@ async def test_the_node_path_works_over_tls_with_the_nkey(secure_nats):
             await nc.close()
         ctx.stopping.set()
         await task
+
+
+async def test_the_node_path_works_over_tls_with_the_nkey(secure_nats):
+    server, ca, seed, _tmp = secure_nats
+    await _node_path_works(server.url, NatsConfig(url=server.url, tls_ca_file=str(ca), nkey_seed_file=str(seed)))
 
 
 async def _refused(**options) -> BaseException:
@@ -213,3 +222,81 @@ async def test_the_whole_pipeline_runs_over_tls_and_nkey(secure_nats, fresh_dsn)
         assert {row["tenant"]: row["requests"] for row in usage["rows"]} == truth["requests_by_tenant"]
     finally:
         await asyncio.to_thread(stack.stop)
+
+
+# -- JWT credentials (decentralised auth: operator → account → user, all made here) -----------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _keypair(prefix: int) -> tuple[bytes, nkeys.KeyPair]:
+    seed = nkeys.encode_seed(os.urandom(32), prefix)
+    return seed, nkeys.from_seed(seed)
+
+
+def _jwt(signer: nkeys.KeyPair, subject: nkeys.KeyPair, name: str, claims: dict) -> str:
+    """A NATS JWT (v2): ed25519-nkey signature of ``header.claims`` by the issuer's key."""
+    body = {"iat": int(time.time()), "iss": signer.public_key.decode(), "name": name}
+    body |= {"sub": subject.public_key.decode(), "nats": {**claims, "version": 2}}
+    digest = hashlib.new("sha512_256", json.dumps(body, separators=(",", ":")).encode()).digest()
+    body["jti"] = base64.b32encode(digest).decode().rstrip("=")
+    head = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    payload = _b64(json.dumps(body, separators=(",", ":")).encode())
+    return f"{head}.{payload}.{_b64(signer.sign(f'{head}.{payload}'.encode()))}"
+
+
+_UNLIMITED = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": True, "conn": -1}
+
+
+def _creds(folder: Path, name: str, account: nkeys.KeyPair) -> Path:
+    seed, user = _keypair(nkeys.PREFIX_BYTE_USER)
+    token = _jwt(account, user, name, {"type": "user", "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1})
+    path = folder / f"{name}.creds"
+    path.write_text(
+        f"-----BEGIN NATS USER JWT-----\n{token}\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{seed.decode()}\n------END USER NKEY SEED------\n"
+    )
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def jwt_nats(tmp_path: Path):
+    """TLS and operator-mode auth: only users whose JWT an account of this operator signed may connect."""
+    ca, cert, key = _make_pki(tmp_path)
+    _op_seed, operator = _keypair(nkeys.PREFIX_BYTE_OPERATOR)
+    _sys_seed, system = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+    _acc_seed, account = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+    operator_jwt = _jwt(operator, operator, "op", {"type": "operator", "system_account": system.public_key.decode()})
+    system_jwt = _jwt(operator, system, "SYS", {"type": "account", "limits": {**_UNLIMITED, "leaf": -1}})
+    storage = {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1, "leaf": -1}
+    account_jwt = _jwt(operator, account, "costmesh", {"type": "account", "limits": {**_UNLIMITED, **storage}})
+    server = EmbeddedNats(
+        tmp_path / "nats",
+        config_text=(
+            f'tls {{\n  cert_file: "{cert}"\n  key_file: "{key}"\n  ca_file: "{ca}"\n  timeout: 2\n}}\n'
+            f'operator: "{operator_jwt}"\nsystem_account: {system.public_key.decode()}\nresolver: MEMORY\n'
+            f'resolver_preload: {{\n  {account.public_key.decode()}: "{account_jwt}"\n'
+            f'  {system.public_key.decode()}: "{system_jwt}"\n}}\n'
+        ),
+    ).start()
+    yield server, ca, _creds(tmp_path, "node", account), tmp_path
+    server.stop()
+
+
+async def test_the_node_path_works_over_tls_with_jwt_credentials(jwt_nats):
+    server, ca, creds, _tmp = jwt_nats
+    await _node_path_works(server.url, NatsConfig(url=server.url, tls_ca_file=str(ca), creds_file=str(creds)))
+
+
+async def test_a_user_of_an_unknown_account_or_none_is_refused(jwt_nats):
+    server, ca, _creds_file, tmp = jwt_nats
+    tls = ssl.create_default_context(cafile=str(ca))
+    _seed, stranger_account = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+    forged = _creds(tmp, "forged", stranger_account)
+    exc = await _refused(servers=[server.url], tls=tls, tls_hostname="localhost", user_credentials=str(forged))
+    assert "authorization" in repr(exc).lower()
+    exc = await _refused(servers=[server.url], tls=tls, tls_hostname="localhost")
+    assert "authorization" in repr(exc).lower()
