@@ -220,3 +220,33 @@ async def test_a_rogue_sensor_batch_leaks_nothing(nats_server):
     assert all(set(r) <= set(ObservedCall.__struct_fields__) for r in published["records"])
     dropped = REGISTRY.get_sample_value("costmesh_redactor_fields_dropped_total", {"reason": "unknown_field"})
     assert dropped is not None and dropped >= 1 + 2 * len(records)
+
+
+async def test_a_redactor_bug_refuses_the_batch_without_quoting_it(nats_server, monkeypatch, caplog):
+    """Whatever goes wrong inside redaction, the batch is refused (the sensor moves on) and no value is logged."""
+    from costmesh.redactor.records import RecordRedactor
+
+    secret = next(p.text for p in PLANTS if p.kind == "anthropic_key")
+
+    def broken(self, batch, stats=None):
+        raise ValueError(f"cannot handle {batch.records[0].operation}")
+
+    monkeypatch.setattr(RecordRedactor, "redact_batch", broken)
+    config = Config(node="node-b")
+    ctx, task = await _run_redactor(config, nats_server.url)
+    nc = await nats.connect(nats_server.url)
+    try:
+        record = ObservedCall(
+            window_start_us=0, window_end_us=1, node="node-b", src_workload="a", dst="b", protocol="http",
+            operation=f"GET /x/{secret}",
+        )  # fmt: skip
+        batch = CallBatch(batch_id="node-b-1", node="node-b", seq=1, records=[record])
+        reply = await nc.request(natsio.RAW_SUBJECT.format(node="node-b"), msgspec.msgpack.encode(batch), timeout=10)
+        assert reply.data == b"refused: internal error"
+    finally:
+        await nc.close()
+        ctx.stopping.set()
+        await task
+    logged = [vars(r) for r in caplog.records]
+    assert secret not in repr(logged)
+    assert any(r.get("error") == "ValueError" for r in logged)

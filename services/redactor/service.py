@@ -56,7 +56,14 @@ async def main(ctx: ServiceContext) -> None:
         stats = Stats()
         if dropped:
             stats.fields_dropped["unknown_field"] = dropped
-        batch, stats = redactor.redact_batch(raw, stats)
+        try:
+            batch, stats = redactor.redact_batch(raw, stats)
+        except Exception as exc:  # a bug must neither leak a value (in a message) nor block the sensor forever
+            ERRORS.labels("redactor", "internal").inc()
+            ctx.health["batches_refused"] = int(ctx.health["batches_refused"]) + 1
+            log.error("could not redact a batch; refused", extra={"error": type(exc).__name__})
+            await msg.respond(b"refused: internal error")
+            return
         try:
             await natsio.publish_batch(js, natsio.EVENTS_SUBJECT.format(node=node), batch.batch_id, codec.encode(batch))
         except Exception as exc:  # any JetStream failure: do not confirm, the sensor retries the same batch id
