@@ -2,7 +2,9 @@
 
 Reads: a decoded ``CallBatch`` (``policy.Decoder``). Emits: a new ``CallBatch`` in which
 - ``operation`` is scanned, shaped for its protocol (``shapes``), and scanned again, also percent-decoded (so no
-  output text holds a detector match, whatever shaping or URL encoding did);
+  output text holds a detector match, whatever shaping or URL encoding did). Before that, ids in HTTP paths are
+  canonicalised and query values removed (``shapes.cache_key``: shaping drops them anyway, so they are never scanned
+  nor counted), and SQL is fingerprinted first (its literals, where values live, go whole);
 - free-text fields (``node``, ``tenant_rule``, ``feature``, ``agent``, ``provider``, ``model``, the batch id…) are
   scanned (``scan``);
 - endpoints (``src_workload``, ``dst``, flow addresses) keep a private, loopback or link-local address (the
@@ -10,8 +12,9 @@ Reads: a decoded ``CallBatch`` (``policy.Decoder``). Emits: a new ``CallBatch`` 
 - ``tenant`` is pseudonymised when a key is configured (``pseudonym``), else scanned;
 - records equal in every non-counter field after this are merged, counters summed.
 
-Operations repeat heavily across windows, so each field class keeps a cache keyed by the raw text (bounded: cleared
-when full). The kinds found are counted per batch for metrics; never the values.
+Operations repeat heavily across windows, so results are cached: operations by raw text and then by cache key,
+endpoint pairs, and the tuple of a record's other text fields (bounded: a full cache is cleared; texts longer than
+``MAX_CACHED_TEXT`` are not cached). The kinds found are counted per batch for metrics; never the values.
 """
 
 from __future__ import annotations
@@ -150,7 +153,8 @@ class RecordRedactor:
                     hit = (value, ())
                 else:
                     hit = (scan.placeholder("ip_address") + port, ("ip_address",))
-            self._remember(self._endpoints, value, hit)
+            if len(value) <= MAX_CACHED_TEXT:
+                self._remember(self._endpoints, value, hit)
         return hit
 
     def tenant(self, value: str) -> _Cached:
@@ -185,7 +189,8 @@ class RecordRedactor:
             pair_out = get_pair(pair)
             if pair_out is None:
                 pair_out = self._pair(pair)
-                self._remember(pairs, pair, pair_out)
+                if len(pair[0]) + len(pair[1]) <= MAX_CACHED_TEXT:
+                    self._remember(pairs, pair, pair_out)
             if pair_out[1]:
                 r.src_workload, r.dst = pair_out[0]
                 for kind in pair_out[1]:
@@ -194,7 +199,8 @@ class RecordRedactor:
             hit = get_context(ctx)
             if hit is None:
                 hit = self._context(ctx)
-                self._remember(contexts, ctx, hit)
+                if sum(map(len, ctx)) <= MAX_CACHED_TEXT:
+                    self._remember(contexts, ctx, hit)
             out, kinds, changed, sensitive = hit
             if changed:
                 r.node, r.tenant, r.tenant_method, r.tenant_rule, r.feature, r.agent, r.provider, r.model = out
