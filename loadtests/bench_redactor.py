@@ -60,7 +60,7 @@ TOPICS = ["orders.created", "orders.shipped", "billing.invoices", "audit.events"
 PLANTED = [
     "GET /api/v1/reset?token=" + "eyJhbGciOiJIUzI1NiJ9" + ".eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlX2hlcmU",
     "GET /api/v1/users/" + "alice{n}" + "@example.com/orders",
-    "POST /api/v1/pay?card=" + "4111111111111111",
+    "POST /api/v1/pay?card=" + "4111" + "1111" * 3,
     "SELECT * FROM users WHERE email = 'bob{n}@example.org'",
 ]
 

@@ -102,6 +102,14 @@ CONTROLS: tuple[str, ...] = (
     "order-2026-000123",
 )
 
+#: Assignments of names to names, as SQL fingerprints and code hold them: not secrets (whole texts, no context).
+NAME_CONTROLS: tuple[str, ...] = (
+    "UPDATE usage SET tokens_out = c.tokens_out + EXCLUDED.tokens_out WHERE id = ?",
+    "INSERT INTO users (password) VALUES (?) ON CONFLICT (id) DO UPDATE SET password = EXCLUDED.password",
+    "SELECT s.token FROM sessions s JOIN users u ON s.auth_token = u.auth_token",
+    '{"api_key": settings.api_key}',
+)
+
 #: Where free text carries values: a path, a query string, JSON, SQL.
 CONTEXTS: tuple[str, ...] = (
     "GET /v1/lookup/{v}/details",

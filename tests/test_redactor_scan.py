@@ -9,7 +9,7 @@ import pytest
 
 from costmesh.redactor import scan
 
-from .redactor_fixtures import CONTEXTS, CONTROLS, PLANTS, Plant, embed
+from .redactor_fixtures import CONTEXTS, CONTROLS, NAME_CONTROLS, PLANTS, Plant, embed
 
 
 def _id(plant: Plant) -> str:
@@ -39,6 +39,11 @@ def test_alone_the_kind_is_named(plant: Plant) -> None:
 def test_control_is_not_redacted(control: str, context: str) -> None:
     text = embed(context, control)
     assert scan.redact(text) == (text, ())
+
+
+@pytest.mark.parametrize("control", NAME_CONTROLS)
+def test_names_assigned_to_names_are_not_secrets(control: str) -> None:
+    assert scan.redact(control) == (control, ())
 
 
 def test_every_kind_has_a_fixture() -> None:
@@ -116,3 +121,8 @@ def test_combined_pass_equals_each_detector_tried_in_order() -> None:
         assert scan.redact(text)[0] == expected, f"seed {seed}: {text!r}"
         found += expected.count("[REDACTED:")
     assert found > 200
+
+
+def test_an_expression_is_not_a_value() -> None:
+    sql = "UPDATE sessions SET token = md5(random()::text) WHERE id = ?"
+    assert scan.redact(sql) == (sql, ())

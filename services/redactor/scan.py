@@ -157,6 +157,8 @@ _SECRET_NAME = re.compile(
     r"(?i)api[_.-]?key|apikey|access[_.-]?key|secret|token|passw(?:or)?d|pwd|credential|private[_.-]?key|auth"
 )
 _WEAK_NAME = re.compile(r"(?i)pass|pwd|secret|credential|private")
+#: A (dotted) identifier in snake_case or UPPER_CASE without digits: how code and SQL name things, not how keys look.
+_IDENTIFIER = re.compile(r"(?:[A-Za-z_][a-z_]*|[A-Z_]+)(?:\.(?:[A-Za-z_][a-z_]*|[A-Z_]+))*")
 
 
 def _assignment(text: str) -> int | None:
@@ -170,8 +172,13 @@ def _assignment(text: str) -> int | None:
         return None
     if value.startswith("[REDACTED") or value.startswith("{"):
         return None
-    if _WEAK_NAME.search(m.group("name")):
+    name = m.group("name")
+    if "." in value and value.lower().rsplit(".", 1)[1] == name.lower():
+        return None  # ``password = EXCLUDED.password``: a column reference (SQL upserts, joins), not a value
+    if _WEAK_NAME.search(name):
         return len(text) if len(value) >= 4 else None
+    if _IDENTIFIER.fullmatch(value) and ("." in value or "_" in value):
+        return None  # ``tokens_in = c.tokens_in + …``, ``api_key: settings.api_key``: names, not values
     classes = sum(
         (any(c.islower() for c in value), any(c.isupper() for c in value), any(c.isdigit() for c in value))
     ) + any(not c.isalnum() for c in value)
@@ -282,7 +289,7 @@ DETECTORS: Final[tuple[Detector, ...]] = (
         "secret",
         "A-Za-z0-9_.-",
         r"(?<![A-Za-z0-9_.-])[A-Za-z0-9_.-]{2,60}+[\"']?\s{0,3}(?:=|:|%3[Dd])\s{0,3}[\"']?"
-        r"(?P<v>[^\s\"'&;,<>{}\[\]]{4,512})",
+        r"(?P<v>[^\s\"'&;,<>{}()\[\]]{4,512})",
         620,
         _assignment,
     ),
