@@ -209,6 +209,8 @@ class SensorConfig(_Section):
 class RedactorConfig(_Section):
     #: Environment variable with the HMAC key; when set, tenant ids leave the node pseudonymised.
     tenant_hmac_key_env: str = ""
+    #: Distinct raw texts remembered per field class (operations repeat across windows); a full cache is cleared.
+    cache_entries: int = 65536
 
 
 class AttributorConfig(_Section):

@@ -66,6 +66,8 @@ class _Pending:
     feature: str
     agent: str
     bytes_out: int
+    #: The raw request line's method and target (``"GET /path?query"``); the redactor shapes it.
+    operation: str = ""
 
 
 @dataclass
@@ -131,8 +133,18 @@ class MinimalHttpSensor:
             headers[name.strip().lower()] = value.strip()
         ids = self._extract(headers)
         tenant, rule = ids.get("tenant", ("", ""))
+        method, _, target = lines[0].decode("latin-1").partition(" ")
+        operation = f"{method} {target.rsplit(' HTTP/', 1)[0]}"
         self.pending.setdefault(flow, []).append(
-            _Pending(ts_us, tenant, rule, ids.get("feature", ("", ""))[0], ids.get("agent", ("", ""))[0], len(payload))
+            _Pending(
+                ts_us,
+                tenant,
+                rule,
+                ids.get("feature", ("", ""))[0],
+                ids.get("agent", ("", ""))[0],
+                len(payload),
+                operation,
+            )
         )
 
     def _response(self, ts_us: int, flow: tuple[str, int, str, int], payload: bytes) -> None:
@@ -154,6 +166,7 @@ class MinimalHttpSensor:
             req.tenant_rule,
             req.feature,
             req.agent,
+            req.operation,
         )
         acc = self.totals.setdefault(key, [0, 0, 0, 0, 0])
         acc[0] += 1
@@ -165,7 +178,7 @@ class MinimalHttpSensor:
     def drain(self) -> list[ObservedCall]:
         """Hand over every finished window's records and forget them."""
         out = []
-        for (window, src, dst, tenant, rule, feature, agent), acc in sorted(self.totals.items()):
+        for (window, src, dst, tenant, rule, feature, agent, operation), acc in sorted(self.totals.items()):
             out.append(
                 ObservedCall(
                     window_start_us=window,
@@ -174,6 +187,7 @@ class MinimalHttpSensor:
                     src_workload=src,
                     dst=dst,
                     protocol="http",
+                    operation=operation,
                     tenant=tenant,
                     tenant_method="header" if tenant else "unallocated",
                     tenant_rule=rule,
