@@ -22,6 +22,7 @@ import contextlib
 import ctypes as ct
 import ipaddress
 import logging
+import re
 import socket
 import sys
 import time
@@ -158,6 +159,82 @@ def _raw_addr(addr: str) -> bytes:
     return (ipaddress.IPv6Address("::ffff:" + addr) if ip.version == 4 else ip).packed
 
 
+_HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"PATCH ", b"HEAD ", b"OPTIONS ")
+
+
+def client_hello_sni(payload: bytes) -> str:
+    """The server name of a TLS ClientHello at the start of ``payload`` ("" when absent or cut short)."""
+    try:
+        if payload[0] != 0x16 or payload[5] != 0x01:
+            return ""
+        pos = 5 + 4 + 2 + 32  # record header, handshake header, client_version, random
+        pos += 1 + payload[pos]  # session id
+        pos += 2 + int.from_bytes(payload[pos : pos + 2], "big")  # cipher suites
+        pos += 1 + payload[pos]  # compression methods
+        end = pos + 2 + int.from_bytes(payload[pos : pos + 2], "big")
+        pos += 2
+        while pos + 4 <= end:
+            ext, size = int.from_bytes(payload[pos : pos + 2], "big"), int.from_bytes(payload[pos + 2 : pos + 4], "big")
+            if ext == 0:  # server_name: list length, name type (0 = host_name), name length, name
+                name_len = int.from_bytes(payload[pos + 7 : pos + 9], "big")
+                name = payload[pos + 9 : pos + 9 + name_len]
+                return name.decode("ascii") if len(name) == name_len else ""
+            pos += 4 + size
+    except (IndexError, UnicodeDecodeError):
+        return ""
+    return ""
+
+
+def http_host(payload: bytes) -> str:
+    """The Host header of an HTTP/1.x request head at the start of ``payload`` (without port), or ""."""
+    if not payload.startswith(_HTTP_METHODS):
+        return ""
+    head = payload.split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\r\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"host":
+            host = value.strip().decode("latin-1")
+            return host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return ""
+
+
+class AiFlowMarker:
+    """Marks flows whose TLS SNI or HTTP Host matches ``sensor.ai_hosts`` as AI traffic, so that the kernel passes
+    their whole payload from then on. It looks only at segments that start like a ClientHello or a request.
+
+    The Cython parsers will know SNI and Host anyway; they can call ``LiveCapture.mark_ai_flow`` themselves and this
+    pre-pass can go.
+    """
+
+    def __init__(self, patterns: list[str], mark: Callable[[str, int, str, int], None]) -> None:
+        self.patterns = [re.compile(p) for p in patterns]
+        self.mark = mark
+        self.marked: dict[tuple[str, int, str, int], int] = {}  # flow → last window seen
+
+    def inspect(self, frames: Sequence[tuple[int, bytes]]) -> None:
+        if not self.patterns:
+            return
+        for _ts, frame in frames:
+            if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+                continue
+            ihl = (frame[14] & 15) * 4
+            tcp = 14 + ihl
+            payload = frame[tcp + (frame[tcp + 12] >> 4) * 4 :]
+            if not payload or (payload[0] != 0x16 and payload[:1] not in b"GPDHO"):
+                continue
+            name = client_hello_sni(payload) if payload[0] == 0x16 else http_host(payload)
+            if name and any(p.search(name) for p in self.patterns):
+                flow = (
+                    socket.inet_ntoa(frame[26:30]),
+                    int.from_bytes(frame[tcp : tcp + 2], "big"),
+                    socket.inet_ntoa(frame[30:34]),
+                    int.from_bytes(frame[tcp + 2 : tcp + 4], "big"),
+                )
+                if flow not in self.marked:
+                    self.mark(*flow)
+                self.marked[flow] = 0
+
+
 class _FlowTable:
     """Reads and empties one generation's flow map in batches (BPF_MAP_LOOKUP_AND_DELETE_BATCH, reused buffers)."""
 
@@ -242,7 +319,7 @@ class LiveCapture:
         self._counters = LiveCounters()
         self._mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.ai_ports = set(self.sensor_cfg.ai_ports)
+        self.ai_marker = AiFlowMarker(self.sensor_cfg.ai_hosts, self.mark_ai_flow)
 
     # ---- set-up -----------------------------------------------------------------------------------------------
 
@@ -392,6 +469,7 @@ class LiveCapture:
         n = len(frames)
         if n:
             self._pending_frames = []
+            self.ai_marker.inspect(frames)
             self.frames.feed_frames(frames)
         return n
 
@@ -437,6 +515,21 @@ class LiveCapture:
                 )
             )
         return out
+
+    def _age_ai_flows(self, flows: list[FlowVolume], idle_windows: int = 60) -> None:
+        """Drop AI-flow marks of connections without traffic for ``idle_windows`` windows (ports get reused)."""
+        marked = self.ai_marker.marked
+        if not marked:
+            return
+        active = {(f.src_addr, f.src_port, f.dst_addr, f.dst_port) for f in flows}
+        for flow in list(marked):
+            if flow in active or (flow[2], flow[3], flow[0], flow[1]) in active:
+                marked[flow] = 0
+            else:
+                marked[flow] += 1
+                if marked[flow] > idle_windows:
+                    del marked[flow]
+                    self.forget_ai_flow(*flow)
 
     def counters(self) -> LiveCounters:
         """Counters since the previous call (kernel per-CPU stats are read as totals and differenced here)."""
@@ -493,6 +586,7 @@ class LiveCapture:
         self.read_rings()
         self.read_tls()
         flows = self.collect_flows(window_start_us, end_us)
+        self._age_ai_flows(flows)
         records = self.frames.drain()
         if self.tls is not None:
             records.extend(self.tls.drain())
