@@ -222,7 +222,8 @@ class Config(_Section):
     alert_rules: list[AlertRule] = []
 
     def node_name(self) -> str:
-        return self.node or os.uname().nodename
+        """``node`` from the file, else ``COSTMESH_NODE`` (a DaemonSet sets it to spec.nodeName), else the host name."""
+        return self.node or os.environ.get("COSTMESH_NODE", "") or os.uname().nodename
 
 
 _PATH_RE = re.compile(r"at `\$(?P<path>[^`]*)`")
