@@ -209,19 +209,28 @@ class AiFlowMarker:
     def __init__(self, patterns: list[str], mark: Callable[[str, int, str, int], None]) -> None:
         self.patterns = [re.compile(p) for p in patterns]
         self.mark = mark
-        self.marked: dict[tuple[str, int, str, int], int] = {}  # flow → last window seen
+        self.marked: dict[tuple[str, int, str, int], int] = {}  # flow → windows since last seen
+        self.seen: set[bytes] = set()  # connections already looked at (addresses + ports, raw)
 
     def inspect(self, frames: Sequence[tuple[int, bytes]]) -> None:
         if not self.patterns:
             return
+        seen = self.seen
         for _ts, frame in frames:
             if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
                 continue
             ihl = (frame[14] & 15) * 4
             tcp = 14 + ihl
-            payload = frame[tcp + (frame[tcp + 12] >> 4) * 4 :]
-            if not payload or (payload[0] != 0x16 and payload[:1] not in b"GPDHO"):
-                continue
+            off = tcp + (frame[tcp + 12] >> 4) * 4
+            if len(frame) <= off or (frame[off] != 0x16 and frame[off] not in b"GPDO"):
+                continue  # only a ClientHello or a request names the destination (HEAD too rare to matter)
+            conn = frame[26:34] + frame[tcp : tcp + 4]
+            if conn in seen:
+                continue  # one look per connection: the first request or ClientHello names it
+            if len(seen) >= 65536:
+                seen.clear()
+            seen.add(conn)
+            payload = frame[off:]
             name = client_hello_sni(payload) if payload[0] == 0x16 else http_host(payload)
             if name and any(p.search(name) for p in self.patterns):
                 flow = (

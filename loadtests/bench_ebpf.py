@@ -1,0 +1,248 @@
+"""Benchmark of live capture: what the eBPF sensor costs the host at a fixed HTTP load on loopback.
+
+For each rate (default 5,000 and 20,000 requests/s) it runs, in the same run and on the same machine:
+  1. the load alone: wrk (Debian) at a fixed rate against a small uvloop HTTP server, both on 127.0.0.1;
+  2. the same load with the sensor capturing on ``lo`` (a child process running ``LiveCapture`` with the parser of
+     the day behind the ``FrameSink`` seam, TLS probes on): its CPU seconds, CPU per 10,000 requests, % of one core,
+     requests it observed vs. requests wrk completed, ring drops;
+and, once, the generator's throughput flat out (no rate limit) with and without the sensor.
+
+wrk has no rate option: the fixed rate is connections × (1000 / delay ms) through wrk's Lua ``delay()``; the
+achieved rate is printed beside the target. The machine is shared (2 cores, other work running): every figure is
+printed beside its baseline from the same run, and the load average is printed at start.
+
+Usage: .venv/bin/python loadtests/bench_ebpf.py [--rates 5000,20000] [--seconds 10] (as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve()
+
+WRK_SCRIPT = """
+local tenants = {"acme", "globex", "initech", "umbrella"}
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/orders/" .. n, {["X-Tenant-ID"] = tenants[(n %% 4) + 1]})
+end
+%s
+"""
+
+RESPONSE = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+
+
+# ---- child: the HTTP server ---------------------------------------------------------------------------------------
+
+
+def serve(port: int) -> None:
+    """A minimal keep-alive HTTP/1.1 server (GET only): one fixed response per request head."""
+    import uvloop
+
+    class Proto(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.t, self.buf = transport, b""
+
+        def data_received(self, data):
+            buf = self.buf + data
+            n = buf.count(b"\r\n\r\n")
+            if n:
+                self.t.write(RESPONSE * n)
+                buf = buf[buf.rfind(b"\r\n\r\n") + 4 :]
+            self.buf = buf
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(Proto, "127.0.0.1", port, backlog=1024)
+        print("ready", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    uvloop.run(main())
+
+
+# ---- child: the sensor --------------------------------------------------------------------------------------------
+
+
+class NullSink:
+    """Takes the frames and parses nothing: isolates the capture path (kernel filter, ring, AI marker, flows)."""
+
+    def feed_frames(self, frames) -> None:
+        pass
+
+    def drain(self) -> list:
+        return []
+
+
+def sense(port: int, parse: bool) -> None:
+    """Capture on lo until SIGTERM, then print one JSON line: requests observed on ``port``, drops, kernel counts.
+    With ``parse`` the frames go to the parser of the day (``MinimalHttpSensor``), else to ``NullSink``."""
+    import uvloop
+
+    from costmesh.common.config import Config
+    from costmesh.sensor.live import LiveCapture, MinimalHttpFrameSink
+    from costmesh.sensor.live_tls import TlsHttpSink
+    from costmesh.sensor.pcap_http import MinimalHttpSensor
+
+    config = Config()
+    config.sensor.interfaces = ["lo"]
+    totals = {"requests": 0, "records": 0, "ring_drops": 0, "ring_packets": 0, "seen": 0, "passed": 0, "flows": 0}
+
+    async def main():
+        frames = MinimalHttpFrameSink(MinimalHttpSensor(config, "bench")) if parse else NullSink()
+        capture = LiveCapture(config, "bench", frames, TlsHttpSink(config, "bench"))
+        capture.open()
+        stopping = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
+
+        async def on_window(win):
+            totals["requests"] += sum(r.requests for r in win.records if r.dst.endswith(f":{port}"))
+            totals["records"] += len(win.records)
+            totals["flows"] += len(win.flows)
+            c = win.counters
+            totals["ring_drops"] += c.ring_drops
+            totals["ring_packets"] += c.ring_packets
+            totals["seen"] += c.seen_packets
+            totals["passed"] += c.passed_packets
+
+        print("ready", flush=True)
+        try:
+            await capture.run(on_window, stopping)
+        finally:
+            capture.close()
+        print(json.dumps(totals), flush=True)
+
+    uvloop.run(main())
+
+
+# ---- parent -------------------------------------------------------------------------------------------------------
+
+
+def _child(role: str, port: int, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE), f"--{role}", str(port), *extra], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    line = proc.stdout.readline()
+    if line.strip() != b"ready":
+        proc.kill()
+        raise RuntimeError(f"{role} did not start: {line!r}")
+    return proc
+
+
+def wrk(port: int, seconds: float, rate: int | None) -> dict:
+    """Run wrk; with ``rate`` the load is held near it by per-connection delays. Returns requests and req/s."""
+    if rate:
+        delay_ms = 10
+        conns = max(1, round(rate * delay_ms / 1000))
+        script = WRK_SCRIPT % f"delay = function() return {delay_ms} end"
+    else:
+        conns, script = 64, WRK_SCRIPT % ""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(script)
+    try:
+        out = subprocess.run(
+            ["wrk", "-t", "2", "-c", str(conns), "-d", f"{int(seconds)}s", "-s", fh.name, f"http://127.0.0.1:{port}/"],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(fh.name)
+    done = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"requests": done, "rps": rps, "connections": conns, "non2xx": int(errors.group(1)) if errors else 0}
+
+
+def with_sensor(port: int, seconds: float, rate: int | None, parse: bool) -> tuple[dict, dict]:
+    sensor = _child("sense", port, *([] if parse else ["--no-parse"]))
+    try:
+        ps = psutil.Process(sensor.pid)
+        time.sleep(1.0)  # the first window, before the load
+        before = ps.cpu_times()
+        load = wrk(port, seconds, rate)
+        after = ps.cpu_times()
+        time.sleep(1.5)  # the last window closes
+    finally:
+        sensor.send_signal(signal.SIGTERM)
+        out, _ = sensor.communicate(timeout=30)
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    report["cpu_s"] = (after.user - before.user) + (after.system - before.system)
+    return load, report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", default="5000,20000")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sense", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--no-parse", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return 0
+    if args.sense:
+        sense(args.sense, parse=not args.no_parse)
+        return 0
+    if os.geteuid() != 0:
+        print("bench_ebpf: live capture needs root", file=sys.stderr)
+        return 2
+
+    from costmesh.common.embedded import free_port
+
+    port = free_port()
+    server = _child("serve", port)
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+    rows = []
+    try:
+        for rate in [int(r) for r in args.rates.split(",") if r] + [0]:
+            base = wrk(port, args.seconds, rate or None)
+            modes = [("capture", False), ("capture+parse", True)] if rate else [("capture+parse", True)]
+            for mode, parse in modes:
+                load, rep = with_sensor(port, args.seconds, rate or None, parse)
+                rows.append((rate, mode, base, load, rep))
+    finally:
+        server.kill()
+        server.wait()
+
+    print()
+    hdr = (
+        f"{'target':>6} {'sensor mode':>13} {'alone req/s':>11} {'w/ sensor':>9} {'ratio':>5} {'CPU s':>6} "
+        f"{'CPU s/10k req':>13} {'% 1 core':>8} {'observed/done':>15} {'drops':>7} {'passed':>8}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for rate, mode, base, load, rep in rows:
+        per10k = rep["cpu_s"] / max(1, load["requests"]) * 10_000
+        observed = f"{rep['requests']}/{load['requests']}" if mode != "capture" else "-"
+        print(
+            f"{(rate or 'max'):>6} {mode:>13} {base['rps']:>11.0f} {load['rps']:>9.0f} "
+            f"{load['rps'] / base['rps']:>5.2f} {rep['cpu_s']:>6.2f} {per10k:>13.3f} "
+            f"{100 * rep['cpu_s'] / args.seconds:>7.1f}% {observed:>15} {rep['ring_drops']:>7} {rep['passed']:>8}"
+        )
+    print(
+        "\nratio = generator throughput with the sensor / alone (same run). capture = kernel filter, flow counters,"
+        "\nrings, AI-flow marker and TLS probes, frames handed to a sink that parses nothing; capture+parse = the same"
+        "\nwith today's parser (the minimal pure-Python HTTP reader) behind the FrameSink seam. observed/done ="
+        "\nrequests the sensor paired with their responses / requests wrk completed (wrk leaves out those in flight"
+        "\nwhen it stops). Targets: < 1% of one core at 5,000 req/s; zero ring drops at 20,000 req/s."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
