@@ -482,6 +482,17 @@ class LiveCapture:
             self.frames.feed_frames(frames)
         return n
 
+    def _tls_epoll_fd(self) -> int:
+        """The epoll fd of bcc's ring-buffer manager (readable when TLS events wait), or -1 without TLS capture."""
+        manager = getattr(self.tls_bpf, "_ringbuf_manager", None)
+        if not manager:
+            return -1
+        from bcc.libbcc import lib
+
+        lib.ring_buffer__epoll_fd.restype = ct.c_int
+        lib.ring_buffer__epoll_fd.argtypes = [ct.c_void_p]
+        return int(lib.ring_buffer__epoll_fd(manager))
+
     def read_tls(self) -> int:
         if self.tls_bpf is None or self.tls is None:
             return 0
@@ -614,20 +625,23 @@ class LiveCapture:
         loop = self._loop = asyncio.get_running_loop()
         for ring in self.rings:
             loop.add_reader(ring.fileno(), self.read_rings, 64)
+        tls_fd = self._tls_epoll_fd()
+        if tls_fd >= 0:
+            loop.add_reader(tls_fd, self.read_tls)
         start = time.time_ns() // 1000
-        tick = min(0.05, self.sensor_cfg.window_s)
         next_window = time.monotonic() + self.sensor_cfg.window_s
         try:
             while not stopping.is_set():
+                # One wake-up per window: rings and TLS events arrive through their readers meanwhile.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), timeout=tick)
-                self.read_tls()
-                if time.monotonic() >= next_window or stopping.is_set():
-                    next_window += self.sensor_cfg.window_s
-                    win = await self.window(start)
-                    start = win.window_end_us
-                    await on_window(win)
+                    await asyncio.wait_for(stopping.wait(), timeout=max(0.0, next_window - time.monotonic()))
+                next_window += self.sensor_cfg.window_s
+                win = await self.window(start)
+                start = win.window_end_us
+                await on_window(win)
         finally:
             for ring in self.rings:
                 loop.remove_reader(ring.fileno())
+            if tls_fd >= 0:
+                loop.remove_reader(tls_fd)
             self._loop = None

@@ -2,6 +2,7 @@
 blocks of a ring shared with user space, and user space takes whole blocks at a time, with no system call per packet.
 
 Reads: one interface, through the eBPF socket filter whose fd is given (it decides what is copied and how much).
+The block walk is ``costmesh.native.ring`` (Cython) or its twin ``ring_py``.
 Emits: lists of ``(timestamp_us, frame)`` (``frame`` starts at the link-layer header) and the socket's counters
 (packets received, packets dropped because the ring was full: the kernel never waits for us, it drops and counts).
 
@@ -16,6 +17,16 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from costmesh.native import NO_EXTENSIONS
+
+if NO_EXTENSIONS:
+    from costmesh.native.ring_py import drain_blocks
+else:
+    try:
+        from costmesh.native.ring import drain_blocks
+    except ImportError:  # built without extensions
+        from costmesh.native.ring_py import drain_blocks
+
 SOL_PACKET = 263
 PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
@@ -23,12 +34,7 @@ PACKET_VERSION = 10
 TPACKET_V3 = 2
 SO_ATTACH_BPF = 50
 ETH_P_ALL = 0x0003
-TP_STATUS_KERNEL = 0
-TP_STATUS_USER = 1
 
-_BLOCK_HEAD = struct.Struct("=III")  # block_status, num_pkts, offset_to_first_pkt (at offset 8 of the block)
-_PKT_HEAD = struct.Struct("=IIIIIIH")  # tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, tp_mac
-_STATUS = struct.Struct("=I")
 _STATS_V3 = struct.Struct("=III")  # tp_packets, tp_drops, tp_freeze_q_cnt
 
 
@@ -86,23 +92,7 @@ class PacketRing:
         Returns the number of blocks taken. ``max_blocks`` > 0 bounds the work of one call (the rest stays for the
         next one), so one busy interface cannot starve the event loop.
         """
-        mm, size, taken = self.map, self.block_size, 0
-        unpack_block, unpack_pkt = _BLOCK_HEAD.unpack_from, _PKT_HEAD.unpack_from
-        append = out.append
-        while not max_blocks or taken < max_blocks:
-            base = self.current * size
-            status, count, first = unpack_block(mm, base + 8)
-            if not status & TP_STATUS_USER:
-                break
-            off = base + first
-            for _ in range(count):
-                next_off, sec, nsec, snaplen, _wire, _st, mac = unpack_pkt(mm, off)
-                start = off + mac
-                append((sec * 1_000_000 + nsec // 1000, mm[start : start + snaplen]))
-                off += next_off
-            _STATUS.pack_into(mm, base + 8, TP_STATUS_KERNEL)
-            self.current = (self.current + 1) % self.block_count
-            taken += 1
+        taken, self.current = drain_blocks(self.map, self.block_size, self.block_count, self.current, out, max_blocks)
         return taken
 
     def stats(self) -> RingStats:
