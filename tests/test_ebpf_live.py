@@ -238,3 +238,68 @@ async def test_https_ai_call_plaintext_and_tokens_by_uprobe(self_signed):
     theirs = [r for r in harness.records() if r.dst.endswith(f"[{server.pid}]")]
     assert sum(r.requests for r in theirs) == n
     assert sum(w.counters.tls_lost for w in harness.windows) == 0
+
+
+CLIENT = """
+import json, ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+for tenant in ("acme", "acme", "globex"):
+    body = json.dumps({"model": "gpt-copy", "messages": [{"role": "user", "content": "hi " + tenant}]}).encode()
+    headers = {"X-Tenant-ID": tenant, "Content-Type": "application/json"}
+    req = urllib.request.Request(sys.argv[2], data=body, headers=headers)
+    with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+        resp.read()
+print("done", flush=True)
+"""
+
+
+async def test_a_private_copy_of_libssl_is_found_and_probed(self_signed, tmp_path):
+    """A process whose libssl.so.3 is its own file (as in a container image) is found through /proc/<pid>/maps
+    and probed; its calls are captured like the host library's."""
+    import shutil
+
+    from .ebpf_ai_server import USAGE
+
+    cert, key = self_signed
+    libdir = tmp_path / "lib"
+    libdir.mkdir()
+    shutil.copy2("/lib/x86_64-linux-gnu/libssl.so.3", libdir / "libssl.so.3")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("ebpf_ai_server.py")), str(cert), str(key), str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, str(cert), f"https://127.0.0.1:{port}/v1/chat/completions"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "LD_LIBRARY_PATH": str(libdir)},
+    )
+    try:
+        assert (await asyncio.to_thread(server.stdout.readline)).strip() == b"ready"
+        assert (await asyncio.to_thread(client.stdout.readline)).strip() == b"ready"
+        maps = Path(f"/proc/{client.pid}/maps").read_text()
+        assert str(libdir / "libssl.so.3") in maps, "the client did not load the private copy"
+        harness = await LiveHarness(Config(), tls=True).start()
+        copy = os.stat(libdir / "libssl.so.3")
+        probed = {(os.stat(p).st_dev, os.stat(p).st_ino) for p in harness.capture.tls_files}
+        assert (copy.st_dev, copy.st_ino) in probed
+        client.stdin.write(b"go\n")
+        client.stdin.flush()
+        assert (await asyncio.to_thread(client.stdout.readline)).strip() == b"done"
+        await harness.stop()
+    finally:
+        for proc in (client, server):
+            proc.stdin.close()
+            proc.wait(10)
+            proc.stdout.close()
+    mine = [r for r in harness.records() if r.src_workload.endswith(f"[{client.pid}]")]
+    per_tenant = Counter()
+    for r in mine:
+        per_tenant[r.tenant] += r.requests
+    assert per_tenant == Counter({"acme": 2, "globex": 1})
+    assert sum(r.tokens_in for r in mine) == USAGE["prompt_tokens"] * 3
+    assert {r.model for r in mine} == {"gpt-copy"}

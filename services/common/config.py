@@ -163,6 +163,10 @@ class SensorConfig(_Section):
     #: Capture TLS plaintext by uprobes on OpenSSL's SSL_read/SSL_write (and _ex) in these libraries.
     tls_capture: bool = True
     tls_libraries: list[str] = msgspec.field(default_factory=lambda: ["/lib/x86_64-linux-gnu/libssl.so.3"])
+    #: Also probe every other libssl.so.3 that running processes have mapped (containers' own copies), rescanning
+    #: /proc every tls_discover_s seconds.
+    tls_discover: bool = True
+    tls_discover_s: float = 30.0
     #: One SSL call's plaintext is captured up to tls_max_chunks × 4 KiB.
     tls_max_chunks: int = 16
     #: Size of the TLS events ring buffer in pages (a power of two).

@@ -22,6 +22,7 @@ import contextlib
 import ctypes as ct
 import ipaddress
 import logging
+import os
 import re
 import socket
 import sys
@@ -244,6 +245,38 @@ class AiFlowMarker:
                 self.marked[flow] = 0
 
 
+def discover_libssl(proc: str = "/proc", name: str = "libssl.so.3") -> list[str]:
+    """Every distinct OpenSSL library file mapped by a running process, as a path through that process's root
+    (``/proc/<pid>/root/...``), so that copies inside containers are reachable from the host."""
+    out: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    for entry in os.scandir(proc):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"{entry.path}/maps", "rb") as fh:
+                maps = fh.read()
+        except OSError:
+            continue
+        if name.encode() not in maps:
+            continue
+        for line in maps.splitlines():
+            if not line.endswith(name.encode()) and name.encode() + b" " not in line:
+                continue
+            parts = line.split(None, 5)
+            if len(parts) < 6:
+                continue
+            path = f"{entry.path}/root{parts[5].decode(errors='replace').removesuffix(' (deleted)')}"
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                out.append(path)
+    return out
+
+
 class _FlowTable:
     """Reads and empties one generation's flow map in batches (BPF_MAP_LOOKUP_AND_DELETE_BATCH, reused buffers)."""
 
@@ -393,8 +426,29 @@ class LiveCapture:
         if self.print_programs:
             print(text, file=sys.stderr)
         self.tls_bpf = bpf.load(text)
-        attached = 0
-        for lib in self.sensor_cfg.tls_libraries:
+        self._tls_files: dict[tuple[int, int], str] = {}
+        if not self.attach_tls_libraries() and not self._tls_files:
+            raise bpf.BpfUnavailable(f"no OpenSSL function could be probed in {self.sensor_cfg.tls_libraries}")
+        self.tls_bpf[b"tls_events"].open_ring_buffer(self._on_tls_event)
+        self._tls_scanned = time.monotonic()
+
+    def attach_tls_libraries(self) -> int:
+        """Probe every OpenSSL library not probed yet: the configured files, and with ``sensor.tls_discover`` each
+        distinct ``libssl.so.3`` that a running process has mapped (containers bring their own copies: a uprobe
+        binds to one file, so each copy needs its own). Returns how many files were newly probed."""
+        candidates = list(self.sensor_cfg.tls_libraries)
+        if self.sensor_cfg.tls_discover:
+            candidates += discover_libssl()
+        new = 0
+        for path in candidates:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in self._tls_files:
+                continue
+            probed = 0
             for sym, enter, leave in (
                 ("SSL_write", "enter_write", "leave_write"),
                 ("SSL_read", "enter_read", "leave_read"),
@@ -402,14 +456,21 @@ class LiveCapture:
                 ("SSL_read_ex", "enter_read_ex", "leave_read"),
             ):
                 try:
-                    self.tls_bpf.attach_uprobe(name=lib.encode(), sym=sym.encode(), fn_name=enter.encode())
-                    self.tls_bpf.attach_uretprobe(name=lib.encode(), sym=sym.encode(), fn_name=leave.encode())
-                    attached += 1
+                    self.tls_bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=enter.encode())
+                    self.tls_bpf.attach_uretprobe(name=path.encode(), sym=sym.encode(), fn_name=leave.encode())
+                    probed += 1
                 except Exception as exc:
-                    log.warning("cannot probe %s in %s: %s", sym, lib, exc)
-        if not attached:
-            raise bpf.BpfUnavailable(f"no OpenSSL function could be probed in {self.sensor_cfg.tls_libraries}")
-        self.tls_bpf[b"tls_events"].open_ring_buffer(self._on_tls_event)
+                    log.warning("cannot probe %s in %s: %s", sym, path, exc)
+            self._tls_files[key] = path  # also when nothing could be probed: do not retry it every scan
+            if probed:
+                new += 1
+                log.info("probing OpenSSL in %s", path)
+        return new
+
+    @property
+    def tls_files(self) -> list[str]:
+        """The OpenSSL library files being probed."""
+        return list(getattr(self, "_tls_files", {}).values())
 
     def close(self) -> None:
         if self._loop is not None:
@@ -607,6 +668,10 @@ class LiveCapture:
         self.read_tls()
         flows = self.collect_flows(window_start_us, end_us)
         self._age_ai_flows(flows)
+        rescan = self.tls_bpf is not None and self.sensor_cfg.tls_discover
+        if rescan and time.monotonic() - self._tls_scanned >= self.sensor_cfg.tls_discover_s:
+            self._tls_scanned = time.monotonic()
+            self.attach_tls_libraries()
         records = self.frames.drain()
         if self.tls is not None:
             records.extend(self.tls.drain())
