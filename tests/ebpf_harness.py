@@ -84,16 +84,22 @@ class RawCount:
                 if self.stopping.is_set():
                     return
                 continue
-            if addr[2] == socket.PACKET_OUTGOING or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+            if addr[2] == socket.PACKET_OUTGOING:
                 continue
-            ihl = (frame[14] & 15) * 4
-            tcp = 14 + ihl
+            if frame[12:14] == b"\x08\x00" and frame[23] == 6:
+                tcp, ip_len = 14 + (frame[14] & 15) * 4, int.from_bytes(frame[16:18], "big")
+                src, dst = socket.inet_ntoa(frame[26:30]), socket.inet_ntoa(frame[30:34])
+            elif frame[12:14] == b"\x86\xdd" and frame[20] == 6:
+                tcp, ip_len = 54, 40 + int.from_bytes(frame[18:20], "big")
+                src = socket.inet_ntop(socket.AF_INET6, frame[22:38])
+                dst = socket.inet_ntop(socket.AF_INET6, frame[38:54])
+            else:
+                continue
             sport, dport = int.from_bytes(frame[tcp : tcp + 2], "big"), int.from_bytes(frame[tcp + 2 : tcp + 4], "big")
             if sport not in self.ports and dport not in self.ports:
                 continue
-            key = (socket.inet_ntoa(frame[26:30]), sport, socket.inet_ntoa(frame[30:34]), dport)
-            acc = self.counts.setdefault(key, [0, 0])
-            acc[0] += int.from_bytes(frame[16:18], "big")
+            acc = self.counts.setdefault((src, sport, dst, dport), [0, 0])
+            acc[0] += ip_len
             acc[1] += 1
 
     async def stop(self) -> dict[tuple[str, int, str, int], list[int]]:

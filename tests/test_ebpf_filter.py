@@ -194,3 +194,52 @@ async def test_full_ring_drops_counts_and_never_blocks_while_flows_count_every_b
         if line.startswith('costmesh_sensor_ring_packets_total{interface="lo",outcome="dropped"}')
     )
     assert dropped >= counters.ring_drops
+
+
+async def test_ipv6_flows_are_counted_exactly():
+    port = _free_port6()
+    cap = LiveCapture(Config(), "node-test", Recorder())
+    try:
+        cap.open()
+    except bpf.BpfUnavailable as exc:
+        pytest.skip(f"live capture unavailable here: {exc}")
+    count = RawCount({port}).start()
+    try:
+        app = web.Application()
+
+        async def hello(_request: web.Request) -> web.Response:
+            return web.Response(text="v6" * 100)
+
+        app.router.add_get("/", hello)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "::1", port).start()
+        async with aiohttp.ClientSession() as client:
+            for _ in range(5):
+                async with client.get(f"http://[::1]:{port}/") as r:
+                    assert r.status == 200
+                    await r.read()
+        await runner.cleanup()
+        await asyncio.sleep(0.5)
+        truth = await count.stop()
+        cap.flip()
+        await asyncio.sleep(0.05)
+        flows = cap.collect_flows(0, 1)
+    finally:
+        cap.close()
+    kernel: dict = {}
+    for f in flows:
+        if port in (f.src_port, f.dst_port):
+            acc = kernel.setdefault((f.src_addr, f.src_port, f.dst_addr, f.dst_port), [0, 0])
+            acc[0] += f.bytes
+            acc[1] += f.packets
+    assert truth and {k[0] for k in truth} == {"::1"}
+    assert kernel == truth
+
+
+def _free_port6() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+        sock.bind(("::1", 0))
+        return sock.getsockname()[1]

@@ -88,3 +88,25 @@ def test_proc_finds_the_process_that_owns_a_socket():
             assert resolver.name("127.0.0.1", cport) == comm
             assert resolver.name("203.0.113.9", 443) == ""
     assert resolver.name_of_pid(os.getpid(), 0, comm) == f"{comm}[{os.getpid()}]"
+
+
+def test_a_process_in_a_container_is_named_by_container_then_by_pod(tmp_path):
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "cgroup").write_text(f"0::/kubepods.slice/kubepods-pod7.slice/cri-containerd-{CID}.scope\n")
+    (tmp_path / "43").mkdir()
+    (tmp_path / "43" / "cgroup").write_text("0::/user.slice\n")
+    proc = ProcIdentity(proc=tmp_path)
+    plain = IdentityResolver(Config(), proc=proc)
+    assert plain.name_of_pid(42, 0, "python3") == f"container:{CID[:12]}"
+    assert plain.name_of_pid(43, 0, "curl") == "curl[43]"
+    k8s = IdentityResolver(Config(), proc=proc, pod_of_container={CID: "shop/orders"}.get)
+    assert k8s.name_of_pid(42, 0, "python3") == "shop/orders"
+
+
+def test_remote_endpoints_do_not_rebuild_the_snapshot():
+    ident = ProcIdentity()
+    ident.owner("127.0.0.1", 1)
+    built = ident._at
+    for _ in range(50):
+        assert ident.owner("198.51.100.7", 443) is None
+    assert ident._at == built

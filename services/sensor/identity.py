@@ -94,10 +94,12 @@ class ProcIdentity:
     """Local sockets → owning process, from /proc. Names a local endpoint by its process (or container)."""
 
     proc: Path = Path("/proc")
-    refresh_s: float = 5.0
+    refresh_s: float = 1.0
+    max_age_s: float = 60.0
     _by_endpoint: dict[tuple[str, int], int] = field(default_factory=dict)  # (addr, port) → inode
     _listen: dict[int, int] = field(default_factory=dict)  # port → inode of a LISTEN socket on it
     _owner: dict[int, ProcessInfo] = field(default_factory=dict)  # inode → process
+    _local: set[str] = field(default_factory=set)  # addresses of this host's sockets
     _at: float = -1e9
 
     def refresh(self) -> None:
@@ -141,6 +143,10 @@ class ProcIdentity:
                             info = self.process(pid)
                         owner[int(m.group(1))] = info
         self._by_endpoint, self._listen, self._owner, self._at = by_endpoint, listen, owner, time.monotonic()
+        self._local = {a for a, _p in by_endpoint} - {"0.0.0.0", "::"}
+
+    def _is_local(self, addr: str) -> bool:
+        return addr in self._local or addr.startswith("127.") or addr == "::1"
 
     def process(self, pid: int) -> ProcessInfo:
         try:
@@ -150,8 +156,13 @@ class ProcIdentity:
         return ProcessInfo(pid, comm, container_id_of_pid(pid, self.proc))
 
     def owner(self, addr: str, port: int) -> ProcessInfo | None:
-        """The process holding the local socket ``addr:port`` (or listening on ``port``)."""
-        if time.monotonic() - self._at > self.refresh_s:
+        """The process holding the local socket ``addr:port`` (or listening on ``port``).
+
+        The snapshot is rebuilt when older than ``refresh_s`` and a local endpoint is not in it (a new connection),
+        and at the latest every ``max_age_s``; remote endpoints never cause a rebuild."""
+        age = time.monotonic() - self._at
+        known = (addr, port) in self._by_endpoint
+        if age > self.max_age_s or (not known and age > self.refresh_s and self._is_local(addr)):
             self.refresh()
         inode = self._by_endpoint.get((addr, port))
         if inode is None:
