@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes as ct
+import errno
 import ipaddress
 import logging
 import os
@@ -67,6 +68,11 @@ FLOW_RECORDS = Counter(
 )
 CALL_RECORDS = Counter(
     "costmesh_sensor_call_records_total", "ObservedCall records produced by the parsers.", registry=REGISTRY
+)
+FLOW_TABLE_FULL_BYTES = Counter(
+    "costmesh_sensor_flow_table_full_bytes_total",
+    "Bytes counted while the kernel flow table was full (not attributed to a flow, still counted).",
+    registry=REGISTRY,
 )
 CPU_SECONDS = Gauge(
     "costmesh_sensor_cpu_seconds", "CPU seconds (user + system) the sensor process has used.", registry=REGISTRY
@@ -310,17 +316,11 @@ class _FlowTable:
             for i in range(count.value):
                 out.append((keys[i * ks : (i + 1) * ks], vals[2 * i], vals[2 * i + 1]))
             if res != 0:
-                if err in (0, 2):  # ENOENT: the whole map was walked
+                if err in (0, errno.ENOENT):  # the whole map was walked
                     return out
-                raise OSError(err, f"BPF_MAP_LOOKUP_AND_DELETE_BATCH on the flow map failed: {errno_name(err)}")
+                raise OSError(err, f"BPF_MAP_LOOKUP_AND_DELETE_BATCH on the flow map failed: {os.strerror(err)}")
             in_batch.value = out_batch.value
             first = False
-
-
-def errno_name(err: int) -> str:
-    import os
-
-    return os.strerror(err)
 
 
 class LiveCapture:
@@ -640,6 +640,7 @@ class LiveCapture:
         KERNEL_PACKETS.labels("seen").inc(c.seen_packets)
         KERNEL_PACKETS.labels("passed").inc(c.passed_packets)
         KERNEL_PACKETS.labels("flow_table_full").inc(c.flow_table_full_packets)
+        FLOW_TABLE_FULL_BYTES.inc(c.flow_table_full_bytes)
         TLS_EVENTS.labels("received").inc(c.tls_events - c.tls_lost)
         TLS_EVENTS.labels("lost").inc(c.tls_lost)
         return c
