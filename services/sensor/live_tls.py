@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +31,7 @@ log = logging.getLogger(__name__)
 TLS_CHUNK = 4096  # records.h
 _METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"PATCH ", b"HEAD ", b"OPTIONS ")
 _MAX_STREAM = 8 << 20  # a stream buffering more than this without a complete message is dropped
+IDLE_US = 300_000_000  # a TLS connection without plaintext for 5 minutes is forgotten (SSL* pointers get reused)
 
 
 @dataclass(slots=True)
@@ -157,7 +157,7 @@ class _Conn:
     out_ts: int = 0
     inp_ts: int = 0
     requests: list[HttpMessage] = field(default_factory=list)
-    call_left: dict[str, int] = field(default_factory=dict)  # bytes still expected of the current call, per direction
+    last_us: int = 0  # last plaintext seen: connections idle for IDLE_US are forgotten
 
 
 PidNamer = Callable[[int, int, str], str]
@@ -186,11 +186,13 @@ class TlsHttpSink:
         #: With keep_plaintext > 0, the first bytes of each (pid, ssl, direction) stream, for inspection and tests.
         self.keep_plaintext = keep_plaintext
         self.plaintext: dict[tuple[int, int, str], bytearray] = {}
-        self.ai_hosts = [re.compile(p) for p in config.sensor.ai_hosts]
+        self._latest_us = 0
 
     def feed_tls(self, chunks: Sequence[TlsChunk]) -> None:
         for c in chunks:
             conn = self.conns.setdefault((c.pid, c.ssl), _Conn())
+            conn.last_us = c.ts_us
+            self._latest_us = max(self._latest_us, c.ts_us)
             if self.keep_plaintext:
                 kept = self.plaintext.setdefault((c.pid, c.ssl, c.direction), bytearray())
                 if len(kept) < self.keep_plaintext:
@@ -285,7 +287,9 @@ class TlsHttpSink:
             provider = "anthropic" if "anthropic" in host else "openai" if "openai" in host else "openai-compatible"
         ids = self._ids(req)
         me = self.name_of_pid(pid, cgroup_id, comm)
-        src, dst = (me, host or "tls") if role == "client" else (host or "tls-client", me)
+        # Plaintext does not say who the peer is: a client's peer is named by the Host header; a server's peer (the
+        # caller) is unknown here and joins the flow's identity later (redactor/attributor by flow, or the parsers).
+        src, dst = (me, host or "tls") if role == "client" else ("tls-client", me)
         tenant, rule, method_name = ids.get("tenant", ("", "", "unallocated"))
         window = req.ts_us - req.ts_us % self.window_us
         key = (
@@ -314,6 +318,10 @@ class TlsHttpSink:
             acc[8] += usage.tokens_reasoning
 
     def drain(self) -> list[ObservedCall]:
+        """The calls aggregated so far, forgotten afterwards; also forgets connections idle for ``IDLE_US``."""
+        horizon = self._latest_us - IDLE_US
+        for key in [k for k, conn in self.conns.items() if conn.last_us < horizon]:
+            del self.conns[key]
         out = []
         for key, acc in sorted(self.totals.items()):
             window, src, dst, op, tenant, rule, method, feature, agent, provider, model = key
