@@ -287,8 +287,8 @@ class TlsHttpSink:
             provider = "anthropic" if "anthropic" in host else "openai" if "openai" in host else "openai-compatible"
         ids = self._ids(req)
         me = self.name_of_pid(pid, cgroup_id, comm)
-        # Plaintext does not say who the peer is: a client's peer is named by the Host header; a server's peer (the
-        # caller) is unknown here and joins the flow's identity later (redactor/attributor by flow, or the parsers).
+        # Plaintext does not say who the peer is: a client's peer is named by the Host header; a server's caller is
+        # not known from plaintext alone, so it stays "tls-client".
         src, dst = (me, host or "tls") if role == "client" else ("tls-client", me)
         tenant, rule, method_name = ids.get("tenant", ("", "", "unallocated"))
         window = req.ts_us - req.ts_us % self.window_us
