@@ -175,7 +175,7 @@ class SensorConfig(_Section):
     #: ring_retire_ms milliseconds.
     ring_block_kib: int = 1024
     ring_blocks: int = 16
-    ring_retire_ms: int = 20
+    ring_retire_ms: int = 100
     #: Workload identity: "auto" (Kubernetes when in a pod, else /proc), "proc", "kubernetes", or "static" (only
     #: the workloads table). The workloads table always wins where it matches.
     identity: Literal["auto", "proc", "kubernetes", "static"] = "auto"
