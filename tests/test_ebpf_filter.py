@@ -285,3 +285,19 @@ async def test_a_full_flow_table_still_counts_every_byte():
     assert len(flows) <= 4
     assert counters.flow_table_full_packets > 0
     assert counted < wire <= counted + counters.flow_table_full_bytes
+
+
+def test_without_any_probable_openssl_packets_are_still_captured():
+    config = Config()
+    config.sensor.tls_libraries = ["/nonexistent/libssl.so.3"]
+    config.sensor.tls_discover = False
+    cap = LiveCapture(config, "n", Recorder(), Recorder())
+    try:
+        cap.open()
+    except bpf.BpfUnavailable as exc:
+        pytest.skip(f"live capture unavailable here: {exc}")
+    try:
+        assert cap.tls_bpf is None and "no OpenSSL function could be probed" in cap.tls_error
+        assert cap.rings and cap.bpf is not None
+    finally:
+        cap.close()

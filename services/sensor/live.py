@@ -354,6 +354,8 @@ class LiveCapture:
         self.rings: list[PacketRing] = []
         self.bpf: Any = None
         self.tls_bpf: Any = None
+        #: Why TLS capture is off although configured ("" when on or not configured).
+        self.tls_error = ""
         self._gen = 0
         self._tables: list[_FlowTable] = []
         self._pending_frames: list[tuple[int, bytes]] = []
@@ -419,7 +421,14 @@ class LiveCapture:
             except OSError as exc:
                 raise bpf.BpfUnavailable(f"cannot open a packet ring on {ifname}: {exc}") from exc
         if self.sensor_cfg.tls_capture and self.tls is not None:
-            self._open_tls()
+            try:
+                self._open_tls()
+            except bpf.BpfUnavailable as exc:  # packets and flows are worth having without TLS plaintext
+                log.error("TLS plaintext capture unavailable, capturing packets only: %s", exc)
+                self.tls_error = str(exc)
+                if self.tls_bpf is not None:
+                    self.tls_bpf.cleanup()
+                    self.tls_bpf = None
 
     def _open_tls(self) -> None:
         text = self.tls_program()

@@ -96,6 +96,12 @@ async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> 
         await ctx.stopping.wait()
         return
     ctx.health.update(live="capturing", interfaces=list(config.sensor.interfaces), windows=0, ring_drops=0)
+    if not config.sensor.tls_capture:
+        ctx.health["tls"] = "off"
+    elif capture.tls_error:
+        ctx.health["tls"] = f"unavailable: {capture.tls_error}"
+    else:
+        ctx.health["tls"] = "probing " + ", ".join(capture.tls_files)
     sender = LiveBatchSender(nc, node, config.sensor.batch_records)
     queue: asyncio.Queue[LiveWindow] = asyncio.Queue(QUEUE_WINDOWS)
 
