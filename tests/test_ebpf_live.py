@@ -303,3 +303,53 @@ async def test_a_private_copy_of_libssl_is_found_and_probed(self_signed, tmp_pat
     assert per_tenant == Counter({"acme": 2, "globex": 1})
     assert sum(r.tokens_in for r in mine) == USAGE["prompt_tokens"] * 3
     assert {r.model for r in mine} == {"gpt-copy"}
+
+
+async def test_plain_ssl_read_write_of_a_c_client_are_captured(self_signed):
+    """wrk (C, Debian's, linked to libssl.so.3) calls SSL_write/SSL_read, not the _ex variants Python uses: its
+    HTTPS requests are seen by those probes, each paired with its response, with the tenant header it sent."""
+    import shutil
+
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        pytest.skip("wrk is not installed (scripts/debian-packages.d/bcc.txt)")
+    cert, key = self_signed
+    port = free_port()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(cert), str(key))
+    app = web.Application()
+
+    async def ping(_request: web.Request) -> web.Response:
+        return web.Response(text="pong")
+
+    app.router.add_get("/ping", ping)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start()
+    harness = await LiveHarness(Config(), tls=True).start()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            wrk,
+            "-t",
+            "1",
+            "-c",
+            "1",
+            "-d",
+            "1s",
+            "-H",
+            "X-Tenant-ID: wrk-tenant",
+            f"https://127.0.0.1:{port}/ping",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+    finally:
+        await runner.cleanup()
+    await harness.stop()
+    done = int(out.decode().split(" requests in", 1)[0].rsplit(None, 1)[1])
+    assert done > 0
+    mine = [r for r in harness.records() if r.src_workload == f"wrk[{proc.pid}]"]
+    observed = sum(r.requests for r in mine)
+    # wrk leaves out of its count the one request in flight when it stops (1 connection: at most one).
+    assert done <= observed <= done + 1
+    assert {r.tenant for r in mine} == {"wrk-tenant"} and {r.operation for r in mine} == {"GET /ping"}
+    assert sum(w.counters.tls_lost for w in harness.windows) == 0
