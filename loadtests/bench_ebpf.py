@@ -48,9 +48,16 @@ RESPONSE = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length
 # ---- child: the HTTP server ---------------------------------------------------------------------------------------
 
 
-def serve(port: int) -> None:
-    """A minimal keep-alive HTTP/1.1 server (GET only): one fixed response per request head."""
+def serve(port: int, cert: str = "", key: str = "") -> None:
+    """A minimal keep-alive HTTP/1.1 server (GET only): one fixed response per request head; HTTPS with a cert."""
+    import ssl
+
     import uvloop
+
+    tls = None
+    if cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(cert, key)
 
     class Proto(asyncio.Protocol):
         def connection_made(self, transport):
@@ -65,7 +72,7 @@ def serve(port: int) -> None:
             self.buf = buf
 
     async def main():
-        server = await asyncio.get_running_loop().create_server(Proto, "127.0.0.1", port, backlog=1024)
+        server = await asyncio.get_running_loop().create_server(Proto, "127.0.0.1", port, backlog=1024, ssl=tls)
         print("ready", flush=True)
         async with server:
             await server.serve_forever()
@@ -99,6 +106,7 @@ def sense(port: int, parse: bool) -> None:
     config = Config()
     config.sensor.interfaces = ["lo"]
     totals = {"requests": 0, "records": 0, "ring_drops": 0, "ring_packets": 0, "seen": 0, "passed": 0, "flows": 0}
+    totals.update(tls_requests=0, tls_events=0, tls_lost=0)
 
     async def main():
         frames = MinimalHttpFrameSink(MinimalHttpSensor(config, "bench")) if parse else NullSink()
@@ -109,6 +117,8 @@ def sense(port: int, parse: bool) -> None:
 
         async def on_window(win):
             totals["requests"] += sum(r.requests for r in win.records if r.dst.endswith(f":{port}"))
+            # HTTPS: the client side of the calls as the uprobes saw them in wrk (the server side is there too).
+            totals["tls_requests"] += sum(r.requests for r in win.records if r.src_workload.startswith("wrk["))
             totals["records"] += len(win.records)
             totals["flows"] += len(win.flows)
             c = win.counters
@@ -116,6 +126,8 @@ def sense(port: int, parse: bool) -> None:
             totals["ring_packets"] += c.ring_packets
             totals["seen"] += c.seen_packets
             totals["passed"] += c.passed_packets
+            totals["tls_events"] += c.tls_events
+            totals["tls_lost"] += c.tls_lost
 
         print("ready", flush=True)
         try:
@@ -141,7 +153,7 @@ def _child(role: str, port: int, *extra: str) -> subprocess.Popen:
     return proc
 
 
-def wrk(port: int, seconds: float, rate: int | None) -> dict:
+def wrk(port: int, seconds: float, rate: int | None, scheme: str = "http") -> dict:
     """Run wrk; with ``rate`` the load is held near it by per-connection delays. Returns requests and req/s."""
     if rate:
         delay_ms = 10
@@ -153,7 +165,18 @@ def wrk(port: int, seconds: float, rate: int | None) -> dict:
         fh.write(script)
     try:
         out = subprocess.run(
-            ["wrk", "-t", "2", "-c", str(conns), "-d", f"{int(seconds)}s", "-s", fh.name, f"http://127.0.0.1:{port}/"],
+            [
+                "wrk",
+                "-t",
+                "2",
+                "-c",
+                str(conns),
+                "-d",
+                f"{int(seconds)}s",
+                "-s",
+                fh.name,
+                f"{scheme}://127.0.0.1:{port}/",
+            ],
             capture_output=True,
             text=True,
             timeout=seconds + 60,
@@ -167,13 +190,13 @@ def wrk(port: int, seconds: float, rate: int | None) -> dict:
     return {"requests": done, "rps": rps, "connections": conns, "non2xx": int(errors.group(1)) if errors else 0}
 
 
-def with_sensor(port: int, seconds: float, rate: int | None, parse: bool) -> tuple[dict, dict]:
+def with_sensor(port: int, seconds: float, rate: int | None, parse: bool, scheme: str = "http") -> tuple[dict, dict]:
     sensor = _child("sense", port, *([] if parse else ["--no-parse"]))
     try:
         ps = psutil.Process(sensor.pid)
         time.sleep(1.0)  # the first window, before the load
         before = ps.cpu_times()
-        load = wrk(port, seconds, rate)
+        load = wrk(port, seconds, rate, scheme)
         after = ps.cpu_times()
         time.sleep(1.5)  # the last window closes
     finally:
@@ -188,12 +211,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="5000,20000")
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--tls-rates", default="2000", help="HTTPS rates (uprobe path); 'max' is always added")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cert", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--key", default="", help=argparse.SUPPRESS)
     parser.add_argument("--sense", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--no-parse", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.cert, args.key)
         return 0
     if args.sense:
         sense(args.sense, parse=not args.no_parse)
@@ -218,6 +244,7 @@ def main() -> int:
     finally:
         server.kill()
         server.wait()
+    tls_rows = bench_tls(args) if args.tls_rates != "none" else []
 
     print()
     hdr = (
@@ -245,7 +272,75 @@ def main() -> int:
         "\nwhen it stops). @target = CPU per request × the target rate, as % of one core (wrk holds a rate only"
         "\nroughly). Targets: < 1% of one core at 5,000 req/s; zero ring drops at 20,000 req/s."
     )
+    if tls_rows:
+        print()
+        hdr = (
+            f"{'HTTPS':>6} {'alone req/s':>11} {'w/ sensor':>9} {'ratio':>5} {'CPU s':>6} {'CPU s/10k req':>13} "
+            f"{'% 1 core':>8} {'TLS observed/done':>19} {'TLS events':>10} {'lost':>5}"
+        )
+        print(hdr)
+        print("-" * len(hdr))
+        for rate, base, load, rep in tls_rows:
+            per10k = rep["cpu_s"] / max(1, load["requests"]) * 10_000
+            print(
+                f"{(rate or 'max'):>6} {base['rps']:>11.0f} {load['rps']:>9.0f} {load['rps'] / base['rps']:>5.2f} "
+                f"{rep['cpu_s']:>6.2f} {per10k:>13.3f} {100 * rep['cpu_s'] / args.seconds:>7.1f}% "
+                f"{rep['tls_requests']:>9}/{load['requests']:<9} {rep['tls_events']:>10} {rep['tls_lost']:>5}"
+            )
+        print(
+            "\nHTTPS: wrk (SSL_write/SSL_read) against a uvloop HTTPS server (SSL_write_ex/SSL_read_ex), both probed;"
+            "\nthe ratio is what the uprobes cost the traced processes. TLS observed = wrk's requests paired with"
+            "\ntheir responses from its plaintext (capture+parse)."
+        )
     return 0
+
+
+def bench_tls(args: argparse.Namespace) -> list:
+    """The HTTPS rows: the same comparison through the OpenSSL uprobes."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from costmesh.common.embedded import free_port
+
+    folder = Path(tempfile.mkdtemp(prefix="bench-tls-"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    port = free_port()
+    server = _child("serve", port, "--cert", str(folder / "cert.pem"), "--key", str(folder / "key.pem"))
+    rows = []
+    try:
+        for rate in [int(r) for r in args.tls_rates.split(",") if r] + [0]:
+            base = wrk(port, args.seconds, rate or None, "https")
+            load, rep = with_sensor(port, args.seconds, rate or None, True, "https")
+            rows.append((rate, base, load, rep))
+    finally:
+        server.kill()
+        server.wait()
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+    return rows
 
 
 if __name__ == "__main__":

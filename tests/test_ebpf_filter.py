@@ -56,7 +56,7 @@ def test_program_text_inlines_the_header_and_replaces_placeholders():
     assert "MAX_FLOWS" not in text and "SNAPLEN" not in text and "LOOPBACK_IFINDEX" not in text
     with pytest.raises(KeyError, match="SNAP_LEN"):
         bpf.program_text("sensor", {"SNAP_LEN": 1})
-    tls = bpf.program_text("tls", {"TLS_MAX_CHUNKS": 4, "TLS_RING_PAGES": 64, "FILTER_PID": 0})
+    tls = bpf.program_text("tls", {"TLS_MAX_CHUNKS": 4, "TLS_RING_PAGES": 64, "FILTER_PID": 0, "TLS_WAKEUP_EVERY": 64})
     assert "TLS_MAX_CHUNKS" not in tls and "#define TLS_CHUNK 4096" in tls
 
 

@@ -79,6 +79,11 @@ CPU_SECONDS = Gauge(
 )
 
 
+#: The TLS program wakes the reader once per this many events; the reader also drains every TLS_POLL_S.
+TLS_WAKEUP_EVERY = 64
+TLS_POLL_S = 0.1
+
+
 class FrameSink(Protocol):
     """A parser of link-layer frames (the minimal HTTP reader now, the Cython parsers later)."""
 
@@ -383,6 +388,7 @@ class LiveCapture:
             {
                 "TLS_MAX_CHUNKS": self.sensor_cfg.tls_max_chunks,
                 "TLS_RING_PAGES": self.sensor_cfg.tls_ring_pages,
+                "TLS_WAKEUP_EVERY": TLS_WAKEUP_EVERY,
                 "FILTER_PID": self.tls_pid,
             },
         )
@@ -701,8 +707,16 @@ class LiveCapture:
         for ring in self.rings:
             loop.add_reader(ring.fileno(), self.read_rings, 64)
         tls_fd = self._tls_epoll_fd()
+        timer: asyncio.TimerHandle | None = None
         if tls_fd >= 0:
             loop.add_reader(tls_fd, self.read_tls)
+
+            def tls_tick() -> None:
+                nonlocal timer
+                self.read_tls()
+                timer = loop.call_later(TLS_POLL_S, tls_tick)
+
+            timer = loop.call_later(TLS_POLL_S, tls_tick)
         start = time.time_ns() // 1000
         next_window = time.monotonic() + self.sensor_cfg.window_s
         try:
@@ -719,4 +733,6 @@ class LiveCapture:
                 loop.remove_reader(ring.fileno())
             if tls_fd >= 0:
                 loop.remove_reader(tls_fd)
+            if timer is not None:
+                timer.cancel()
             self._loop = None

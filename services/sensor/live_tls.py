@@ -67,6 +67,8 @@ def _usage_of(obj: dict) -> Usage | None:
 
 def ai_usage(body: bytes, content_type: str = "") -> Usage | None:
     """The token usage in an AI response body (JSON, or SSE whose events carry ``usage``); ``None`` when absent."""
+    if b'"usage"' not in body:
+        return None
     if "text/event-stream" in content_type or body.lstrip().startswith(b"data:") or body.startswith(b"event:"):
         found: Usage | None = None
         model = ""

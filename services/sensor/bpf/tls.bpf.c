@@ -7,7 +7,7 @@
  * when it was cut. When the ring buffer is full the event is counted in stats[STAT_TLS_LOST] and the program goes on:
  * the traced process is never slowed by a slow reader.
  *
- * TLS_CHUNK is fixed in records.h. Placeholders: TLS_MAX_CHUNKS, TLS_RING_PAGES, FILTER_PID (0: every process).
+ * TLS_CHUNK is fixed in records.h. Placeholders: TLS_MAX_CHUNKS, TLS_WAKEUP_EVERY, TLS_RING_PAGES, FILTER_PID (0: every process).
  */
 #include <uapi/linux/ptrace.h>
 
@@ -24,6 +24,7 @@ BPF_HASH(read_calls, u64, struct ssl_call, 16384);
 BPF_RINGBUF_OUTPUT(tls_events, TLS_RING_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct tls_event, 1);
 BPF_PERCPU_ARRAY(stats, u64, STAT_COUNT);
+BPF_PERCPU_ARRAY(unannounced, u64, 1); /* events written since the last wake-up of the reader, per CPU */
 
 static __always_inline void stat_add(u32 idx, u64 n) {
     u64 *v = stats.lookup(&idx);
@@ -69,7 +70,15 @@ static __always_inline int emit(struct pt_regs *ctx, struct ssl_call *call, u32 
             n = 0;
         }
         stat_add(STAT_TLS_EVENTS, 1);
-        if (tls_events.ringbuf_output(ev, offsetof(struct tls_event, data) + n, 0) < 0)
+        /* Wake the reader once per TLS_WAKEUP_EVERY events (it also reads on a short timer): one wake-up per event
+         * would cost more than the event. */
+        u64 flags = BPF_RB_NO_WAKEUP;
+        u64 *pending = unannounced.lookup(&zero);
+        if (pending && ++*pending >= TLS_WAKEUP_EVERY) {
+            *pending = 0;
+            flags = BPF_RB_FORCE_WAKEUP;
+        }
+        if (tls_events.ringbuf_output(ev, offsetof(struct tls_event, data) + n, flags) < 0)
             stat_add(STAT_TLS_LOST, 1);
     }
     return 0;
