@@ -5,13 +5,16 @@ For each rate (default 5,000 and 20,000 requests/s) it runs, in the same run and
   2. the same load with the sensor capturing on ``lo`` (a child process running ``LiveCapture`` with the parser of
      the day behind the ``FrameSink`` seam, TLS probes on): its CPU seconds, CPU per 10,000 requests, % of one core,
      requests it observed vs. requests wrk completed, ring drops;
-and, once, the generator's throughput flat out (no rate limit) with and without the sensor.
+and, once, the generator's throughput flat out (no rate limit) with and without the sensor. Then the same over HTTPS
+(default 2,000 requests/s and flat out), where the sensor reads plaintext through the OpenSSL uprobes: wrk calls
+SSL_write/SSL_read, the server SSL_write_ex/SSL_read_ex, so both probe families are exercised and both processes pay
+the uprobe traps (the throughput ratio shows that cost).
 
 wrk has no rate option: the fixed rate is connections × (1000 / delay ms) through wrk's Lua ``delay()``; the
 achieved rate is printed beside the target. The machine is shared (2 cores, other work running): every figure is
 printed beside its baseline from the same run, and the load average is printed at start.
 
-Usage: .venv/bin/python loadtests/bench_ebpf.py [--rates 5000,20000] [--seconds 10] (as root).
+Usage: .venv/bin/python loadtests/bench_ebpf.py [--rates 5000,20000] [--tls-rates 2000|none] [--seconds 10] (root).
 """
 
 from __future__ import annotations
