@@ -301,3 +301,76 @@ def test_without_any_probable_openssl_packets_are_still_captured():
         assert cap.rings and cap.bpf is not None
     finally:
         cap.close()
+
+
+async def test_payload_signatures_decide_what_passes_on_unwatched_ports():
+    """On ports no list names, a segment passes only by its first bytes: HTTP, a TLS ClientHello, a PostgreSQL
+    startup or message, DNS over UDP; anything else (SSH banner, junk, other UDP) stays in the kernel."""
+    import socket
+    import struct as st
+
+    ctx = ssl.create_default_context()
+    tls = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname="example.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    payloads = {
+        "http": b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+        "http-response": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        "tls-hello": out.read(),
+        "pg-startup": st.pack("!II", 8 + 9, 196608) + b"user\0me\0\0",
+        "pg-ssl": st.pack("!II", 8, 80877103),
+        "pg-query": b"Q" + st.pack("!I", 4 + 9) + b"SELECT 1\0",
+        "ssh": b"SSH-2.0-OpenSSH_9.2\r\n",
+        "junk": bytes(range(1, 40)),
+    }
+    harness = LiveHarness(Config())
+    recorder = Recorder()
+    harness.capture.frames = recorder
+    await harness.start()
+    received: list[bytes] = []
+
+    async def sink(reader, writer):
+        received.append(await reader.read(4096))
+        writer.close()
+
+    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for data in payloads.values():
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(data)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    udp_other = _free_udp_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as d:
+        d.bind(("127.0.0.1", 0))
+        query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www\x07example\x03com\x00\x00\x01\x00\x01"
+        d.sendto(query, ("127.0.0.1", 53))  # DNS: passes whatever answers (or not) on port 53
+        d.sendto(query, ("127.0.0.1", udp_other))
+        dport = d.getsockname()[1]
+    await asyncio.sleep(0.3)
+    server.close()
+    await server.wait_closed()
+    await harness.stop()
+    assert len(received) == len(payloads)
+
+    seen = set()
+    for _ts, f in recorder.frames:
+        if f[12:14] != b"\x08\x00":
+            continue
+        l4 = 14 + (f[14] & 15) * 4
+        sport, dst = int.from_bytes(f[l4 : l4 + 2], "big"), int.from_bytes(f[l4 + 2 : l4 + 4], "big")
+        if f[23] == 6 and dst == port:
+            payload = f[l4 + (f[l4 + 12] >> 4) * 4 :]
+            seen |= {name for name, data in payloads.items() if payload and data.startswith(payload[:8])}
+        elif f[23] == 17 and sport == dport:
+            seen.add("udp-53" if dst == 53 else f"udp-{dst}")
+    assert seen == {"http", "http-response", "tls-hello", "pg-startup", "pg-ssl", "pg-query", "udp-53"}
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
