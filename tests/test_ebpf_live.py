@@ -241,7 +241,9 @@ async def test_https_ai_call_plaintext_and_tokens_by_uprobe(self_signed):
 
 
 CLIENT = """
-import json, ssl, sys, urllib.request
+import ctypes, json, ssl, sys, urllib.request
+if len(sys.argv) > 3:
+    ctypes.CDLL(None).prctl(15, sys.argv[3].encode(), 0, 0, 0)  # PR_SET_NAME: the process name the sensor sees
 ctx = ssl.create_default_context(cafile=sys.argv[1])
 print("ready", flush=True)
 sys.stdin.readline()
@@ -353,3 +355,55 @@ async def test_plain_ssl_read_write_of_a_c_client_are_captured(self_signed):
     assert done <= observed <= done + 1
     assert {r.tenant for r in mine} == {"wrk-tenant"} and {r.operation for r in mine} == {"GET /ping"}
     assert sum(w.counters.tls_lost for w in harness.windows) == 0
+
+
+async def test_only_the_named_processes_are_probed(self_signed):
+    """With sensor.tls_processes, uprobes are attached per matching process: the "ai-agent" client is captured, an
+    equal client under another name and the server are not, and a process that ended is detached at the next scan."""
+    from .ebpf_ai_server import USAGE
+
+    cert, key = self_signed
+    port = free_port()
+    url = f"https://127.0.0.1:{port}/v1/chat/completions"
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("ebpf_ai_server.py")), str(cert), str(key), str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    clients = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", CLIENT, str(cert), url, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        for name in ("ai-agent", "other-client")
+    }
+    try:
+        for proc in (server, *clients.values()):
+            assert (await asyncio.to_thread(proc.stdout.readline)).strip() == b"ready"
+        config = Config()
+        config.sensor.tls_processes = ["^ai-agent$"]
+        harness = await LiveHarness(config, tls=True).start()
+        agent = clients["ai-agent"].pid
+        assert set(harness.capture._tls_pids) == {agent}
+        for proc in clients.values():
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+        for proc in clients.values():
+            assert (await asyncio.to_thread(proc.stdout.readline)).strip() == b"done"
+            proc.stdin.close()
+            await asyncio.to_thread(proc.wait, 10)
+        await asyncio.sleep(0.3)
+        harness.capture.attach_tls_libraries()  # the agent has ended: its probes go
+        assert harness.capture._tls_pids == {} and not harness.capture.tls_bpf.uprobe_fds
+        await harness.stop()
+    finally:
+        for proc in (*clients.values(), server):
+            if proc.stdin and not proc.stdin.closed:
+                proc.stdin.close()
+            proc.wait(10)
+            proc.stdout.close()
+    pids = {r.src_workload for r in harness.records()} | {r.dst for r in harness.records()}
+    assert f"ai-agent[{agent}]" in pids
+    assert not [p for p in pids if p.endswith((f"[{clients['other-client'].pid}]", f"[{server.pid}]"))]
+    mine = [r for r in harness.records() if r.src_workload == f"ai-agent[{agent}]"]
+    assert sum(r.requests for r in mine) == 3
+    assert sum(r.tokens_out for r in mine) == USAGE["completion_tokens"] * 3

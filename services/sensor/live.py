@@ -256,36 +256,53 @@ class AiFlowMarker:
                 self.marked[flow] = 0
 
 
-def discover_libssl(proc: str = "/proc", name: str = "libssl.so.3") -> list[str]:
-    """Every distinct OpenSSL library file mapped by a running process, as a path through that process's root
-    (``/proc/<pid>/root/...``), so that copies inside containers are reachable from the host."""
-    out: list[str] = []
-    seen: set[tuple[int, int]] = set()
+def libssl_mappings(proc: str = "/proc", name: str = "libssl.so.3") -> list[tuple[int, str, str]]:
+    """``(pid, comm, path)`` of every process that has an OpenSSL library mapped; the path goes through the process's
+    root (``/proc/<pid>/root/...``), so that copies inside containers are reachable from the host."""
+    out: list[tuple[int, str, str]] = []
+    wanted = name.encode()
     for entry in os.scandir(proc):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"{entry.path}/maps", "rb") as fh:
                 maps = fh.read()
+            if wanted not in maps:
+                continue
+            with open(f"{entry.path}/comm", "rb") as fh:
+                comm = fh.read().strip().decode(errors="replace")
         except OSError:
             continue
-        if name.encode() not in maps:
-            continue
         for line in maps.splitlines():
-            if not line.endswith(name.encode()) and name.encode() + b" " not in line:
-                continue
             parts = line.split(None, 5)
-            if len(parts) < 6:
-                continue
-            path = f"{entry.path}/root{parts[5].decode(errors='replace').removesuffix(' (deleted)')}"
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                out.append(path)
+            if len(parts) == 6 and parts[5].split(b" (deleted)")[0].endswith(b"/" + wanted):
+                path = parts[5].decode(errors="replace").removesuffix(" (deleted)")
+                out.append((int(entry.name), comm, f"{entry.path}/root{path}"))
+                break
     return out
+
+
+def discover_libssl(proc: str = "/proc", name: str = "libssl.so.3") -> list[str]:
+    """Every distinct OpenSSL library file mapped by a running process (one path per file)."""
+    out: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    for _pid, _comm, path in libssl_mappings(proc, name):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            out.append(path)
+    return out
+
+
+_SSL_PROBES = (
+    ("SSL_write", "enter_write", "leave_write"),
+    ("SSL_read", "enter_read", "leave_read"),
+    ("SSL_write_ex", "enter_write_ex", "leave_write"),
+    ("SSL_read_ex", "enter_read_ex", "leave_read"),
+)
 
 
 class _FlowTable:
@@ -442,15 +459,24 @@ class LiveCapture:
             print(text, file=sys.stderr)
         self.tls_bpf = bpf.load(text)
         self._tls_files: dict[tuple[int, int], str] = {}
-        if not self.attach_tls_libraries() and not self._tls_files:
+        self._tls_pids: dict[int, list[bytes]] = {}
+        attached = self.attach_tls_libraries()
+        if not attached and not self._tls_files and not self.sensor_cfg.tls_processes:
             raise bpf.BpfUnavailable(f"no OpenSSL function could be probed in {self.sensor_cfg.tls_libraries}")
         self.tls_bpf[b"tls_events"].open_ring_buffer(self._on_tls_event)
         self._tls_scanned = time.monotonic()
 
     def attach_tls_libraries(self) -> int:
-        """Probe every OpenSSL library not probed yet: the configured files, and with ``sensor.tls_discover`` each
-        distinct ``libssl.so.3`` that a running process has mapped (containers bring their own copies: a uprobe
-        binds to one file, so each copy needs its own). Returns how many files were newly probed."""
+        """Probe OpenSSL where not probed yet; returns how many files (or processes) were newly probed.
+
+        Without ``sensor.tls_processes``: every process, one set of uprobes per library file — the configured files
+        and, with ``sensor.tls_discover``, each distinct ``libssl.so.3`` mapped by a running process (containers
+        bring their own copies, and a uprobe binds to one file). With ``sensor.tls_processes``: only processes whose
+        name matches, one set of uprobes per process, so that no other process takes a uprobe trap at all (the
+        kernel installs a per-process uprobe's breakpoint in that process only); processes that ended are detached.
+        """
+        if self.sensor_cfg.tls_processes:
+            return self._attach_tls_processes()
         candidates = list(self.sensor_cfg.tls_libraries)
         if self.sensor_cfg.tls_discover:
             candidates += discover_libssl()
@@ -463,23 +489,44 @@ class LiveCapture:
             key = (st.st_dev, st.st_ino)
             if key in self._tls_files:
                 continue
-            probed = 0
-            for sym, enter, leave in (
-                ("SSL_write", "enter_write", "leave_write"),
-                ("SSL_read", "enter_read", "leave_read"),
-                ("SSL_write_ex", "enter_write_ex", "leave_write"),
-                ("SSL_read_ex", "enter_read_ex", "leave_read"),
-            ):
-                try:
-                    self.tls_bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=enter.encode())
-                    self.tls_bpf.attach_uretprobe(name=path.encode(), sym=sym.encode(), fn_name=leave.encode())
-                    probed += 1
-                except Exception as exc:
-                    log.warning("cannot probe %s in %s: %s", sym, path, exc)
             self._tls_files[key] = path  # also when nothing could be probed: do not retry it every scan
-            if probed:
+            if self._probe(path, -1):
                 new += 1
                 log.info("probing OpenSSL in %s", path)
+        return new
+
+    def _probe(self, path: str, pid: int) -> list[bytes]:
+        """Attach the four entry/return pairs to one library (for one process, or all with pid -1); returns the
+        names of the uprobe events created."""
+        before = set(self.tls_bpf.uprobe_fds)
+        for sym, enter, leave in _SSL_PROBES:
+            try:
+                self.tls_bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=enter.encode(), pid=pid)
+                self.tls_bpf.attach_uretprobe(name=path.encode(), sym=sym.encode(), fn_name=leave.encode(), pid=pid)
+            except Exception as exc:
+                log.warning("cannot probe %s in %s (pid %d): %s", sym, path, pid, exc)
+        return [name for name in self.tls_bpf.uprobe_fds if name not in before]
+
+    def _attach_tls_processes(self) -> int:
+        patterns = [re.compile(p) for p in self.sensor_cfg.tls_processes]
+        alive: dict[int, str] = {}
+        for pid, comm, path in libssl_mappings():
+            if any(p.search(comm) for p in patterns):
+                alive[pid] = path
+        for pid in [pid for pid in self._tls_pids if pid not in alive]:
+            for name in self._tls_pids.pop(pid):
+                with contextlib.suppress(Exception):
+                    self.tls_bpf.detach_uprobe_event(name)
+        new = 0
+        for pid, path in alive.items():
+            if pid not in self._tls_pids:
+                self._tls_pids[pid] = self._probe(path, pid)
+                self._tls_files[(-1, pid)] = path
+                if self._tls_pids[pid]:
+                    new += 1
+                    log.info("probing OpenSSL of pid %d in %s", pid, path)
+        for key in [k for k in self._tls_files if k[0] == -1 and k[1] not in alive]:
+            del self._tls_files[key]
         return new
 
     @property
