@@ -746,7 +746,8 @@ class LiveCapture:
         return LiveWindow(window_start_us, end_us, records, flows, counters)
 
     async def run(self, on_window: Callable[[LiveWindow], Awaitable[None]], stopping: asyncio.Event) -> None:
-        """Read rings as they fill and TLS events every few ms; every window, hand a ``LiveWindow`` to ``on_window``.
+        """Read rings when a block is handed over and TLS events when the program wakes us (or every TLS_POLL_S);
+        every window, hand a ``LiveWindow`` to ``on_window``.
 
         The first window starts when ``run`` starts; everything counted before (since ``open``) is in it too.
         """

@@ -1,5 +1,5 @@
-"""Sensor service: reads traffic (for now: replayed capture files), aggregates it into ``ObservedCall`` records per
-window and hands them to the node's redactor.
+"""Sensor service: reads traffic (live through eBPF, or replayed capture files), aggregates it into ``ObservedCall``
+records per window and hands them to the node's redactor.
 
 Reads: capture files given with ``--replay``, else live traffic (``live_service``: eBPF on ``sensor.interfaces``).
 Emits: ``CallBatch`` on ``costmesh.raw.<node>`` as a request that the
