@@ -42,3 +42,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -c "import costmesh.cli" # fail here, clearly, if the install did not work
   echo "$want" > "$stamp"
 fi
+# Per-area hooks that adjust the virtualenv (e.g. make one distribution package importable), run every time: idempotent.
+for hook in scripts/venv.d/*.sh; do
+  [ -e "$hook" ] && bash "$hook" .venv
+done

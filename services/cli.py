@@ -50,6 +50,11 @@ def _service_parser(sub: argparse._SubParsersAction, name: str) -> argparse.Argu
             metavar="CAPTURE",
             help="replay a capture file through the sensor (repeatable)",
         )
+        p.add_argument(
+            "--print-bpf",
+            action="store_true",
+            help="print the final text of the eBPF programs (placeholders replaced) on stderr when capturing live",
+        )
     if name == "billing":
         p.add_argument(
             "action",
@@ -149,7 +154,7 @@ def _run_service(args: argparse.Namespace, config: Config) -> int:
         from costmesh.sensor import service as sensor
 
         replay = [Path(p) for p in args.replay]
-        return run_service(ctx, lambda c: sensor.main(c, replay))
+        return run_service(ctx, lambda c: sensor.main(c, replay, print_bpf=args.print_bpf))
     if args.command == "api" and args.api_port:
         config.api.port = args.api_port
     module = {

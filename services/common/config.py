@@ -204,6 +204,45 @@ class SensorConfig(_Section):
     max_flows: int = 65536
     #: How many records one published batch holds at most.
     batch_records: int = 500
+    # Live capture (eBPF, issue 4). Without --replay the sensor captures live on ``interfaces``.
+    #: Further ports whose segments always go to the parsers (besides http_ports, postgres_ports, ai_ports).
+    watch_ports: list[int] = []
+    #: Ports whose flows are AI-API traffic: their whole payload is captured, not ``snaplen`` bytes.
+    ai_ports: list[int] = []
+    #: Regular expressions over the TLS SNI / HTTP Host that mark a flow as AI-API traffic (whole payload).
+    ai_hosts: list[str] = msgspec.field(
+        default_factory=lambda: [
+            r"(^|\.)api\.openai\.com$",
+            r"(^|\.)api\.anthropic\.com$",
+            r"\.openai\.azure\.com$",
+            r"^bedrock-runtime\.[a-z0-9-]+\.amazonaws\.com$",
+            r"-aiplatform\.googleapis\.com$",
+            r"^generativelanguage\.googleapis\.com$",
+        ]
+    )
+    #: Capture TLS plaintext by uprobes on OpenSSL's SSL_read/SSL_write (and _ex) in these libraries.
+    tls_capture: bool = True
+    tls_libraries: list[str] = msgspec.field(default_factory=lambda: ["/lib/x86_64-linux-gnu/libssl.so.3"])
+    #: Also probe every other libssl.so.3 that running processes have mapped (containers' own copies), rescanning
+    #: /proc every tls_discover_s seconds (a scan reads /proc/*/maps: ~3 ms for 150 processes).
+    tls_discover: bool = True
+    tls_discover_s: float = 10.0
+    #: Regular expressions over process names (comm): when set, only matching processes are probed, each on its
+    #: own, and no other process pays for a uprobe. Empty: every process on the host. A matching process started
+    #: later is probed from the next scan (tls_discover_s) on.
+    tls_processes: list[str] = []
+    #: One SSL call's plaintext is captured up to tls_max_chunks × 4 KiB.
+    tls_max_chunks: int = 16
+    #: Size of the TLS events ring buffer in pages (a power of two).
+    tls_ring_pages: int = 1024
+    #: PACKET_RX_RING geometry per interface: blocks of ring_block_kib KiB, handed over when full or after
+    #: ring_retire_ms milliseconds.
+    ring_block_kib: int = 1024
+    ring_blocks: int = 16
+    ring_retire_ms: int = 100
+    #: Workload identity: "auto" (Kubernetes when in a pod, else /proc), "proc", "kubernetes", or "static" (only
+    #: the workloads table). The workloads table always wins where it matches.
+    identity: Literal["auto", "proc", "kubernetes", "static"] = "auto"
 
 
 class RedactorConfig(_Section):
@@ -254,7 +293,8 @@ class Config(_Section):
     billing: BillingConfig = msgspec.field(default_factory=BillingConfig)
 
     def node_name(self) -> str:
-        return self.node or os.uname().nodename
+        """``node`` from the file, else ``COSTMESH_NODE`` (a DaemonSet sets it to spec.nodeName), else the host name."""
+        return self.node or os.environ.get("COSTMESH_NODE", "") or os.uname().nodename
 
 
 _PATH_RE = re.compile(r"at `\$(?P<path>[^`]*)`")

@@ -1,7 +1,8 @@
-"""Sensor service: reads traffic (for now: replayed capture files), aggregates it into ``ObservedCall`` records per
-window and hands them to the node's redactor.
+"""Sensor service: reads traffic (live through eBPF, or replayed capture files), aggregates it into ``ObservedCall``
+records per window and hands them to the node's redactor.
 
-Reads: capture files given with ``--replay``. Emits: ``CallBatch`` on ``costmesh.raw.<node>`` as a request that the
+Reads: capture files given with ``--replay``, else live traffic (``live_service``: eBPF on ``sensor.interfaces``).
+Emits: ``CallBatch`` on ``costmesh.raw.<node>`` as a request that the
 redactor answers only after JetStream has stored the batch, so a batch is retried until it is safe and never lost;
 retries carry the same batch id, which JetStream de-duplicates.
 """
@@ -87,7 +88,7 @@ def replay(path: Path, sensor: MinimalHttpSensor) -> list[ObservedCall]:
     return sensor.drain()
 
 
-async def main(ctx: ServiceContext, replay_files: list[Path]) -> None:
+async def main(ctx: ServiceContext, replay_files: list[Path], print_bpf: bool = False) -> None:
     node = ctx.config.node_name()
     nc = await natsio.connect(ctx.config.nats, ctx.nats_url, f"costmesh-sensor-{node}")
     sender = BatchSender(nc, node, ctx.config.sensor.batch_records)
@@ -102,7 +103,9 @@ async def main(ctx: ServiceContext, replay_files: list[Path]) -> None:
             log.info("replayed capture", extra={"file": str(path), "records": len(records), "batches": batches})
         ctx.health["replay_done"] = True
         if not replay_files:
-            log.warning("no capture to replay and live capture is not built yet: the sensor idles")
+            from .live_service import run_live
+
+            await run_live(ctx, nc, print_programs=print_bpf)
         await ctx.stopping.wait()
     finally:
         await nc.drain()

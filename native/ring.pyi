@@ -1,0 +1,3 @@
+def drain_blocks(
+    ring: object, block_size: int, block_count: int, current: int, out: list[tuple[int, bytes]], max_blocks: int = 0
+) -> tuple[int, int]: ...

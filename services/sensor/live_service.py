@@ -1,0 +1,146 @@
+"""Live mode of the sensor service (``costmesh sensor`` without ``--replay``): capture on the configured interfaces,
+name both ends of every flow, and send each window's calls and flow volumes to the node's redactor.
+
+Reads: ``LiveCapture`` windows (see ``live``), workload identity (``identity``, ``identity_k8s``). Emits:
+``CallBatch`` messages with ``records`` and ``flows`` on ``costmesh.raw.<node>``, through the same confirmed
+request/reply as replayed captures.
+
+The capture loop never waits for the network: windows go through a bounded queue to a separate sender task, and when
+the redactor is away long enough for the queue to fill, whole windows are dropped and counted
+(``costmesh_sensor_windows_dropped_total``) rather than slowing the capture (and through it, nothing on the host).
+On stop, a window not yet confirmed by the redactor is not sent (``BatchSender`` stops retrying when told to stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+
+from prometheus_client import Counter
+
+from costmesh.common.config import Config
+from costmesh.common.metrics import REGISTRY
+from costmesh.common.runtime import ServiceContext
+from costmesh.common.schemas import CallBatch, FlowVolume, ObservedCall
+
+from .bpf import BpfUnavailable
+from .identity import IdentityResolver, ProcIdentity
+from .live import LiveCapture, LiveWindow, MinimalHttpFrameSink
+from .live_tls import TlsHttpSink
+from .pcap_http import MinimalHttpSensor
+from .service import BatchSender
+
+log = logging.getLogger(__name__)
+
+WINDOWS_DROPPED = Counter(
+    "costmesh_sensor_windows_dropped_total",
+    "Live windows dropped because the redactor did not keep up (the capture never waits).",
+    registry=REGISTRY,
+)
+QUEUE_WINDOWS = 30
+
+
+class LiveBatchSender(BatchSender):
+    """``BatchSender`` that also carries flow volumes: records and flows are chunked together."""
+
+    async def send_window(self, records: list[ObservedCall], flows: list[FlowVolume], stopping: asyncio.Event) -> int:
+        sent, size = 0, self.batch_records
+        r, f = 0, 0
+        while r < len(records) or f < len(flows):
+            take_r = records[r : r + size]
+            take_f = flows[f : f + size - len(take_r)]
+            r, f = r + len(take_r), f + len(take_f)
+            self.seq += 1
+            batch = CallBatch(
+                batch_id=f"{self.node}-{self.run_id}-{self.seq}",
+                node=self.node,
+                seq=self.seq,
+                records=take_r,
+                flows=take_f,
+            )
+            await self._deliver(batch, stopping)
+            sent += 1
+        return sent
+
+
+def _use_kubernetes(config: Config) -> bool:
+    mode = config.sensor.identity
+    return mode == "kubernetes" or (mode == "auto" and bool(os.environ.get("KUBERNETES_SERVICE_HOST")))
+
+
+async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> None:
+    """Capture until ``ctx.stopping``; without BPF (not root, old kernel, no headers) log why and idle."""
+    config, node = ctx.config, ctx.config.node_name()
+    window_us = int(config.sensor.window_s * 1_000_000)
+    k8s = None
+    pod_of_ip = pod_of_container = None
+    if _use_kubernetes(config):
+        from .identity_k8s import KubernetesIdentity
+
+        k8s = KubernetesIdentity.in_cluster()
+        pod_of_ip, pod_of_container = k8s.pod_of_ip, k8s.pod_of_container
+    proc = ProcIdentity() if config.sensor.identity != "static" else None
+    identity = IdentityResolver(config, proc=proc, pod_of_ip=pod_of_ip, pod_of_container=pod_of_container)
+    frames = MinimalHttpFrameSink(MinimalHttpSensor(config, node, window_us))
+    tls = TlsHttpSink(
+        config, node, window_us=window_us, name_of_pid=identity.name_of_pid, max_chunks=config.sensor.tls_max_chunks
+    )
+    capture = LiveCapture(config, node, frames, tls, name_of=identity.name, print_programs=print_programs)
+    try:
+        capture.open()
+    except BpfUnavailable as exc:
+        log.error("live capture unavailable, the sensor idles: %s", exc)
+        ctx.health["live"] = f"unavailable: {exc}"
+        await ctx.stopping.wait()
+        return
+    ctx.health.update(live="capturing", interfaces=list(config.sensor.interfaces), windows=0, ring_drops=0)
+    if not config.sensor.tls_capture:
+        ctx.health["tls"] = "off"
+    elif capture.tls_error:
+        ctx.health["tls"] = f"unavailable: {capture.tls_error}"
+    else:
+        ctx.health["tls"] = "probing " + ", ".join(capture.tls_files)
+    sender = LiveBatchSender(nc, node, config.sensor.batch_records)
+    queue: asyncio.Queue[LiveWindow] = asyncio.Queue(QUEUE_WINDOWS)
+
+    async def on_window(win: LiveWindow) -> None:
+        ctx.health["windows"] = int(ctx.health["windows"]) + 1
+        ctx.health["ring_drops"] = int(ctx.health["ring_drops"]) + win.counters.ring_drops
+        if not win.records and not win.flows:
+            return
+        try:
+            queue.put_nowait(win)
+        except asyncio.QueueFull:
+            WINDOWS_DROPPED.inc()
+
+    async def _send_loop() -> None:
+        while True:
+            win = await queue.get()
+            batches = await sender.send_window(win.records, win.flows, ctx.stopping)
+            ctx.health["batches_published"] = int(ctx.health.get("batches_published", 0)) + batches
+            ctx.health["records_published"] = int(ctx.health.get("records_published", 0)) + len(win.records)
+            ctx.health["flows_published"] = int(ctx.health.get("flows_published", 0)) + len(win.flows)
+
+    async def _k8s_loop() -> None:
+        while k8s is not None:
+            try:
+                await k8s.refresh()
+            except Exception as exc:  # the API server being away must not stop the capture
+                log.warning("kubernetes identity refresh failed: %s", exc)
+            await asyncio.sleep(30)
+
+    sending = asyncio.create_task(_send_loop(), name="live-send")
+    refreshing = asyncio.create_task(_k8s_loop(), name="k8s-identity")
+    try:
+        await capture.run(on_window, ctx.stopping)
+    finally:
+        sending.cancel()
+        refreshing.cancel()
+        for task in (sending, refreshing):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        capture.close()
+        if k8s is not None:
+            await k8s.close()
