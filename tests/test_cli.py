@@ -16,7 +16,7 @@ from costmesh.common.embedded import free_port
 
 from .conftest import DATA
 
-SUBCOMMANDS = ["up", "demo", *SERVICES, "config", "version"]
+SUBCOMMANDS = ["up", "demo", *SERVICES, "analyze", "config", "version"]
 
 
 def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

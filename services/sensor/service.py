@@ -1,7 +1,8 @@
 """Sensor service: reads traffic (for now: replayed capture files), aggregates it into ``ObservedCall`` records per
 window and hands them to the node's redactor.
 
-Reads: capture files given with ``--replay``. Emits: ``CallBatch`` on ``costmesh.raw.<node>`` as a request that the
+Reads: capture files given with ``--replay`` (pcap/pcapng, through ``costmesh.native.sensor``: the same parsing core a
+live capture feeds). Emits: ``CallBatch`` on ``costmesh.raw.<node>`` as a request that the
 redactor answers only after JetStream has stored the batch, so a batch is retried until it is safe and never lost;
 retries carry the same batch id, which JetStream de-duplicates.
 """
@@ -20,8 +21,7 @@ from costmesh.common import natsio
 from costmesh.common.metrics import BATCHES, ERRORS, RECORDS
 from costmesh.common.runtime import ServiceContext
 from costmesh.common.schemas import CallBatch, Codec, ObservedCall
-
-from .pcap_http import CaptureError, MinimalHttpSensor, read_pcap
+from costmesh.native.sensor import CaptureError, Sensor
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,20 @@ class BatchSender:
             return
 
 
-def replay(path: Path, sensor: MinimalHttpSensor) -> list[ObservedCall]:
-    """Run one capture through the parser; a broken file keeps what was read before the break."""
+def replay(path: Path, sensor: Sensor) -> list[ObservedCall]:
+    """Run one capture through the parser; a broken file keeps what was read before the break. Parse errors are
+    counted by kind in ``costmesh_errors_total``."""
     try:
-        for ts_us, frame in read_pcap(path):
-            sensor.feed(ts_us, frame)
+        sensor.feed_capture(path)
     except CaptureError as exc:
-        ERRORS.labels("sensor", "capture").inc()
         log.error("%s", exc)
-    return sensor.drain()
+    except OSError as exc:
+        ERRORS.labels("sensor", "capture_open").inc()
+        log.error("%s: cannot read: %s", path, exc.strerror)
+    records = sensor.drain(final=True)
+    for kind, n in sensor.stats()["errors"].items():
+        ERRORS.labels("sensor", kind).inc(n)
+    return records
 
 
 async def main(ctx: ServiceContext, replay_files: list[Path]) -> None:
@@ -95,7 +100,7 @@ async def main(ctx: ServiceContext, replay_files: list[Path]) -> None:
     ctx.ready = True
     try:
         for path in replay_files:
-            records = replay(path, MinimalHttpSensor(ctx.config, node, int(ctx.config.sensor.window_s * 1e6)))
+            records = replay(path, Sensor(ctx.config, node))
             batches = await sender.send(records, ctx.stopping)
             ctx.health["batches_published"] = int(ctx.health["batches_published"]) + batches
             ctx.health["records_published"] = int(ctx.health["records_published"]) + len(records)

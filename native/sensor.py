@@ -1,0 +1,227 @@
+"""The sensor's parsing core behind one class: frames or capture files in, ``ObservedCall`` records out.
+
+Reads: a ``Config`` (extraction rules, workloads, sensor ports/limits) and frames, live or from capture files. Emits:
+``ObservedCall`` per window, source, destination, protocol, operation and tenant/feature/agent, plus ``stats()``
+(frames, flows, parse errors by kind). The per-frame work runs in ``Engine`` (compiled ``_engine`` or its pure-Python
+twin ``_engine_py``, chosen by ``COSTMESH_NO_EXTENSIONS``); this module holds the cold paths both builds share (naming,
+rules that need Python, AI usage, DNS and TLS names) and builds the contract records.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from pathlib import Path
+from typing import BinaryIO
+
+from costmesh.common.config import Config
+from costmesh.common.schemas import ObservedCall
+
+from . import NO_EXTENSIONS, ai, names
+from .capture import CaptureError, CaptureReader
+from .kinds import E
+from .rules import RuleSet
+
+if NO_EXTENSIONS:
+    from ._engine_py import PROTOCOLS, Engine
+else:
+    try:
+        from ._engine import PROTOCOLS, Engine
+    except ImportError:  # not built: the pure-Python twin, same behaviour
+        from ._engine_py import PROTOCOLS, Engine
+
+#: Which build runs: "cython" or "python".
+BUILD = "python" if Engine.__module__.endswith("_py") else "cython"
+
+__all__ = ["BUILD", "CaptureError", "CaptureReader", "Engine", "Sensor", "Slow", "address_text"]
+
+MAX_DNS_NAMES = 65536
+_V4 = b"\x00" * 10 + b"\xff\xff"
+
+
+def address_text(addr: bytes) -> str:
+    if addr[:12] == _V4:
+        return ".".join(str(b) for b in addr[12:])
+    return str(ipaddress.IPv6Address(addr))
+
+
+class Slow:
+    """Cold paths called by the engine (both builds): at most once per request head, AI call, DNS message, TLS or
+    PostgreSQL connection, never per frame in the default configuration."""
+
+    def __init__(self, config: Config) -> None:
+        self.rules = RuleSet(config.rules)
+        self.dns_names: OrderedDict[bytes, str] = OrderedDict()
+
+    def is_ai(self, target: bytes, host: bytes) -> bool:
+        return ai.is_ai_request(target, host)
+
+    def resolve(self, head: bytes, body: bytes | None, starts: tuple[int, int, int], is_ai: bool):
+        return self.rules.resolve(head, body, starts, is_ai)
+
+    def ai(self, target, host, req_body, resp_body, ct, ce, answered):
+        request = ai.parse_request(req_body)
+        if not answered:
+            provider = ai.provider_of(target, host)
+            model = request.model or ai._model_from_path(target)
+            return (provider.encode(), model.encode("utf-8", "replace")[:256], 0, 0, 0, 0)
+        try:
+            u = ai.response_usage(resp_body, ct, ce, target, host, request.model)
+        except ValueError:
+            return None
+        return (
+            u.provider.encode(),
+            u.model.encode("utf-8", "replace")[:256],
+            u.tokens_in,
+            u.tokens_out,
+            u.tokens_cached,
+            u.tokens_reasoning,
+        )
+
+    def dns(self, msg: bytes):
+        try:
+            m = names.dns_message(msg)
+        except ValueError:
+            return None
+        for addr, name in m.answers:
+            key = _V4 + addr if len(addr) == 4 else addr
+            self.dns_names[key] = name.decode("ascii", "replace")
+            self.dns_names.move_to_end(key)
+            if len(self.dns_names) > MAX_DNS_NAMES:
+                self.dns_names.popitem(last=False)
+        return (m.response, m.rcode, m.qname)
+
+    def tls(self, record: bytes):
+        try:
+            hello = names.client_hello(record)
+        except ValueError:
+            return None
+        return (hello.sni, hello.ech, self.rules.resolve_sni(hello.sni))
+
+    def pg_startup(self, user: bytes, database: bytes):
+        return self.rules.resolve_pg(user, database)
+
+
+class Sensor:
+    """Frames → per-window ``ObservedCall``; ``engine_cls``/``reader_cls`` pick a build explicitly (tests)."""
+
+    def __init__(
+        self,
+        config: Config,
+        node: str,
+        window_us: int | None = None,
+        engine_cls: type | None = None,
+        reader_cls: type | None = None,
+    ) -> None:
+        self.config = config
+        self.node = node
+        self.window_us = int(window_us or config.sensor.window_s * 1_000_000)
+        self.slow = Slow(config)
+        self.reader_cls = reader_cls or CaptureReader
+        self.engine = (engine_cls or Engine)(
+            self.slow, self.window_us, config.sensor.max_flows, config.sensor.postgres_ports, config.sensor.http_ports
+        )
+        self._workloads = [(ipaddress.ip_network(w.address, strict=False), w.port, w.name) for w in config.workloads]
+        self._names: dict[tuple[bytes, int], str | None] = {}
+
+    def feed_capture(self, source: str | Path | BinaryIO) -> int:
+        """Stream one capture through the engine; a ``CaptureError`` is counted, then raised (frames before it stay)."""
+        reader = self.reader_cls(source)
+        try:
+            return self.engine.feed_capture(reader)
+        except CaptureError as exc:
+            self.engine.count_error(exc.kind)
+            raise
+
+    def feed_frame(self, ts_us: int, linktype: int, frame: bytes) -> None:
+        self.engine.feed_frame(ts_us, linktype, frame)
+
+    def stats(self) -> dict:
+        return self.engine.stats()
+
+    def _workload(self, addr: bytes, port: int) -> str | None:
+        key = (addr, port)
+        if key not in self._names:
+            ip = ipaddress.ip_address(address_text(addr))
+            found = None
+            for net, wport, name in self._workloads:
+                if ip.version == net.version and ip in net and (not wport or wport == port):
+                    found = name
+                    break
+            self._names[key] = found
+        return self._names[key]
+
+    def _dst(self, addr: bytes, port: int, host: bytes) -> str:
+        name = self._workload(addr, port)
+        if name:
+            return name
+        if host:
+            return host.decode("utf-8", "replace").lower()
+        dns = self.slow.dns_names.get(addr)
+        if dns:
+            return dns
+        text = address_text(addr)
+        return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+    def drain(self, now_us: int = -1, final: bool = False) -> list[ObservedCall]:
+        rules = self.slow.rules
+        out = []
+        for row in self.engine.drain(now_us, final):
+            (
+                window,
+                src,
+                dst,
+                dport,
+                proto,
+                op,
+                host,
+                tv,
+                tr,
+                fv,
+                _fr,
+                av,
+                _ar,
+                provider,
+                model,
+                requests,
+                errors,
+                bytes_in,
+                bytes_out,
+                busy,
+                tin,
+                tout,
+                tc,
+                treason,
+            ) = row
+            out.append(
+                ObservedCall(
+                    window_start_us=window,
+                    window_end_us=window + self.window_us,
+                    node=self.node,
+                    src_workload=self._workload(src, 0) or address_text(src),
+                    dst=self._dst(dst, dport, host),
+                    protocol=PROTOCOLS[proto],
+                    operation=op.decode("utf-8", "replace"),
+                    tenant=tv.decode("utf-8", "replace"),
+                    tenant_method=rules.methods[tr] if tr >= 0 else "unallocated",
+                    tenant_rule=rules.names[tr] if tr >= 0 else "",
+                    feature=fv.decode("utf-8", "replace"),
+                    agent=av.decode("utf-8", "replace"),
+                    requests=requests,
+                    errors=errors,
+                    bytes_in=bytes_in,
+                    bytes_out=bytes_out,
+                    busy_us=busy,
+                    tokens_in=tin,
+                    tokens_out=tout,
+                    tokens_cached=tc,
+                    tokens_reasoning=treason,
+                    provider=provider.decode("utf-8", "replace"),
+                    model=model.decode("utf-8", "replace"),
+                )
+            )
+        return out
+
+
+def error_kind_index(kind: str) -> int:
+    return E[kind]
