@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .kinds import CaptureError
+
 #: Largest frame accepted; a larger caplen means a corrupt file.
 MAX_FRAME = 1 << 18
 CHUNK = 1 << 20
@@ -21,17 +23,6 @@ PCAP_MAGICS = {
     0xA1B2C3D4: 1,  # µs
     0xA1B23C4D: 1000,  # ns
 }
-
-
-class CaptureError(Exception):
-    """A capture that cannot be read further: ``path``, byte ``offset`` of the bad record, ``kind``, ``reason``."""
-
-    def __init__(self, path: str, offset: int, kind: str, reason: str) -> None:
-        super().__init__(f"{path}: offset {offset}: {reason}")
-        self.path = path
-        self.offset = offset
-        self.kind = kind
-        self.reason = reason
 
 
 def _ts_us(ts: int, resol: int) -> int:

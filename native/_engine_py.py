@@ -645,7 +645,7 @@ class Engine:
             self._http_response_done(fl, ts)
 
     def _parse_headers(self, head: bytes) -> tuple[list[bytes], dict[bytes, bytes]]:
-        lines = head[:-4].split(b"\r\n")
+        lines = head[: len(head) - 4].split(b"\r\n")
         first: dict[bytes, bytes] = {}
         for line in lines[1:]:
             if not line or line[0] in (32, 9):
@@ -838,6 +838,9 @@ class Engine:
                     for x in fl.dirs:
                         x.buf.clear()
                         x.state = 0
+                    return
+                elif b == 0x47:  # 'G': GSSAPI encryption accepted, nothing readable follows
+                    fl.proto = P_OPAQUE
                     return
                 else:
                     self.errors[E["pg_message"]] += 1

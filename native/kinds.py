@@ -56,3 +56,16 @@ COUNTERS: Final = (
     "flows_unrecognised",
 )
 C = {name: i for i, name in enumerate(COUNTERS)}
+
+
+class CaptureError(Exception):
+    """A capture that cannot be read further: ``path``, byte ``offset`` of the bad record, ``kind``, ``reason``.
+
+    Defined once here so both capture readers raise the same class."""
+
+    def __init__(self, path: str, offset: int, kind: str, reason: str) -> None:
+        super().__init__(f"{path}: offset {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.kind = kind
+        self.reason = reason
