@@ -18,6 +18,8 @@ from .kinds import CaptureError
 #: Largest frame accepted; a larger caplen means a corrupt file.
 MAX_FRAME = 1 << 18
 CHUNK = 1 << 20
+#: Largest timestamp (µs) accepted; beyond it a pcapng block is corrupt (keeps both builds in 64-bit range).
+MAX_TS = 1 << 62
 
 PCAP_MAGICS = {
     0xA1B2C3D4: 1,  # µs
@@ -186,7 +188,10 @@ class CaptureReader:
                 if caplen > end - body - 20:
                     raise self._fail("capture_corrupt", f"captured length {caplen} exceeds its block")
                 linktype, _snap, resol = ifaces[iface]
-                last_ts = _ts_us((hi << 32) | lo, resol)
+                ts = _ts_us((hi << 32) | lo, resol)
+                if ts > MAX_TS:
+                    raise self._fail("capture_corrupt", "timestamp out of range")
+                last_ts = ts
                 frame = (last_ts, linktype, self._buf[body + 20 : body + 20 + caplen])
             elif btype == 3:  # Simple Packet: interface 0, no timestamp (the previous one is kept)
                 if not ifaces:

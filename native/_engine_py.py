@@ -246,9 +246,13 @@ class Engine:
                 _key, fl = self.flows.popitem(last=False)
                 self._finish(fl)
         out = []
-        for key in sorted(self.agg):
+        keep: dict[tuple, list[int]] = {}
+        for key, acc in self.agg.items():  # insertion order: the compiled engine keeps the same order
             if final or now_us < 0 or key[0] + self.window_us <= now_us:
-                out.append((*key, *self.agg.pop(key)))
+                out.append((*key, *acc))
+            else:
+                keep[key] = acc
+        self.agg = keep
         return out
 
     def feed_frame(self, ts: int, linktype: int, frame: bytes) -> None:

@@ -1,149 +1,198 @@
-"""Compiled twin of ``_net_py.py``: link, network and transport headers of one frame.
+"""Compiled twin of ``_net_py.py``: link, network and transport headers of one frame, into a C struct.
 
 Reads: a frame and its link type (Ethernet with 802.1Q/QinQ tags, Linux cooked v1/v2, raw IPv4/IPv6, BSD loopback in
-either byte order). Emits: ``(l4, src, dst, sport, dport, flags, seq, payload)`` with addresses as 16 bytes (IPv4
-mapped into ``::ffff:0:0/96``), or a negative code: ``NON_IP``, ``OTHER_L4`` or ``-(100 + error kind index)``.
+either byte order). Emits: a ``Pkt`` (C) for the engine, or for Python callers the same tuple/negative code as the twin.
+Every read is bounds-checked against the frame length before it happens.
 """
 
-from __future__ import annotations
+from libc.string cimport memcpy, memset
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 from .kinds import E
 
-NON_IP = -1
-OTHER_L4 = -2
-V4_PREFIX = b"\x00" * 10 + b"\xff\xff"
+NON_IP = NET_NON_IP
+OTHER_L4 = NET_OTHER_L4
 
-LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP = 0, 1, 101, 108
-LINKTYPE_SLL, LINKTYPE_SLL2, LINKTYPE_IPV4, LINKTYPE_IPV6 = 113, 276, 228, 229
-_AF_INET6 = (24, 28, 30)
-
-
-def _err(kind: str) -> int:
-    return -(100 + E[kind])
+cdef int E_FRAME_TRUNCATED = -(100 + E["frame_truncated"])
+cdef int E_IP_MALFORMED = -(100 + E["ip_malformed"])
+cdef int E_IP_FRAGMENT = -(100 + E["ip_fragment"])
+cdef int E_TCP_MALFORMED = -(100 + E["tcp_malformed"])
+cdef int E_UDP_MALFORMED = -(100 + E["udp_malformed"])
+cdef int E_LINKTYPE = -(100 + E["linktype_unsupported"])
 
 
-def decode(linktype: int, f: bytes) -> tuple | int:
-    n = len(f)
-    if linktype == LINKTYPE_ETHERNET:
-        if n < 14:
-            return _err("frame_truncated")
-        etype = (f[12] << 8) | f[13]
-        p = 14
-        tags = 0
-        while etype in (0x8100, 0x88A8, 0x9100) and tags < 4:
-            if n < p + 4:
-                return _err("frame_truncated")
-            etype = (f[p + 2] << 8) | f[p + 3]
-            p += 4
-            tags += 1
-        if etype == 0x0800:
-            return _ipv4(f, p)
-        if etype == 0x86DD:
-            return _ipv6(f, p)
-        return NON_IP
-    if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
-        if n < 4:
-            return _err("frame_truncated")
-        le = f[0] | (f[1] << 8) | (f[2] << 16) | (f[3] << 24)
-        be = (f[0] << 24) | (f[1] << 16) | (f[2] << 8) | f[3]
-        af = be if linktype == LINKTYPE_LOOP else (le if le < 0x10000 else be)
-        if af == 2:
-            return _ipv4(f, 4)
-        if af in _AF_INET6:
-            return _ipv6(f, 4)
-        return NON_IP
-    if linktype in (LINKTYPE_RAW, 12, 14, LINKTYPE_IPV4, LINKTYPE_IPV6):
-        if n < 1:
-            return _err("frame_truncated")
-        v = f[0] >> 4
-        if v == 4:
-            return _ipv4(f, 0)
-        if v == 6:
-            return _ipv6(f, 0)
-        return _err("ip_malformed")
-    if linktype == LINKTYPE_SLL:
-        if n < 16:
-            return _err("frame_truncated")
-        etype = (f[14] << 8) | f[15]
-        p = 16
-    elif linktype == LINKTYPE_SLL2:
-        if n < 20:
-            return _err("frame_truncated")
-        etype = (f[0] << 8) | f[1]
-        p = 20
-    else:
-        return _err("linktype_unsupported")
-    if etype == 0x0800:
-        return _ipv4(f, p)
-    if etype == 0x86DD:
-        return _ipv6(f, p)
-    return NON_IP
+cdef inline uint16_t be16(const uint8_t* p) noexcept nogil:
+    return (p[0] << 8) | p[1]
 
 
-def _ipv4(f: bytes, p: int) -> tuple | int:
-    n = len(f)
+cdef int _l4(const uint8_t* f, int proto, Py_ssize_t q, Py_ssize_t end, Pkt* out) noexcept nogil:
+    cdef Py_ssize_t doff, ulen, stop
+    if proto == 6:
+        if end < q + 20:
+            return E_FRAME_TRUNCATED
+        doff = (f[q + 12] >> 4) * 4
+        if doff < 20 or q + doff > end:
+            return E_TCP_MALFORMED
+        out.l4 = 6
+        out.sport = be16(f + q)
+        out.dport = be16(f + q + 2)
+        out.seq = (<uint32_t>f[q + 4] << 24) | (<uint32_t>f[q + 5] << 16) | (<uint32_t>f[q + 6] << 8) | f[q + 7]
+        out.flags = f[q + 13]
+        out.off = q + doff
+        out.n = end - (q + doff)
+        return 0
+    if proto == 17:
+        if end < q + 8:
+            return E_FRAME_TRUNCATED
+        ulen = be16(f + q + 4)
+        if ulen < 8:
+            return E_UDP_MALFORMED
+        stop = q + ulen
+        if stop > end:
+            stop = end
+        out.l4 = 17
+        out.sport = be16(f + q)
+        out.dport = be16(f + q + 2)
+        out.seq = 0
+        out.flags = 0
+        out.off = q + 8
+        out.n = stop - (q + 8) if stop > q + 8 else 0
+        return 0
+    return NET_OTHER_L4
+
+
+cdef int _ipv4(const uint8_t* f, Py_ssize_t n, Py_ssize_t p, Pkt* out) noexcept nogil:
+    cdef Py_ssize_t ihl, total, end
     if n < p + 20:
-        return _err("frame_truncated")
+        return E_FRAME_TRUNCATED
     if f[p] >> 4 != 4:
-        return _err("ip_malformed")
+        return E_IP_MALFORMED
     ihl = (f[p] & 0x0F) * 4
-    total = (f[p + 2] << 8) | f[p + 3]
+    total = be16(f + p + 2)
     if ihl < 20 or total < ihl:
-        return _err("ip_malformed")
+        return E_IP_MALFORMED
     if n < p + ihl:
-        return _err("frame_truncated")
-    if ((f[p + 6] << 8) | f[p + 7]) & 0x3FFF:
-        return _err("ip_fragment")
-    end = min(n, p + total)
-    src = V4_PREFIX + f[p + 12 : p + 16]
-    dst = V4_PREFIX + f[p + 16 : p + 20]
-    return _l4(f, f[p + 9], src, dst, p + ihl, end)
+        return E_FRAME_TRUNCATED
+    if be16(f + p + 6) & 0x3FFF:
+        return E_IP_FRAGMENT
+    end = p + total
+    if end > n:
+        end = n
+    memset(out.src, 0, 10)
+    out.src[10] = 0xFF
+    out.src[11] = 0xFF
+    memcpy(out.src + 12, f + p + 12, 4)
+    memset(out.dst, 0, 10)
+    out.dst[10] = 0xFF
+    out.dst[11] = 0xFF
+    memcpy(out.dst + 12, f + p + 16, 4)
+    return _l4(f, f[p + 9], p + ihl, end, out)
 
 
-def _ipv6(f: bytes, p: int) -> tuple | int:
-    n = len(f)
+cdef int _ipv6(const uint8_t* f, Py_ssize_t n, Py_ssize_t p, Pkt* out) noexcept nogil:
+    cdef Py_ssize_t plen, end, q, length
+    cdef int nxt, hops
     if n < p + 40:
-        return _err("frame_truncated")
+        return E_FRAME_TRUNCATED
     if f[p] >> 4 != 6:
-        return _err("ip_malformed")
-    plen = (f[p + 4] << 8) | f[p + 5]
+        return E_IP_MALFORMED
+    plen = be16(f + p + 4)
     nxt = f[p + 6]
-    src = f[p + 8 : p + 24]
-    dst = f[p + 24 : p + 40]
-    end = min(n, p + 40 + plen)
+    memcpy(out.src, f + p + 8, 16)
+    memcpy(out.dst, f + p + 24, 16)
+    end = p + 40 + plen
+    if end > n:
+        end = n
     q = p + 40
     hops = 0
-    while nxt in (0, 43, 60, 51, 44):
+    while nxt == 0 or nxt == 43 or nxt == 60 or nxt == 51 or nxt == 44:
         if nxt == 44:
-            return _err("ip_fragment")
+            return E_IP_FRAGMENT
         if q + 8 > end or hops >= 8:
-            return _err("ip_malformed")
-        length = (f[q + 1] + 2) * 4 if nxt == 51 else (f[q + 1] + 1) * 8
+            return E_IP_MALFORMED
+        if nxt == 51:
+            length = (f[q + 1] + 2) * 4
+        else:
+            length = (f[q + 1] + 1) * 8
         nxt = f[q]
         q += length
         hops += 1
     if q > end:
-        return _err("ip_malformed")
-    return _l4(f, nxt, src, dst, q, end)
+        return E_IP_MALFORMED
+    return _l4(f, nxt, q, end, out)
 
 
-def _l4(f: bytes, proto: int, src: bytes, dst: bytes, q: int, end: int) -> tuple | int:
-    if proto == 6:
-        if end < q + 20:
-            return _err("frame_truncated")
-        doff = (f[q + 12] >> 4) * 4
-        if doff < 20 or q + doff > end:
-            return _err("tcp_malformed")
-        sport = (f[q] << 8) | f[q + 1]
-        dport = (f[q + 2] << 8) | f[q + 3]
-        seq = (f[q + 4] << 24) | (f[q + 5] << 16) | (f[q + 6] << 8) | f[q + 7]
-        return (6, src, dst, sport, dport, f[q + 13], seq, f[q + doff : end])
-    if proto == 17:
-        if end < q + 8:
-            return _err("frame_truncated")
-        ulen = (f[q + 4] << 8) | f[q + 5]
-        if ulen < 8:
-            return _err("udp_malformed")
-        stop = min(end, q + ulen)
-        return (17, src, dst, (f[q] << 8) | f[q + 1], (f[q + 2] << 8) | f[q + 3], 0, 0, f[q + 8 : stop])
-    return OTHER_L4
+cdef int decode_c(int linktype, const uint8_t* f, Py_ssize_t n, Pkt* out) noexcept nogil:
+    cdef int etype, tags, v
+    cdef Py_ssize_t p
+    cdef uint32_t le, be, af
+    if linktype == 1:
+        if n < 14:
+            return E_FRAME_TRUNCATED
+        etype = be16(f + 12)
+        p = 14
+        tags = 0
+        while (etype == 0x8100 or etype == 0x88A8 or etype == 0x9100) and tags < 4:
+            if n < p + 4:
+                return E_FRAME_TRUNCATED
+            etype = be16(f + p + 2)
+            p += 4
+            tags += 1
+        if etype == 0x0800:
+            return _ipv4(f, n, p, out)
+        if etype == 0x86DD:
+            return _ipv6(f, n, p, out)
+        return NET_NON_IP
+    if linktype == 0 or linktype == 108:
+        if n < 4:
+            return E_FRAME_TRUNCATED
+        le = f[0] | (<uint32_t>f[1] << 8) | (<uint32_t>f[2] << 16) | (<uint32_t>f[3] << 24)
+        be = (<uint32_t>f[0] << 24) | (<uint32_t>f[1] << 16) | (<uint32_t>f[2] << 8) | f[3]
+        if linktype == 108:
+            af = be
+        elif le < 0x10000:
+            af = le
+        else:
+            af = be
+        if af == 2:
+            return _ipv4(f, n, 4, out)
+        if af == 24 or af == 28 or af == 30:
+            return _ipv6(f, n, 4, out)
+        return NET_NON_IP
+    if linktype == 101 or linktype == 12 or linktype == 14 or linktype == 228 or linktype == 229:
+        if n < 1:
+            return E_FRAME_TRUNCATED
+        v = f[0] >> 4
+        if v == 4:
+            return _ipv4(f, n, 0, out)
+        if v == 6:
+            return _ipv6(f, n, 0, out)
+        return E_IP_MALFORMED
+    if linktype == 113:
+        if n < 16:
+            return E_FRAME_TRUNCATED
+        etype = be16(f + 14)
+        p = 16
+    elif linktype == 276:
+        if n < 20:
+            return E_FRAME_TRUNCATED
+        etype = be16(f)
+        p = 20
+    else:
+        return E_LINKTYPE
+    if etype == 0x0800:
+        return _ipv4(f, n, p, out)
+    if etype == 0x86DD:
+        return _ipv6(f, n, p, out)
+    return NET_NON_IP
+
+
+def decode(int linktype, bytes f):
+    """Same result as ``_net_py.decode`` (used by tests to compare the builds)."""
+    cdef Pkt pkt
+    cdef const uint8_t* p = <const uint8_t*>f
+    cdef int r = decode_c(linktype, p, len(f), &pkt)
+    if r != 0:
+        return r
+    return (pkt.l4, (<char*>pkt.src)[:16], (<char*>pkt.dst)[:16], pkt.sport, pkt.dport, pkt.flags, pkt.seq,
+            f[pkt.off:pkt.off + pkt.n])

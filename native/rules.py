@@ -204,13 +204,9 @@ class RuleSet:
         self, head: bytes, body: bytes | None, starts: tuple[int, int, int], ai: bool
     ) -> tuple[tuple[bytes, int], tuple[bytes, int], tuple[bytes, int]]:
         """Evaluate each target's rules from position ``starts[t]`` (-1: target already settled) on one request."""
-        headers = header_values(head)
+        headers: dict[bytes, bytes] | None = None  # parsed on first use: AI body rules need no headers
         body_doc: Any = None
-        if body:
-            try:
-                body_doc = _json.decode(body)
-            except (msgspec.DecodeError, UnicodeDecodeError):
-                body_doc = None
+        decoded = False
         out = []
         for t in range(3):
             found = (b"", -1)
@@ -219,7 +215,16 @@ class RuleSet:
                 for i in self.order[t][start:]:
                     if not self.http_rule_applies(i, ai):
                         continue
-                    v = self._eval(i, head, headers, body_doc, body is not None)
+                    if self.rules[i].source == "body":
+                        if not decoded and body:
+                            try:
+                                body_doc = _json.decode(body)
+                            except (msgspec.DecodeError, UnicodeDecodeError):
+                                body_doc = None
+                        decoded = True
+                    elif headers is None:
+                        headers = header_values(head)
+                    v = self._eval(i, head, headers or {}, body_doc, body is not None)
                     if v:
                         found = (v[:MAX_VALUE], i)
                         break
