@@ -94,6 +94,19 @@ cdef const char* PG_FRONTEND = b"QPBEDSCHXFpdcf"
 cdef const char* PG_BACKEND = b"RKSZTDCEN123nstcGHWAIVvdf"
 cdef list _AI_PATHS = list(AI_PATH_MARKERS)
 cdef list _AI_HOSTS = list(AI_HOST_MARKERS)
+DEF MAX_MARKERS = 32
+cdef const char* AI_PATHS_C[MAX_MARKERS]
+cdef Py_ssize_t AI_PATHS_LEN[MAX_MARKERS]
+cdef const char* AI_HOSTS_C[MAX_MARKERS]
+cdef Py_ssize_t AI_HOSTS_LEN[MAX_MARKERS]
+cdef int N_AI_PATHS = min(len(_AI_PATHS), MAX_MARKERS)
+cdef int N_AI_HOSTS = min(len(_AI_HOSTS), MAX_MARKERS)
+for _j in range(N_AI_PATHS):  # the bytes stay alive in the module-level lists
+    AI_PATHS_C[_j] = PyBytes_AS_STRING(_AI_PATHS[_j])
+    AI_PATHS_LEN[_j] = len(_AI_PATHS[_j])
+for _j in range(N_AI_HOSTS):
+    AI_HOSTS_C[_j] = PyBytes_AS_STRING(_AI_HOSTS[_j])
+    AI_HOSTS_LEN[_j] = len(_AI_HOSTS[_j])
 
 
 # ---- small C helpers ----------------------------------------------------------------------------------------------
@@ -1502,17 +1515,17 @@ cdef class Engine:
             d.state = S_CLOSE
         return 0
 
-    cdef bint _is_ai(self, const char* target, Py_ssize_t tn, const char* host, Py_ssize_t hn):
+    cdef bint _is_ai(self, const char* target, Py_ssize_t tn, const char* host, Py_ssize_t hn) noexcept:
         cdef char low[MAX_VALUE]
         cdef Py_ssize_t i
-        cdef bytes m
+        cdef int j
         for i in range(hn):
             low[i] = lower(host[i])
-        for m in _AI_HOSTS:
-            if find(low, hn, PyBytes_AS_STRING(m), len(m)) >= 0:
+        for j in range(N_AI_HOSTS):
+            if find(low, hn, AI_HOSTS_C[j], AI_HOSTS_LEN[j]) >= 0:
                 return True
-        for m in _AI_PATHS:
-            if find(target, tn, PyBytes_AS_STRING(m), len(m)) >= 0:
+        for j in range(N_AI_PATHS):
+            if find(target, tn, AI_PATHS_C[j], AI_PATHS_LEN[j]) >= 0:
                 return True
         return False
 

@@ -124,12 +124,13 @@ def decode_body(body: bytes, content_encoding: bytes) -> bytes:
     return body
 
 
-def parse_request(body: bytes) -> AiRequest:
-    """Model and stream flag of an AI request body; a body that is not JSON gives empty values."""
-    try:
-        doc = _json.decode(body) if body else None
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        doc = None
+def parse_request(body: bytes, doc: Any = None) -> AiRequest:
+    """Model and stream flag of an AI request body (or of its already decoded ``doc``); not JSON: empty values."""
+    if doc is None and body:
+        try:
+            doc = _json.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            doc = None
     if not isinstance(doc, dict):
         return AiRequest("", False, None)
     model = doc.get("model")

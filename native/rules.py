@@ -53,6 +53,14 @@ AI_BODY_RULES: Final = (
 _json = msgspec.json.Decoder()
 
 
+def decode_json(body: bytes) -> Any:
+    """A JSON document, or None for anything that is not one."""
+    try:
+        return _json.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+
+
 def _name(rule: Rule) -> str:
     return rule.name or f"{rule.source}:{rule.key or rule.pattern}"
 
@@ -201,7 +209,7 @@ class RuleSet:
         return b""
 
     def resolve(
-        self, head: bytes, body: bytes | None, starts: tuple[int, int, int], ai: bool
+        self, head: bytes, body: bytes | None, starts: tuple[int, int, int], ai: bool, decode=None
     ) -> tuple[tuple[bytes, int], tuple[bytes, int], tuple[bytes, int]]:
         """Evaluate each target's rules from position ``starts[t]`` (-1: target already settled) on one request."""
         headers: dict[bytes, bytes] | None = None  # parsed on first use: AI body rules need no headers
@@ -217,10 +225,7 @@ class RuleSet:
                         continue
                     if self.rules[i].source == "body":
                         if not decoded and body:
-                            try:
-                                body_doc = _json.decode(body)
-                            except (msgspec.DecodeError, UnicodeDecodeError):
-                                body_doc = None
+                            body_doc = decode(body) if decode is not None else decode_json(body)
                         decoded = True
                     elif headers is None:
                         headers = header_values(head)

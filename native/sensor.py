@@ -20,7 +20,7 @@ from costmesh.common.schemas import ObservedCall
 from . import NO_EXTENSIONS, ai, names
 from .capture import CaptureError, CaptureReader
 from .kinds import E
-from .rules import RuleSet
+from .rules import RuleSet, decode_json
 
 if NO_EXTENSIONS:
     from ._engine_py import PROTOCOLS, Engine
@@ -51,16 +51,28 @@ class Slow:
 
     def __init__(self, config: Config) -> None:
         self.rules = RuleSet(config.rules)
+        self._body_cache: tuple[bytes, object] | None = None
         self.dns_names: OrderedDict[bytes, str] = OrderedDict()
 
     def is_ai(self, target: bytes, host: bytes) -> bool:
         return ai.is_ai_request(target, host)
 
+    def _decode(self, body: bytes):
+        """Decode a request body once for both the body rules and the AI request (same call completes both)."""
+        cached = self._body_cache
+        if cached is not None and cached[0] == body:
+            return cached[1]
+        doc = decode_json(body)
+        self._body_cache = (body, doc)
+        return doc
+
     def resolve(self, head: bytes, body: bytes | None, starts: tuple[int, int, int], is_ai: bool):
-        return self.rules.resolve(head, body, starts, is_ai)
+        self._body_cache = None
+        return self.rules.resolve(head, body, starts, is_ai, self._decode)
 
     def ai(self, target, host, req_body, resp_body, ct, ce, answered):
-        request = ai.parse_request(req_body)
+        request = ai.parse_request(req_body, self._decode(req_body) if req_body else None)
+        self._body_cache = None
         if not answered:
             provider = ai.provider_of(target, host)
             model = request.model or ai._model_from_path(target)
@@ -164,60 +176,55 @@ class Sensor:
         return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
 
     def drain(self, now_us: int = -1, final: bool = False) -> list[ObservedCall]:
+        """Records of the closed windows (all, and every open flow ended, when ``final``)."""
         rules = self.slow.rules
+        methods, names = rules.methods, rules.names
+        node, width = self.node, self.window_us
+        srcs: dict[bytes, str] = {}
+        dsts: dict[tuple[bytes, int, bytes], str] = {}
+        texts: dict[bytes, str] = {b"": ""}  # ids, provider, model repeat a lot within a drain
         out = []
+        append = out.append
         for row in self.engine.drain(now_us, final):
-            (
-                window,
-                src,
-                dst,
-                dport,
-                proto,
-                op,
-                host,
-                tv,
-                tr,
-                fv,
-                _fr,
-                av,
-                _ar,
-                provider,
-                model,
-                requests,
-                errors,
-                bytes_in,
-                bytes_out,
-                busy,
-                tin,
-                tout,
-                tc,
-                treason,
-            ) = row
-            out.append(
+            (window, src, dst, dport, proto, op, host, tv, tr, fv, _fr, av, _ar, provider, model) = row[:15]
+            src_name = srcs.get(src)
+            if src_name is None:
+                src_name = srcs[src] = self._workload(src, 0) or address_text(src)
+            dkey = (dst, dport, host)
+            dst_name = dsts.get(dkey)
+            if dst_name is None:
+                dst_name = dsts[dkey] = self._dst(dst, dport, host)
+            small = []
+            for raw in (tv, fv, av, provider, model):
+                text = texts.get(raw)
+                if text is None:
+                    text = texts[raw] = raw.decode("utf-8", "replace")
+                small.append(text)
+            append(
                 ObservedCall(
                     window_start_us=window,
-                    window_end_us=window + self.window_us,
-                    node=self.node,
-                    src_workload=self._workload(src, 0) or address_text(src),
-                    dst=self._dst(dst, dport, host),
+                    window_end_us=window + width,
+                    node=node,
+                    src_workload=src_name,
+                    dst=dst_name,
                     protocol=PROTOCOLS[proto],
                     operation=op.decode("utf-8", "replace"),
-                    tenant=tv.decode("utf-8", "replace"),
-                    tenant_method=rules.methods[tr] if tr >= 0 else "unallocated",
-                    tenant_rule=rules.names[tr] if tr >= 0 else "",
-                    feature=fv.decode("utf-8", "replace"),
-                    agent=av.decode("utf-8", "replace"),
-                    requests=requests,
-                    errors=errors,
-                    bytes_in=bytes_in,
-                    bytes_out=bytes_out,
-                    busy_us=busy,
-                    tokens_in=tin,
-                    tokens_out=tout,
-                    tokens_cached=tc,
-                    tokens_reasoning=treason,
-                    provider=provider.decode("utf-8", "replace"),
-                    model=model.decode("utf-8", "replace"),
+                    tenant=small[0],
+                    tenant_method=methods[tr] if tr >= 0 else "unallocated",
+                    tenant_rule=names[tr] if tr >= 0 else "",
+                    feature=small[1],
+                    agent=small[2],
+                    requests=row[15],
+                    errors=row[16],
+                    bytes_in=row[17],
+                    bytes_out=row[18],
+                    busy_us=row[19],
+                    tokens_in=row[20],
+                    tokens_out=row[21],
+                    tokens_cached=row[22],
+                    tokens_reasoning=row[23],
+                    provider=small[3],
+                    model=small[4],
                 )
             )
         return out
