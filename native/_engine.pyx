@@ -479,22 +479,27 @@ cdef class Engine:
 
     # ---- public surface ---------------------------------------------------------------------------------------------
 
-    def feed_capture(self, reader):
+    def feed_capture(self, reader, int64_t max_frames=-1):
+        """Frames from a ``CaptureReader`` (compiled: read in C) or any iterator of (ts, linktype, frame); at most
+        ``max_frames`` (-1: all). Returns how many were fed; 0 means the capture is exhausted."""
         cdef Frame fr
         cdef CaptureReader r
         cdef int64_t n = 0
         if isinstance(reader, CaptureReader):
             r = <CaptureReader>reader
             try:
-                while r.next_c(&fr):
+                while n != max_frames and r.next_c(&fr):
                     self._frame(fr.ts_us, fr.linktype, fr.data, fr.n)
                     n += 1
-            finally:
+            except BaseException:
                 r.close()
+                raise
             return n
         for ts, linktype, frame in reader:
             self.feed_frame(ts, linktype, frame)
             n += 1
+            if n == max_frames:
+                break
         return n
 
     def feed_frame(self, int64_t ts, int linktype, bytes frame):

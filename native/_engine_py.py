@@ -222,11 +222,14 @@ class Engine:
 
     # ---- public surface -------------------------------------------------------------------------------------------
 
-    def feed_capture(self, reader) -> int:
+    def feed_capture(self, reader, max_frames: int = -1) -> int:
+        """Frames from an iterator of (ts, linktype, frame), at most ``max_frames``; 0 means exhausted."""
         n = 0
         for ts, linktype, frame in reader:
             self.feed_frame(ts, linktype, frame)
             n += 1
+            if n == max_frames:
+                break
         return n
 
     def count_error(self, kind: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -136,14 +137,35 @@ class Sensor:
         self._workloads = [(ipaddress.ip_network(w.address, strict=False), w.port, w.name) for w in config.workloads]
         self._names: dict[tuple[bytes, int], str | None] = {}
 
-    def feed_capture(self, source: str | Path | BinaryIO) -> int:
-        """Stream one capture through the engine; a ``CaptureError`` is counted, then raised (frames before it stay)."""
+    def feed_capture(
+        self,
+        source: str | Path | BinaryIO,
+        on_records: Callable[[list[ObservedCall]], None] | None = None,
+        chunk_frames: int = 200_000,
+    ) -> int:
+        """Stream one capture through the engine; a ``CaptureError`` is counted, then raised (frames before it stay).
+
+        With ``on_records``, windows that closed are drained every ``chunk_frames`` frames and handed over, so a
+        capture of any size runs in bounded memory; the caller drains the rest (``drain(final=True)``) at the end."""
         reader = self.reader_cls(source)
+        # The compiled engine reads the compiled reader in C; anything else is consumed as one resumable iterator.
+        direct = type(reader).__module__.endswith("._capture") and type(self.engine).__module__.endswith("._engine")
+        feed = reader if direct else iter(reader)
+        total = 0
         try:
-            return self.engine.feed_capture(reader)
+            while True:
+                n = self.engine.feed_capture(feed, chunk_frames if on_records else -1)
+                total += n
+                if not n or not on_records:
+                    return total
+                records = self.drain(now_us=self.engine.last_ts - self.window_us)
+                if records:
+                    on_records(records)
         except CaptureError as exc:
             self.engine.count_error(exc.kind)
             raise
+        finally:
+            reader.close()
 
     def feed_frame(self, ts_us: int, linktype: int, frame: bytes) -> None:
         self.engine.feed_frame(ts_us, linktype, frame)

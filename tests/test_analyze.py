@@ -66,3 +66,24 @@ def test_truncated_capture_reports_offset_and_keeps_calls(tmp_path):
     assert doc["stats"]["parse_errors"] == {"capture_truncated": 1} and doc["calls"]
     missing = _run(str(tmp_path / "nope.pcap"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_no_extensions_switch_selects_the_twin_with_identical_output():
+    import os
+
+    capture = str(SHARED_DATA / "pcap" / "postgresql" / "deepflow_pgsql-all_port8000.pcap")
+    docs = []
+    for flag in ("0", "1"):
+        env = {**os.environ, "COSTMESH_NO_EXTENSIONS": flag}
+        result = subprocess.run(
+            [sys.executable, "-m", "costmesh.cli", "analyze", capture, "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr
+        docs.append(json.loads(result.stdout))
+    assert [d["stats"]["build"] for d in docs] == ["cython", "python"]
+    assert docs[0]["calls"] == docs[1]["calls"] and docs[0]["calls"]
+    assert docs[0]["stats"]["counters"] == docs[1]["stats"]["counters"]

@@ -22,11 +22,12 @@ def analyze(path: Path, config: Config, node: str = "offline") -> tuple[list[Obs
     """Calls, stats and the capture error (empty when the file was read to its end)."""
     sensor = Sensor(config, node)
     error = ""
+    calls: list[ObservedCall] = []
     try:
-        sensor.feed_capture(path)
+        sensor.feed_capture(path, calls.extend)
     except CaptureError as exc:
         error = str(exc)
-    calls = sensor.drain(final=True)
+    calls += sensor.drain(final=True)
     raw = sensor.stats()
     stats = {
         "build": BUILD,

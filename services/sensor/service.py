@@ -76,11 +76,12 @@ class BatchSender:
             return
 
 
-def replay(path: Path, sensor: Sensor) -> list[ObservedCall]:
-    """Run one capture through the parser; a broken file keeps what was read before the break. Parse errors are
-    counted by kind in ``costmesh_errors_total``."""
+def replay(path: Path, sensor: Sensor, on_records=None) -> list[ObservedCall]:
+    """Run one capture through the parser; a broken file keeps what was read before the break. Closed windows go to
+    ``on_records`` while the file is read (bounded memory); the rest is returned. Parse errors are counted by kind in
+    ``costmesh_errors_total``."""
     try:
-        sensor.feed_capture(path)
+        sensor.feed_capture(path, on_records)
     except CaptureError as exc:
         log.error("%s", exc)
     except OSError as exc:
@@ -92,6 +93,37 @@ def replay(path: Path, sensor: Sensor) -> list[ObservedCall]:
     return records
 
 
+async def _replay_and_send(path: Path, sensor: Sensor, sender: BatchSender, stopping: asyncio.Event) -> tuple[int, int]:
+    """Parse in a worker thread and send each chunk of closed windows as it comes: (batches, records) sent."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[list[ObservedCall] | None] = asyncio.Queue(maxsize=4)
+
+    class _Stopped(Exception):
+        """Raised inside the parser thread to end a replay when the service stops."""
+
+    def produce() -> None:
+        def hand_over(records: list[ObservedCall]) -> None:
+            if stopping.is_set():
+                raise _Stopped
+            asyncio.run_coroutine_threadsafe(queue.put(records), loop).result()
+
+        try:
+            rest = replay(path, sensor, hand_over)
+            hand_over(rest)
+        except _Stopped:
+            log.info("replay stopped early", extra={"file": str(path)})
+        finally:
+            asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+
+    worker = asyncio.create_task(asyncio.to_thread(produce), name="sensor-replay")
+    batches = records = 0
+    while (chunk := await queue.get()) is not None:
+        batches += await sender.send(chunk, stopping)
+        records += len(chunk)
+    await worker
+    return batches, records
+
+
 async def main(ctx: ServiceContext, replay_files: list[Path]) -> None:
     node = ctx.config.node_name()
     nc = await natsio.connect(ctx.config.nats, ctx.nats_url, f"costmesh-sensor-{node}")
@@ -100,11 +132,10 @@ async def main(ctx: ServiceContext, replay_files: list[Path]) -> None:
     ctx.ready = True
     try:
         for path in replay_files:
-            records = replay(path, Sensor(ctx.config, node))
-            batches = await sender.send(records, ctx.stopping)
+            batches, records = await _replay_and_send(path, Sensor(ctx.config, node), sender, ctx.stopping)
             ctx.health["batches_published"] = int(ctx.health["batches_published"]) + batches
-            ctx.health["records_published"] = int(ctx.health["records_published"]) + len(records)
-            log.info("replayed capture", extra={"file": str(path), "records": len(records), "batches": batches})
+            ctx.health["records_published"] = int(ctx.health["records_published"]) + records
+            log.info("replayed capture", extra={"file": str(path), "records": records, "batches": batches})
         ctx.health["replay_done"] = True
         if not replay_files:
             log.warning("no capture to replay and live capture is not built yet: the sensor idles")
