@@ -64,6 +64,10 @@ cdef struct Flow:
     int64_t cycle_ts
     Buf cycle_op
     int64_t cycle_bytes
+    Buf stmt_name[4]        # prepared statements seen on this flow (round robin)
+    Buf stmt_text[4]
+    int nstmts
+    int stmt_next
     int32_t hnext
     int32_t lru_prev
     int32_t lru_next

@@ -39,6 +39,8 @@ DEF MAX_HEAD = 65536
 DEF MAX_LINE = 1024
 DEF MAX_PENDING = 64
 DEF MAX_OP = 2048
+DEF MAX_STMTS = 4
+DEF MAX_STMT_NAME = 64
 DEF MAX_REQ_BODY = 262144
 DEF MAX_RESP_BODY = 8388608
 DEF MAX_TLS_RECORD = 16389
@@ -768,6 +770,9 @@ cdef class Engine:
             buf_free(&fl.ids[t])
         buf_free(&fl.host)
         buf_free(&fl.cycle_op)
+        for t in range(MAX_STMTS):
+            buf_free(&fl.stmt_name[t])
+            buf_free(&fl.stmt_text[t])
 
     cdef inline uint32_t _bucket(self, const uint8_t* a, uint16_t pa, const uint8_t* b, uint16_t pb) noexcept:
         cdef uint8_t k[36]
@@ -813,6 +818,9 @@ cdef class Engine:
             buf_trim(&fl.ids[t])
         buf_trim(&fl.host)
         buf_trim(&fl.cycle_op)
+        for t in range(MAX_STMTS):
+            buf_trim(&fl.stmt_name[t])
+            buf_trim(&fl.stmt_text[t])
         self.ooo[slot] = None
         self.free_slots[self.nfree] = slot
         self.nfree += 1
@@ -902,6 +910,8 @@ cdef class Engine:
         fl.cycle_ts = 0
         fl.cycle_op.n = 0
         fl.cycle_bytes = 0
+        fl.nstmts = 0
+        fl.stmt_next = 0
         if flags & 0x02:
             fl.fresh = True
             fl.cside = side[0] if not flags & 0x10 else 1 - side[0]
@@ -1729,7 +1739,7 @@ cdef class Engine:
         cdef Req* front
         cdef const char* z
         cdef const char* q
-        cdef Py_ssize_t qn
+        cdef Py_ssize_t qn, name_n
         cdef int64_t vals[9]
         self.counters[C_PG_MSG] += 1
         if side == fl.cside:
@@ -1778,15 +1788,24 @@ cdef class Engine:
                     fl.cycle_op.n = 0
                     fl.cycle_bytes = 0
                 fl.cycle_bytes += size
-                if mtype == 0x50 and fl.cycle_op.n == 0:
+                if mtype == 0x50 or (mtype == 0x42 and fl.cycle_op.n == 0):
+                    # first C string: statement (Parse) or portal (Bind) name; second: query text or statement name
                     z = <const char*>memchr(body, 0, bn)
                     if z != NULL:
+                        name_n = z - body
                         q = z + 1
                         qn = bn - (q - body)
                         z = <const char*>memchr(q, 0, qn)
                         if z != NULL:
                             qn = z - q
-                        buf_set(&fl.cycle_op, q, qn if qn < MAX_OP else MAX_OP)
+                        if mtype == 0x50:
+                            if qn > MAX_OP:
+                                qn = MAX_OP
+                            self._stmt_put(fl, body, name_n if name_n < MAX_STMT_NAME else MAX_STMT_NAME, q, qn)
+                            if fl.cycle_op.n == 0:
+                                buf_set(&fl.cycle_op, q, qn)
+                        else:
+                            self._stmt_get(fl, q, qn if qn < MAX_STMT_NAME else MAX_STMT_NAME, &fl.cycle_op)
             return 0
         front = fl.pend_head
         if front == NULL:
@@ -1808,6 +1827,31 @@ cdef class Engine:
                               NULL, 0, vals)
             finally:
                 self._recycle(front)
+        return 0
+
+    cdef int _stmt_put(self, Flow* fl, const char* name, Py_ssize_t nn, const char* text,
+                       Py_ssize_t tn) except -1:
+        cdef int i
+        for i in range(fl.nstmts):
+            if fl.stmt_name[i].n == nn and memcmp(fl.stmt_name[i].p, name, nn) == 0:
+                buf_set(&fl.stmt_text[i], text, tn)
+                return 0
+        if fl.nstmts < MAX_STMTS:
+            i = fl.nstmts
+            fl.nstmts += 1
+        else:
+            i = fl.stmt_next
+            fl.stmt_next = (fl.stmt_next + 1) % MAX_STMTS
+        buf_set(&fl.stmt_name[i], name, nn)
+        buf_set(&fl.stmt_text[i], text, tn)
+        return 0
+
+    cdef int _stmt_get(self, Flow* fl, const char* name, Py_ssize_t nn, Buf* out) except -1:
+        cdef int i
+        for i in range(fl.nstmts):
+            if fl.stmt_name[i].n == nn and memcmp(fl.stmt_name[i].p, name, nn) == 0:
+                return buf_set(out, fl.stmt_text[i].p, fl.stmt_text[i].n)
+        out.n = 0
         return 0
 
     cdef int _pg_startup(self, Flow* fl, bytes params) except -1:
@@ -1914,6 +1958,8 @@ cdef inline Py_ssize_t _pg_cap(int mtype, bint client, int state) noexcept nogil
         return MAX_OP
     if mtype == 0x50:
         return MAX_OP + 256
+    if mtype == 0x42:
+        return 256
     return 0
 
 

@@ -30,6 +30,8 @@ MAX_HEAD = 64 * 1024
 MAX_LINE = 1024
 MAX_PENDING = 64
 MAX_OP = 2048
+MAX_STMTS = 4
+MAX_STMT_NAME = 64
 MAX_REQ_BODY = 256 * 1024
 MAX_RESP_BODY = 8 << 20
 MAX_TLS_RECORD = 16384 + 5
@@ -135,6 +137,8 @@ class Flow:
         "pending",
         "port",
         "proto",
+        "stmt_next",
+        "stmts",
         "tls_done",
         "tries",
     )
@@ -156,6 +160,8 @@ class Flow:
         self.cycle_op = b""
         self.cycle_bytes = 0
         self.tls_done = False
+        self.stmts: list[tuple[bytes, bytes]] = []
+        self.stmt_next = 0
 
 
 def _s32(x: int) -> int:
@@ -903,7 +909,29 @@ class Engine:
             return MAX_OP
         if mtype == 0x50:  # P: name, query
             return MAX_OP + 256
+        if mtype == 0x42:  # B: portal, statement
+            return 256
         return 0
+
+    @staticmethod
+    def _stmt_put(fl: Flow, name: bytes, text: bytes) -> None:
+        """A small per-flow cache of prepared statements (pooled clients prepare once, bind many times)."""
+        for i, (n, _t) in enumerate(fl.stmts):
+            if n == name:
+                fl.stmts[i] = (name, text)
+                return
+        if len(fl.stmts) < MAX_STMTS:
+            fl.stmts.append((name, text))
+        else:
+            fl.stmts[fl.stmt_next] = (name, text)
+            fl.stmt_next = (fl.stmt_next + 1) % MAX_STMTS
+
+    @staticmethod
+    def _stmt_get(fl: Flow, name: bytes) -> bytes:
+        for n, t in fl.stmts:
+            if n == name:
+                return t
+        return b""
 
     def _pg_message(self, fl: Flow, side: int, ts: int, mtype: int, mlen: int, body: bytes) -> None:
         self.counters[C["pg_messages"]] += 1
@@ -954,10 +982,17 @@ class Engine:
                     fl.cycle_op = b""
                     fl.cycle_bytes = 0
                 fl.cycle_bytes += size
-                if mtype == 0x50 and not fl.cycle_op:
+                if mtype == 0x50:  # Parse: remember the statement, name the cycle after its first one
                     parts = body.split(b"\0", 2)
                     if len(parts) >= 2:
-                        fl.cycle_op = parts[1][:MAX_OP]
+                        text = parts[1][:MAX_OP]
+                        self._stmt_put(fl, parts[0][:MAX_STMT_NAME], text)
+                        if not fl.cycle_op:
+                            fl.cycle_op = text
+                elif mtype == 0x42 and not fl.cycle_op:  # Bind of a statement prepared in an earlier cycle
+                    parts = body.split(b"\0", 2)
+                    if len(parts) >= 2:
+                        fl.cycle_op = self._stmt_get(fl, parts[1][:MAX_STMT_NAME])
             return
         # server
         if not fl.pending:

@@ -470,3 +470,23 @@ def test_net_decoders_agree_on_real_frames():
                 assert _net.decode(linktype, f[:cut]) == _net_py.decode(linktype, f[:cut])
             n += 1
     assert n > 2000
+
+
+def _pg(t: bytes, body: bytes) -> bytes:
+    return t + struct.pack("!I", len(body) + 4) + body
+
+
+def test_postgres_prepared_statement_bound_in_a_later_cycle(build):
+    parse = _pg(b"P", b"s1\0SELECT * FROM t WHERE id = $1\0\0\0") + _pg(b"B", b"\0s1\0\0\0\0\0\0\0")
+    execute = _pg(b"E", b"\0\0\0\0\0") + _pg(b"S", b"")
+    bind_again = _pg(b"B", b"\0s1\0\0\0\0\0\0\0") + execute
+    ready = _pg(b"1", b"") + _pg(b"2", b"") + _pg(b"C", b"SELECT 1\0") + _pg(b"Z", b"I")
+    error = _pg(b"E", b"SERROR\0\0") + _pg(b"Z", b"I")
+    frames = conversation([(parse + execute, ready), (bind_again, error)], dport=5432)
+    frames = frames[2:]  # joined mid-stream: no handshake, no startup
+    calls, stats, _ = run_capture(build, io.BytesIO(pcap_bytes(frames)))
+    # both executions land in one record (same window, edge and statement); the second one failed
+    assert [(c["operation"], c["requests"], c.get("errors", 0)) for c in calls] == [
+        ("SELECT * FROM t WHERE id = $1", 2, 1)
+    ]
+    assert stats["counters"]["midstream_postgres"] == 1 and stats["counters"]["pg_queries"] == 2
