@@ -3,10 +3,7 @@
 # requests (Req structs come from a free list).
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
-cdef struct Buf:
-    char* p
-    Py_ssize_t n
-    Py_ssize_t cap
+from costmesh.native._bytes cimport Buf
 
 cdef struct Req:
     int64_t ts
@@ -78,8 +75,3 @@ cdef struct AggEntry:
     Py_ssize_t klen
     int64_t window
     int64_t vals[9]
-
-# One parsed HTTP head: spans into the head bytes (p == NULL: absent).
-cdef struct Span:
-    const char* p
-    Py_ssize_t n
