@@ -139,15 +139,20 @@ def make_pg_capture(n_rounds: int) -> tuple[bytes, int]:
     return out.getvalue(), messages
 
 
-def run_costmesh(data: bytes, engine_cls, reader_cls, records: bool = True) -> tuple[float, int, dict]:
+def run_costmesh(data: bytes, engine_cls, reader_cls, records: bool | None = True) -> tuple[float, int, dict]:
     """Capture bytes → per-window aggregates. ``records``: also build the ``ObservedCall`` records (the sensor's
-    output); without it the time ends at the engine's raw per-window rows."""
+    output); False: the time ends at the engine's raw per-window rows; None: at the aggregates still in the engine
+    (the hot path alone: C parsing and aggregation plus the Python cold paths it calls, e.g. AI usage)."""
     from costmesh.common.config import Config
     from costmesh.native.sensor import Sensor
 
     sensor = Sensor(Config(), "bench", engine_cls=engine_cls, reader_cls=reader_cls)
     t0 = time.perf_counter()
     sensor.feed_capture(io.BytesIO(data))
+    if records is None:
+        elapsed = time.perf_counter() - t0
+        rows = sensor.engine.drain(-1, True)
+        return elapsed, sum(r[15] for r in rows), sensor.stats()
     if records:
         calls = sensor.drain(final=True)
         requests = sum(c.requests for c in calls)
@@ -278,6 +283,8 @@ def main() -> None:
     n = args.frames
     print(f"HTTP/1.1 capture: {n} frames, {len(data) / 1e6:.1f} MB, best of {args.repeat} runs, one core")
     rows = []
+    t, req, st = best(lambda: run_costmesh(data, _engine.Engine, _capture.CaptureReader, None), args.repeat)
+    rows.append(("costmesh Cython (parse+aggregate)", n / t, req))
     t, req, st = best(lambda: run_costmesh(data, _engine.Engine, _capture.CaptureReader, False), args.repeat)
     rows.append(("costmesh Cython (to window rows)", n / t, req))
     t, req, st = best(lambda: run_costmesh(data, _engine.Engine, _capture.CaptureReader), args.repeat)

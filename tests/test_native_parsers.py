@@ -490,3 +490,23 @@ def test_postgres_prepared_statement_bound_in_a_later_cycle(build):
         ("SELECT * FROM t WHERE id = $1", 2, 1)
     ]
     assert stats["counters"]["midstream_postgres"] == 1 and stats["counters"]["pg_queries"] == 2
+
+
+def test_dns_answers_name_external_destinations(build):
+    qname = b"\x03api\x07example\x03com\x00"
+    answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([93, 184, 216, 34])
+    dns = b"\x12\x34\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + qname + b"\x00\x01\x00\x01" + answer
+    udp = struct.pack("!HHHH", 53, 5353, 8 + len(dns), 0) + dns
+    ip = (
+        struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, bytes([10, 0, 0, 2]), bytes([10, 0, 0, 10])
+        )
+        + udp
+    )
+    s = sensor_for(build)
+    s.feed_frame(T0, 101, ip)
+    req = b"GET /x HTTP/1.1\r\nX-Tenant-ID: acme\r\n\r\n"  # no Host: the destination is named from DNS
+    s.feed_frame(T0 + 10, 1, frame("10.0.0.10", 40000, "93.184.216.34", 80, 1, 0, 0x18, req))
+    calls = {c.protocol: c for c in s.drain(final=True)}
+    assert calls["dns"].operation == "api.example.com" and calls["dns"].dst == "10.0.0.2:53"
+    assert calls["http"].dst == "api.example.com"
