@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from pathlib import Path
 
@@ -94,33 +95,47 @@ def replay(path: Path, sensor: Sensor, on_records=None) -> list[ObservedCall]:
 
 
 async def _replay_and_send(path: Path, sensor: Sensor, sender: BatchSender, stopping: asyncio.Event) -> tuple[int, int]:
-    """Parse in a worker thread and send each chunk of closed windows as it comes: (batches, records) sent."""
+    """Parse in a worker thread and send each chunk of closed windows as it comes: (batches, records) sent.
+
+    The queue between them is small, so parsing never runs far ahead of what the redactor confirmed; when sending
+    stops (service stopping, an error), the parser is told to stop and the queue is drained so the thread can end."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[list[ObservedCall] | None] = asyncio.Queue(maxsize=4)
+    abort = threading.Event()
 
     class _Stopped(Exception):
-        """Raised inside the parser thread to end a replay when the service stops."""
+        """Raised inside the parser thread to end a replay early."""
+
+    def put(item: list[ObservedCall] | None) -> None:
+        asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
 
     def produce() -> None:
         def hand_over(records: list[ObservedCall]) -> None:
-            if stopping.is_set():
+            if stopping.is_set() or abort.is_set():
                 raise _Stopped
-            asyncio.run_coroutine_threadsafe(queue.put(records), loop).result()
+            put(records)
 
         try:
-            rest = replay(path, sensor, hand_over)
-            hand_over(rest)
+            hand_over(replay(path, sensor, hand_over))
         except _Stopped:
             log.info("replay stopped early", extra={"file": str(path)})
         finally:
-            asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
+            put(None)
 
     worker = asyncio.create_task(asyncio.to_thread(produce), name="sensor-replay")
     batches = records = 0
-    while (chunk := await queue.get()) is not None:
-        batches += await sender.send(chunk, stopping)
-        records += len(chunk)
-    await worker
+    try:
+        while (chunk := await queue.get()) is not None:
+            batches += await sender.send(chunk, stopping)
+            records += len(chunk)
+    finally:
+        abort.set()
+        while not worker.done():
+            try:
+                queue.get_nowait()
+            except asyncio.QueueEmpty:
+                await asyncio.sleep(0.01)
+        await worker
     return batches, records
 
 
