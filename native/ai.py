@@ -199,10 +199,12 @@ _USAGE_KEYS = ("usage", "usageMetadata", "amazon-bedrock-invocationMetrics")
 def _collect(doc: Any, raw: dict[str, int], found: dict[str, str]) -> None:
     if not isinstance(doc, dict):
         return
-    for key in ("model", "modelVersion", "modelId"):
-        value = doc.get(key)
-        if isinstance(value, str) and value and "model" not in found:
-            found["model"] = value
+    if "model" not in found:
+        for key in ("model", "modelVersion", "modelId"):
+            value = doc.get(key)
+            if isinstance(value, str) and value:
+                found["model"] = value
+                break
     for key in _USAGE_KEYS:
         usage = doc.get(key)
         if isinstance(usage, dict):
@@ -276,8 +278,10 @@ def response_usage(
     target: bytes = b"",
     host: bytes = b"",
     request_model: str = "",
+    provider: str = "",
 ) -> AiUsage:
-    """Usage of one AI call. Raises ``ValueError`` for a body that cannot be read (caller counts it by kind)."""
+    """Usage of one AI call. Raises ``ValueError`` for a body that cannot be read (caller counts it by kind).
+    ``provider``: already known (else found from target and host)."""
     body = decode_body(body, content_encoding)
     raw: dict[str, int] = {}
     found: dict[str, str] = {}
@@ -285,4 +289,4 @@ def response_usage(
         _collect(doc, raw, found)
     tin, tout, tcached, treason = _tokens(raw)
     model = found.get("model") or request_model or _model_from_path(target)
-    return AiUsage(provider_of(target, host), model, tin, tout, tcached, treason)
+    return AiUsage(provider or provider_of(target, host), model, tin, tout, tcached, treason)

@@ -53,6 +53,7 @@ class Slow:
     def __init__(self, config: Config) -> None:
         self.rules = RuleSet(config.rules)
         self._body_cache: tuple[bytes, object] | None = None
+        self._providers: dict[tuple[bytes, bytes], str] = {}
         self.dns_names: OrderedDict[bytes, str] = OrderedDict()
 
     def is_ai(self, target: bytes, host: bytes) -> bool:
@@ -71,15 +72,24 @@ class Slow:
         self._body_cache = None
         return self.rules.resolve(head, body, starts, is_ai, self._decode)
 
+    def _provider(self, target: bytes, host: bytes) -> str:
+        key = (target, host)
+        provider = self._providers.get(key)
+        if provider is None:
+            if len(self._providers) > 4096:
+                self._providers.clear()
+            provider = self._providers[key] = ai.provider_of(target, host)
+        return provider
+
     def ai(self, target, host, req_body, resp_body, ct, ce, answered):
         request = ai.parse_request(req_body, self._decode(req_body) if req_body else None)
         self._body_cache = None
         if not answered:
-            provider = ai.provider_of(target, host)
+            provider = self._provider(target, host)
             model = request.model or ai._model_from_path(target)
             return (provider.encode(), model.encode("utf-8", "replace")[:256], 0, 0, 0, 0)
         try:
-            u = ai.response_usage(resp_body, ct, ce, target, host, request.model)
+            u = ai.response_usage(resp_body, ct, ce, target, host, request.model, self._provider(target, host))
         except ValueError:
             return None
         return (
