@@ -12,6 +12,7 @@ cdef struct Req:
     int status
     bint error
     bint method_head
+    bint method_connect
     bint ai
     bint capture
     bint silent

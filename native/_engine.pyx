@@ -505,7 +505,7 @@ cdef class Engine:
         r.ts = ts
         r.bytes_in = r.bytes_out = 0
         r.status = 0
-        r.error = r.method_head = r.ai = r.capture = r.silent = False
+        r.error = r.method_head = r.method_connect = r.ai = r.capture = r.silent = False
         for t in range(3):
             r.starts[t] = -1
             r.rule[t] = -1
@@ -1270,6 +1270,7 @@ cdef class Engine:
                 if self.hv_host.p != NULL:
                     buf_set(&req.host, self.hv_host.p, self.hv_host.n if self.hv_host.n < MAX_VALUE else MAX_VALUE)
                 req.method_head = sp1 == 4 and memcmp(line.p, b"HEAD", 4) == 0
+                req.method_connect = sp1 == 7 and memcmp(line.p, b"CONNECT", 7) == 0
                 req.bytes_out = hn
                 req.ai = self._is_ai(target, tn, req.host.p, req.host.n)
                 try:
@@ -1318,6 +1319,11 @@ cdef class Engine:
                 buf_set(&req.ce, self.hv_ce.p, self.hv_ce.n)
             else:
                 req.ce.n = 0
+        if req != NULL and req.method_connect and 200 <= status < 300:
+            # a proxy tunnel from here on (egress proxies to AI APIs): look for the TLS ClientHello inside it
+            self._http_response_done(fl, ts)
+            self._tunnel(fl)
+            return 0
         if (req != NULL and req.method_head) or status == 204 or status == 304:
             self._http_response_done(fl, ts)
         elif chunked:
@@ -1330,6 +1336,20 @@ cdef class Engine:
                 d.remaining = cl
         else:
             d.state = S_CLOSE
+        return 0
+
+    cdef int _tunnel(self, Flow* fl) except -1:
+        """After ``CONNECT`` succeeded the flow carries another protocol: recognise it afresh."""
+        cdef int t
+        self._finish(fl)
+        self._release_reqs(fl)
+        fl.proto = P_UNKNOWN
+        fl.tries = 0
+        for t in range(2):
+            fl.dirs[t].buf.n = 0
+            fl.dirs[t].state = 0
+            fl.dirs[t].remaining = 0
+            fl.dirs[t].req = NULL
         return 0
 
     cdef bint _is_ai(self, const char* target, Py_ssize_t tn, const char* host, Py_ssize_t hn) noexcept:

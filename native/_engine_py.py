@@ -62,6 +62,7 @@ class Req:
         "head",
         "host",
         "ids",
+        "method_connect",
         "method_head",
         "op",
         "resp_body",
@@ -84,6 +85,7 @@ class Req:
         self.status = 0
         self.error = False
         self.method_head = False
+        self.method_connect = False
         self.ai = False
         self.capture = False
         self.silent = False
@@ -703,6 +705,7 @@ class Engine:
             req.target = target
             req.host = hdr.get(b"host", b"")[:MAX_VALUE]
             req.method_head = method == b"HEAD"
+            req.method_connect = method == b"CONNECT"
             req.bytes_out = len(head)
             req.ai = self.slow.is_ai(target, req.host)
             self._http_ids(req, head, hdr)
@@ -739,6 +742,11 @@ class Engine:
             req.bytes_in += len(head)
             req.ct = hdr.get(b"content-type", b"")
             req.ce = hdr.get(b"content-encoding", b"")
+        if req is not None and req.method_connect and 200 <= status < 300:
+            # a proxy tunnel from here on (egress proxies to AI APIs): look for the TLS ClientHello inside it
+            self._http_response_done(fl, ts)
+            self._tunnel(fl)
+            return
         if (req is not None and req.method_head) or status == 204 or status == 304:
             self._http_response_done(fl, ts)
         elif chunked:
@@ -751,6 +759,17 @@ class Engine:
                 d.remaining = cl
         else:
             d.state = S_CLOSE
+
+    def _tunnel(self, fl: Flow) -> None:
+        """After ``CONNECT`` succeeded the flow carries another protocol: recognise it afresh."""
+        self._finish(fl)  # requests still waiting in the queue will not be answered over HTTP
+        fl.proto = P_UNKNOWN
+        fl.tries = 0
+        for d in fl.dirs:
+            d.buf.clear()
+            d.state = 0
+            d.remaining = 0
+            d.req = None
 
     def _http_ids(self, req: Req, head: bytes, hdr: dict[bytes, bytes]) -> None:
         rs = self.rules

@@ -510,3 +510,22 @@ def test_dns_answers_name_external_destinations(build):
     calls = {c.protocol: c for c in s.drain(final=True)}
     assert calls["dns"].operation == "api.example.com" and calls["dns"].dst == "10.0.0.2:53"
     assert calls["http"].dst == "api.example.com"
+
+
+def _client_hello(name: bytes) -> bytes:
+    sni = struct.pack("!HBH", len(name) + 3, 0, len(name)) + name
+    ext = struct.pack("!HH", 0, len(sni)) + sni
+    body = b"\x03\x03" + b"\x11" * 32 + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00" + struct.pack("!H", len(ext)) + ext
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
+
+
+def test_connect_tunnel_names_the_tls_destination(build):
+    connect = b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\nX-Tenant-ID: acme\r\n\r\n"
+    established = b"HTTP/1.1 200 Connection established\r\n\r\n"
+    frames = conversation([(connect, established), (_client_hello(b"api.openai.com"), b"\x16\x03\x03\x00\x01\x02")])
+    calls, stats, _ = run_capture(build, io.BytesIO(pcap_bytes(frames)))
+    by = {c["protocol"]: c for c in calls}
+    assert by["http"]["operation"] == "CONNECT api.openai.com:443" and by["http"]["tenant"] == "acme"
+    assert by["tls"]["dst"] == "api.openai.com" and stats["counters"]["tls_client_hellos"] == 1
+    assert stats["errors"] == {}
