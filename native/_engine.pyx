@@ -19,7 +19,7 @@ request still in that list and is cleared when it leaves. Callers of ``_data`` k
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memchr, memcmp, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 from costmesh.native._bytes cimport (
     Buf, be32, buf_add, buf_bytes, buf_free, buf_set, buf_trim, eq_lower, find, find_crlf2, hash_bytes, lower, s32,
@@ -1752,7 +1752,7 @@ cdef class Engine:
                     d.buf.n = 0
                 return 0
             msg = PyBytes_FromStringAndSize(d.buf.p + 2, need - 2)
-            memcpy(d.buf.p, d.buf.p + need, d.buf.n - need)
+            memmove(d.buf.p, d.buf.p + need, d.buf.n - need)
             d.buf.n -= need
             self._dns(ts, fl.addr[side], fl.addr[1 - side], fl.port[side], fl.port[1 - side],
                       <const uint8_t*>PyBytes_AS_STRING(msg), len(msg), side != fl.cside)
