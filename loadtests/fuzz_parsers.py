@@ -7,6 +7,14 @@ spliced, random link types), plus purely random frames; in-stream payloads go th
 PostgreSQL, TLS and DNS stream parsers see them. Prints inputs/s and the error counts by kind. A crash or hang is the
 finding: the script stops with the seed and input that caused it.
 Usage: ``python loadtests/fuzz_parsers.py [--inputs N] [--seed S] [--minutes M]``.
+
+Memory errors that do not crash are found by running it on an AddressSanitizer build::
+
+    CFLAGS="-fsanitize=address -fno-omit-frame-pointer -O1 -g" LDFLAGS=-fsanitize=address \
+        .venv/bin/python setup.py build_ext --inplace --force
+    ASAN_OPTIONS=detect_leaks=0 LD_PRELOAD=$(gcc -print-file-name=libasan.so) .venv/bin/python loadtests/fuzz_parsers.py
+
+(then ``setup.py build_ext --inplace --force`` again for the normal build).
 """
 
 from __future__ import annotations
