@@ -16,6 +16,8 @@ request still in that list and is cleared when it leaves. Callers of ``_data`` k
 ``_deliver`` close flows, and they re-check ``gen`` after anything that may have done so.
 """
 
+import gc
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
@@ -132,6 +134,7 @@ cdef class Engine:
     cdef int32_t* free_slots
     cdef int nfree
     cdef int nflows
+    cdef int slots_touched             # slots below this have been used at least once (dealloc visits only those)
     cdef uint32_t gen_counter
     cdef list ooo                      # per flow slot: None or {seq: (ts, payload, fin)} per direction
     cdef AggEntry** agg                # open addressing by hash
@@ -207,6 +210,7 @@ cdef class Engine:
             self.free_slots[i] = self.max_flows - 1 - i
         self.nfree = self.max_flows
         self.nflows = 0
+        self.slots_touched = 0
         self.lru_head = self.lru_tail = -1
         self.ooo = [None] * self.max_flows
         self.agg_cap = 1024
@@ -252,7 +256,7 @@ cdef class Engine:
         cdef int i, t
         cdef Req* r
         if self.flows != NULL:
-            for i in range(self.max_flows):
+            for i in range(self.slots_touched):
                 if self.flows[i].used:
                     self._release_reqs(&self.flows[i])
                 self._free_flow_bufs(&self.flows[i])
@@ -264,7 +268,6 @@ cdef class Engine:
             free(r)
         if self.agg_list != NULL:
             for i in range(<int>self.agg_n):
-                free(self.agg_list[i].key)
                 free(self.agg_list[i])
             free(self.agg_list)
         free(self.agg)
@@ -334,48 +337,80 @@ cdef class Engine:
         cdef uint64_t total = self.agg_n
         memset(self.agg, 0, self.agg_cap * sizeof(AggEntry*))
         self.agg_n = 0
-        for i in range(total):
-            e = self.agg_list[i]
-            if final or now_us < 0 or e.window + self.window_us <= now_us:
-                out.append(self._row(e))
-                free(e.key)
-                free(e)
-            else:
-                self.agg_list[kept] = e
-                kept += 1
-                self._agg_insert(e)
+        cdef list cache = [None] * 1024
+        gc_was_on = gc.isenabled()
+        gc.disable()  # rows are plain tuples made by the thousand: no cycle collection while making them
+        try:
+            for i in range(total):
+                e = self.agg_list[i]
+                if final or now_us < 0 or e.window + self.window_us <= now_us:
+                    out.append(self._row(e, cache))
+                    free(e)
+                else:
+                    self.agg_list[kept] = e
+                    kept += 1
+                    self._agg_insert(e)
+        finally:
+            if gc_was_on:
+                gc.enable()
         return out
 
     # ---- aggregation --------------------------------------------------------------------------------------------------
 
-    cdef tuple _row(self, AggEntry* e):
+    cdef object _interned(self, list cache, const char* p, Py_ssize_t n):
+        """The same bytes object for the same short value within a drain (addresses, ids, hosts, models repeat):
+        a direct-mapped cache saves an allocation and a hash per repeated field."""
+        cdef uint64_t h
+        cdef Py_ssize_t slot
+        if n == 0:
+            return b""
+        if n > MAX_VALUE:
+            return PyBytes_FromStringAndSize(p, n)
+        h = hash_bytes(p, n)
+        slot = <Py_ssize_t>(h & 1023)
+        obj = cache[slot]
+        if obj is not None and len(<bytes>obj) == n and memcmp(PyBytes_AS_STRING(obj), p, n) == 0:
+            return obj
+        obj = PyBytes_FromStringAndSize(p, n)
+        cache[slot] = obj
+        return obj
+
+    cdef inline object _field(self, const char* k, Py_ssize_t* p, list cache, bint intern):
+        cdef uint32_t ln
+        memcpy(&ln, k + p[0], 4)
+        p[0] += 4 + ln
+        if intern:
+            return self._interned(cache, k + p[0] - ln, ln)
+        return PyBytes_FromStringAndSize(k + p[0] - ln, ln)
+
+    cdef tuple _row(self, AggEntry* e, list cache):
         cdef const char* k = e.key
         cdef Py_ssize_t p = 8 + 16 + 16 + 2 + 1 + 12
         cdef int32_t rules[3]
-        cdef list strs = []
-        cdef uint32_t ln
-        cdef int i
         memcpy(rules, k + 43, 12)
-        for i in range(7):
-            memcpy(&ln, k + p, 4)
-            strs.append(PyBytes_FromStringAndSize(k + p + 4, ln))
-            p += 4 + ln
+        op = self._field(k, &p, cache, False)  # the operation: mostly distinct, not worth caching
+        host = self._field(k, &p, cache, True)
+        tv = self._field(k, &p, cache, True)
+        fv = self._field(k, &p, cache, True)
+        av = self._field(k, &p, cache, True)
+        provider = self._field(k, &p, cache, True)
+        model = self._field(k, &p, cache, True)
         return (
             e.window,
-            PyBytes_FromStringAndSize(k + 8, 16),
-            PyBytes_FromStringAndSize(k + 24, 16),
+            self._interned(cache, k + 8, 16),
+            self._interned(cache, k + 24, 16),
             (<uint8_t>k[40] << 8) | <uint8_t>k[41],
             <int>k[42],
-            strs[0],
-            strs[1],
-            strs[2],
+            op,
+            host,
+            tv,
             rules[0],
-            strs[3],
+            fv,
             rules[1],
-            strs[4],
+            av,
             rules[2],
-            strs[5],
-            strs[6],
+            provider,
+            model,
             e.vals[0], e.vals[1], e.vals[2], e.vals[3], e.vals[4], e.vals[5], e.vals[6], e.vals[7], e.vals[8],
         )
 
@@ -466,13 +501,10 @@ cdef class Engine:
                     e.vals[t] += vals[t]
                 return 0
             i = (i + 1) & mask
-        e = <AggEntry*>malloc(sizeof(AggEntry))
+        e = <AggEntry*>malloc(sizeof(AggEntry) + self.kbuf.n)  # the key follows the entry, one allocation
         if e == NULL:
             raise MemoryError()
-        e.key = <char*>malloc(self.kbuf.n)
-        if e.key == NULL:
-            free(e)
-            raise MemoryError()
+        e.key = <char*>(e + 1)
         memcpy(e.key, self.kbuf.p, self.kbuf.n)
         e.klen = self.kbuf.n
         e.h = h
@@ -482,7 +514,6 @@ cdef class Engine:
         if self.agg_n == self.agg_list_cap:
             grown = <AggEntry**>realloc(self.agg_list, self.agg_list_cap * 2 * sizeof(AggEntry*))
             if grown == NULL:
-                free(e.key)
                 free(e)
                 raise MemoryError()
             self.agg_list = grown
@@ -671,6 +702,8 @@ cdef class Engine:
             self._release_slot(old)
         self.nfree -= 1
         slot = self.free_slots[self.nfree]
+        if slot >= self.slots_touched:
+            self.slots_touched = slot + 1
         fl = &self.flows[slot]
         fl.used = True
         self.gen_counter += 1

@@ -9,6 +9,7 @@ rules that need Python, AI usage, DNS and TLS names) and builds the contract rec
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable
@@ -210,14 +211,23 @@ class Sensor:
     def drain(self, now_us: int = -1, final: bool = False) -> list[ObservedCall]:
         """Records of the closed windows (all, and every open flow ended, when ``final``)."""
         rules = self.slow.rules
-        methods, names = rules.methods, rules.names
+        out: list[ObservedCall] = []
+        gc_was_on = gc.isenabled()
+        gc.disable()  # records are made by the thousand and hold no cycles: no collection passes meanwhile
+        try:
+            self._build(self.engine.drain(now_us, final), out, rules.methods, rules.names)
+        finally:
+            if gc_was_on:
+                gc.enable()
+        return out
+
+    def _build(self, rows: list[tuple], out: list[ObservedCall], methods: list[str], names: list[str]) -> None:
         node, width = self.node, self.window_us
         srcs: dict[bytes, str] = {}
         dsts: dict[tuple[bytes, int, bytes], str] = {}
         texts: dict[bytes, str] = {b"": ""}  # ids, provider, model repeat a lot within a drain
-        out = []
         append = out.append
-        for row in self.engine.drain(now_us, final):
+        for row in rows:
             (window, src, dst, dport, proto, op, host, tv, tr, fv, _fr, av, _ar, provider, model) = row[:15]
             src_name = srcs.get(src)
             if src_name is None:
@@ -259,7 +269,6 @@ class Sensor:
                     model=small[4],
                 )
             )
-        return out
 
 
 def error_kind_index(kind: str) -> int:
