@@ -139,6 +139,7 @@ cdef class Engine:
     cdef list ooo                      # per flow slot: None or {seq: (ts, payload, fin)} per direction
     cdef AggEntry** agg                # open addressing by hash
     cdef uint64_t agg_cap
+    cdef uint64_t* agg_h               # the hash of each slot's entry, beside it: probes touch no entry
     cdef uint64_t agg_n
     cdef AggEntry** agg_list           # the same entries in insertion order (drain order, as in the twin)
     cdef uint64_t agg_list_cap
@@ -170,6 +171,7 @@ cdef class Engine:
         self.buckets = NULL
         self.free_slots = NULL
         self.agg = NULL
+        self.agg_h = NULL
         self.agg_list = NULL
         self.free_reqs = NULL
         self.kind = NULL
@@ -216,9 +218,10 @@ cdef class Engine:
         self.agg_cap = 1024
         self.agg_n = 0
         self.agg = <AggEntry**>calloc(self.agg_cap, sizeof(AggEntry*))
+        self.agg_h = <uint64_t*>calloc(self.agg_cap, sizeof(uint64_t))
         self.agg_list_cap = 1024
         self.agg_list = <AggEntry**>malloc(self.agg_list_cap * sizeof(AggEntry*))
-        if self.agg == NULL or self.agg_list == NULL:
+        if self.agg == NULL or self.agg_h == NULL or self.agg_list == NULL:
             raise MemoryError()
         memset(self.counters, 0, sizeof(self.counters))
         memset(self.errors, 0, sizeof(self.errors))
@@ -271,6 +274,7 @@ cdef class Engine:
                 free(self.agg_list[i])
             free(self.agg_list)
         free(self.agg)
+        free(self.agg_h)
         free(self.buckets)
         free(self.free_slots)
         free(self.kind)
@@ -336,6 +340,7 @@ cdef class Engine:
         cdef uint64_t kept = 0
         cdef uint64_t total = self.agg_n
         memset(self.agg, 0, self.agg_cap * sizeof(AggEntry*))
+        memset(self.agg_h, 0, self.agg_cap * sizeof(uint64_t))
         self.agg_n = 0
         cdef list cache = [None] * 1024
         gc_was_on = gc.isenabled()
@@ -423,26 +428,34 @@ cdef class Engine:
         while self.agg[i] != NULL:
             i = (i + 1) & mask
         self.agg[i] = e
+        self.agg_h[i] = e.h
         self.agg_n += 1
         return 0
 
     cdef int _agg_grow(self) except -1:
         cdef AggEntry** old = self.agg
+        cdef uint64_t* old_h = self.agg_h
         cdef uint64_t old_cap = self.agg_cap
         cdef uint64_t i, j, mask
-        self.agg = <AggEntry**>calloc(old_cap * 2, sizeof(AggEntry*))
-        if self.agg == NULL:
-            self.agg = old
+        cdef AggEntry** grown = <AggEntry**>calloc(old_cap * 2, sizeof(AggEntry*))
+        cdef uint64_t* grown_h = <uint64_t*>calloc(old_cap * 2, sizeof(uint64_t))
+        if grown == NULL or grown_h == NULL:
+            free(grown)
+            free(grown_h)
             raise MemoryError()
+        self.agg = grown
+        self.agg_h = grown_h
         self.agg_cap = old_cap * 2
         mask = self.agg_cap - 1
         for i in range(old_cap):
             if old[i] != NULL:
-                j = old[i].h & mask
+                j = old_h[i] & mask
                 while self.agg[j] != NULL:
                     j = (j + 1) & mask
                 self.agg[j] = old[i]
+                self.agg_h[j] = old_h[i]
         free(old)
+        free(old_h)
         return 0
 
     cdef inline int _kstr(self, const char* p, Py_ssize_t n) except -1:
@@ -496,7 +509,7 @@ cdef class Engine:
             e = self.agg[i]
             if e == NULL:
                 break
-            if e.h == h and e.klen == self.kbuf.n and memcmp(e.key, self.kbuf.p, e.klen) == 0:
+            if self.agg_h[i] == h and e.klen == self.kbuf.n and memcmp(e.key, self.kbuf.p, e.klen) == 0:
                 for t in range(9):
                     e.vals[t] += vals[t]
                 return 0
@@ -1485,15 +1498,17 @@ cdef class Engine:
         cdef bytes provider = b""
         cdef bytes model = b""
         memset(vals, 0, sizeof(vals))
-        if req.capture:
+        if req.capture:  # one call settles the deferred rules and reads the AI usage
+            starts = None
             if req.starts[0] >= 0 or req.starts[1] >= 0 or req.starts[2] >= 0:
-                found = self.slow.resolve(buf_bytes(&req.head), buf_bytes(&req.body),
-                                          (req.starts[0], req.starts[1], req.starts[2]), req.ai)
+                starts = (req.starts[0], req.starts[1], req.starts[2])
+            found, r = self.slow.complete(buf_bytes(&req.head), buf_bytes(&req.body), starts, req.ai,
+                                          buf_bytes(&req.target), buf_bytes(&req.host), buf_bytes(&req.resp_body),
+                                          buf_bytes(&req.ct), buf_bytes(&req.ce), answered)
+            if found is not None:
                 self._take_ids(req, found)
             if req.ai:
                 self.counters[C_AI] += 1
-                r = self.slow.ai(buf_bytes(&req.target), buf_bytes(&req.host), buf_bytes(&req.body),
-                                 buf_bytes(&req.resp_body), buf_bytes(&req.ct), buf_bytes(&req.ce), answered)
                 if r is None:
                     self.errors[E_AI] += 1
                 else:

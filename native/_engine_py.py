@@ -822,15 +822,26 @@ class Engine:
     def _http_call(self, fl: Flow, req: Req, ts: int, answered: bool) -> None:
         provider = model = b""
         tin = tout = tc = tr = 0
-        if req.capture:
-            if req.starts != (-1, -1, -1):
-                found = self.slow.resolve(req.head, bytes(req.body), req.starts, req.ai)
+        if req.capture:  # one call settles the deferred rules and reads the AI usage
+            starts = req.starts if req.starts != (-1, -1, -1) else None
+            found, r = self.slow.complete(
+                req.head,
+                bytes(req.body),
+                starts,
+                req.ai,
+                req.target,
+                req.host,
+                bytes(req.resp_body),
+                req.ct,
+                req.ce,
+                answered,
+            )
+            if found is not None:
                 for t in range(3):
                     if req.starts[t] >= 0:
                         req.ids[t] = found[t]
             if req.ai:
                 self.counters[C["ai_calls"]] += 1
-                r = self.slow.ai(req.target, req.host, bytes(req.body), bytes(req.resp_body), req.ct, req.ce, answered)
                 if r is None:
                     self.errors[E["ai_body"]] += 1
                 else:

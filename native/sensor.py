@@ -82,6 +82,14 @@ class Slow:
             provider = self._providers[key] = ai.provider_of(target, host)
         return provider
 
+    def complete(self, head, body, starts, is_ai, target, host, resp_body, ct, ce, answered):
+        """End of a request whose completion needs Python: (ids for the deferred targets or None, AI usage tuple,
+        None for an unreadable AI body, or None when not an AI call)."""
+        found = self.rules.resolve(head, body, starts, is_ai, self._decode) if starts is not None else None
+        usage = self.ai(target, host, body, resp_body, ct, ce, answered) if is_ai else None
+        self._body_cache = None
+        return found, usage
+
     def ai(self, target, host, req_body, resp_body, ct, ce, answered):
         request = ai.parse_request(req_body, self._decode(req_body) if req_body else None)
         self._body_cache = None
