@@ -153,6 +153,8 @@ class RuleSet:
         self.keys = [self._key(i) for i in range(len(self.rules))]
         self.ai_only = [i >= self.n_configured for i in range(len(self.rules))]
         self.needs_body = [r.source == "body" for r in self.rules]
+        #: For body rules: the first key of the dotted path as JSON text (a body without it cannot match).
+        self.needles = [b'"' + r.key.split(".", 1)[0].encode() + b'"' for r in self.rules]
         self.has_body_rules = any(r.source == "body" for r in rules)
         self.pg_rules = [
             [i for i in order if self.rules[i].source in ("pg_database", "pg_user")] for order in self.order
@@ -224,6 +226,8 @@ class RuleSet:
                     if not self.http_rule_applies(i, ai):
                         continue
                     if self.rules[i].source == "body":
+                        if body and b"\\" not in body and self.needles[i] not in body:
+                            continue  # the key is not in the text (no escapes there either): no decoding needed
                         if not decoded and body:
                             body_doc = decode(body) if decode is not None else decode_json(body)
                         decoded = True

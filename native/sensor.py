@@ -82,6 +82,9 @@ class Slow:
             provider = self._providers[key] = ai.provider_of(target, host)
         return provider
 
+    def _request_model(self, req_body: bytes) -> str:
+        return ai.parse_request(req_body, self._decode(req_body) if req_body else None).model
+
     def complete(self, head, body, starts, is_ai, target, host, resp_body, ct, ce, answered):
         """End of a request whose completion needs Python: (ids for the deferred targets or None, AI usage tuple,
         None for an unreadable AI body, or None when not an AI call)."""
@@ -91,19 +94,19 @@ class Slow:
         return found, usage
 
     def ai(self, target, host, req_body, resp_body, ct, ce, answered):
-        request = ai.parse_request(req_body, self._decode(req_body) if req_body else None)
-        self._body_cache = None
+        provider = self._provider(target, host)
         if not answered:
-            provider = self._provider(target, host)
-            model = request.model or ai._model_from_path(target)
+            model = self._request_model(req_body) or ai._model_from_path(target)
             return (provider.encode(), model.encode("utf-8", "replace")[:256], 0, 0, 0, 0)
         try:
-            u = ai.response_usage(resp_body, ct, ce, target, host, request.model, self._provider(target, host))
+            # the model the response names wins; the request's (decoded only when needed), then the path's
+            u = ai.response_usage(resp_body, ct, ce, b"", host, "", provider)
         except ValueError:
             return None
+        model = u.model or self._request_model(req_body) or ai._model_from_path(target)
         return (
             u.provider.encode(),
-            u.model.encode("utf-8", "replace")[:256],
+            model.encode("utf-8", "replace")[:256],
             u.tokens_in,
             u.tokens_out,
             u.tokens_cached,
