@@ -26,8 +26,11 @@ ROUTES = ["/v1/orders/{}", "/v1/customers/{}/invoices", "/api/items?page={}", "/
 START_US = 1_767_225_600_000_000
 
 
+AI_EVERY = 20  # one call in AI_EVERY is an AI chat completion (0: none)
+
+
 def _request(rng: random.Random, i: int) -> tuple[bytes, bool]:
-    ai = i % 20 == 7
+    ai = AI_EVERY > 0 and i % AI_EVERY == 7 % AI_EVERY
     tenant = rng.choice(TENANTS)
     if ai:
         body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi" * 20}]}).encode()
@@ -270,7 +273,10 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=200_000)
     ap.add_argument("--pg-rounds", type=int, default=50_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--ai-every", type=int, default=20, help="one request in N is an AI call with usage (0: none)")
     args = ap.parse_args()
+    global AI_EVERY
+    AI_EVERY = args.ai_every
 
     from costmesh.native import _capture_py, _engine_py
 
@@ -281,7 +287,8 @@ def main() -> None:
 
     data = make_http_capture(args.frames)
     n = args.frames
-    print(f"HTTP/1.1 capture: {n} frames, {len(data) / 1e6:.1f} MB, best of {args.repeat} runs, one core")
+    share = f"one request in {AI_EVERY} an AI call" if AI_EVERY else "no AI calls"
+    print(f"HTTP/1.1 capture: {n} frames, {len(data) / 1e6:.1f} MB, {share}, best of {args.repeat} runs, one core")
     rows = []
     t, req, st = best(lambda: run_costmesh(data, _engine.Engine, _capture.CaptureReader, None), args.repeat)
     rows.append(("costmesh Cython (parse+aggregate)", n / t, req))
