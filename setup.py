@@ -32,8 +32,11 @@ def _cython_include() -> str:
     if not os.path.exists(marker):
         open(marker, "w").close()
     link = os.path.join(pkg, "native")
-    if not os.path.islink(link):
-        os.symlink(os.path.abspath("native"), link)
+    target = os.path.abspath("native")
+    if os.path.islink(link) and os.readlink(link) != target:
+        os.unlink(link)  # a checkout that moved: point at this one
+    if not os.path.lexists(link):
+        os.symlink(target, link)
     return root
 
 
