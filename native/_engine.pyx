@@ -324,6 +324,7 @@ cdef class Engine:
             "counters": {COUNTERS[i]: self.counters[i] for i in range(NC)},
             "errors": {ERROR_KINDS[i]: self.errors[i] for i in range(NE) if self.errors[i]},
             "flows_open": self.nflows,
+            "aggregates_open": self.agg_n,
         }
 
     def drain(self, int64_t now_us=-1, bint final=False):

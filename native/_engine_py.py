@@ -248,6 +248,7 @@ class Engine:
             "counters": dict(zip(COUNTERS, self.counters, strict=True)),
             "errors": {k: v for k, v in zip(ERROR_KINDS, self.errors, strict=True) if v},
             "flows_open": len(self.flows),
+            "aggregates_open": len(self.agg),
         }
 
     def drain(self, now_us: int = -1, final: bool = False) -> list[tuple]:

@@ -529,3 +529,31 @@ def test_connect_tunnel_names_the_tls_destination(build):
     assert by["http"]["operation"] == "CONNECT api.openai.com:443" and by["http"]["tenant"] == "acme"
     assert by["tls"]["dst"] == "api.openai.com" and stats["counters"]["tls_client_hellos"] == 1
     assert stats["errors"] == {}
+
+
+def test_long_capture_streams_in_bounded_state(build):
+    """What stays in the engine while a capture streams is the open windows, not the capture (the 1 GB case)."""
+    frames = []
+    t = T0
+    seq = {p: [1, 1] for p in range(41000, 41004)}
+    for i in range(400):  # 400 keep-alive calls over 40 s on 4 connections, each its own operation
+        port = 41000 + i % 4
+        req = f"GET /item/{i:03d} HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: t{i % 7}\r\n\r\n".encode()
+        frames.append((t, frame("10.0.0.10", port, "10.0.0.20", 8080, seq[port][0], 0, 0x18, req)))
+        frames.append((t + 500, frame("10.0.0.20", 8080, "10.0.0.10", port, seq[port][1], 0, 0x18, RESP)))
+        seq[port][0] += len(req)
+        seq[port][1] += len(RESP)
+        t += 100_000
+    s = sensor_for(build)
+    seen: list = []
+    peak = 0
+
+    def take(records):
+        nonlocal peak
+        seen.extend(records)
+        peak = max(peak, s.stats()["aggregates_open"])
+
+    s.feed_capture(io.BytesIO(pcap_bytes(frames)), take, chunk_frames=20)
+    seen += s.drain(final=True)
+    assert sum(c.requests for c in seen) == 400 and len(seen) == 400
+    assert 0 < peak <= 40, f"{peak} aggregates held while streaming"
