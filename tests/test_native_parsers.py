@@ -557,3 +557,9 @@ def test_long_capture_streams_in_bounded_state(build):
     seen += s.drain(final=True)
     assert sum(c.requests for c in seen) == 400 and len(seen) == 400
     assert 0 < peak <= 40, f"{peak} aggregates held while streaming"
+
+
+def test_sni_rule_names_the_tenant():
+    config = Config(rules=[Rule(source="sni", pattern=r"^([a-z]+)\.org$", name="sni-org")])
+    calls, _, _ = _calls("zeek_openjdk-25.0.2-zeek.org_linktype-sll2.pcap", config)
+    assert {(c["tenant"], c["tenant_rule"], c["tenant_method"]) for c in calls} == {("zeek", "sni-org", "sni")}
