@@ -234,52 +234,55 @@ class Sensor:
 
     def _build(self, rows: list[tuple], out: list[ObservedCall], methods: list[str], names: list[str]) -> None:
         node, width = self.node, self.window_us
-        srcs: dict[bytes, str] = {}
-        dsts: dict[tuple[bytes, int, bytes], str] = {}
-        texts: dict[bytes, str] = {b"": ""}  # ids, provider, model repeat a lot within a drain
+        texts = _Memo(lambda raw: raw.decode("utf-8", "replace"))  # ids, provider, model repeat within a drain
+        srcs = _Memo(lambda src: self._workload(src, 0) or address_text(src))
+        dsts = _Memo(lambda key: self._dst(*key))
+        method_of = [*methods, "unallocated"]  # rule -1 (nothing matched) reads the last entry
+        rule_of = [*names, ""]
         append = out.append
-        for row in rows:
-            (window, src, dst, dport, proto, op, host, tv, tr, fv, _fr, av, _ar, provider, model) = row[:15]
-            src_name = srcs.get(src)
-            if src_name is None:
-                src_name = srcs[src] = self._workload(src, 0) or address_text(src)
-            dkey = (dst, dport, host)
-            dst_name = dsts.get(dkey)
-            if dst_name is None:
-                dst_name = dsts[dkey] = self._dst(dst, dport, host)
-            small = []
-            for raw in (tv, fv, av, provider, model):
-                text = texts.get(raw)
-                if text is None:
-                    text = texts[raw] = raw.decode("utf-8", "replace")
-                small.append(text)
+        for (
+            window, src, dst, dport, proto, op, host, tv, tr, fv, _fr, av, _ar, provider, model,
+            requests, errors, bytes_in, bytes_out, busy, tin, tout, tc, treason,
+        ) in rows:  # fmt: skip
             append(
                 ObservedCall(
                     window_start_us=window,
                     window_end_us=window + width,
                     node=node,
-                    src_workload=src_name,
-                    dst=dst_name,
+                    src_workload=srcs[src],
+                    dst=dsts[(dst, dport, host)],
                     protocol=PROTOCOLS[proto],
                     operation=op.decode("utf-8", "replace"),
-                    tenant=small[0],
-                    tenant_method=methods[tr] if tr >= 0 else "unallocated",
-                    tenant_rule=names[tr] if tr >= 0 else "",
-                    feature=small[1],
-                    agent=small[2],
-                    requests=row[15],
-                    errors=row[16],
-                    bytes_in=row[17],
-                    bytes_out=row[18],
-                    busy_us=row[19],
-                    tokens_in=row[20],
-                    tokens_out=row[21],
-                    tokens_cached=row[22],
-                    tokens_reasoning=row[23],
-                    provider=small[3],
-                    model=small[4],
+                    tenant=texts[tv],
+                    tenant_method=method_of[tr],
+                    tenant_rule=rule_of[tr],
+                    feature=texts[fv],
+                    agent=texts[av],
+                    requests=requests,
+                    errors=errors,
+                    bytes_in=bytes_in,
+                    bytes_out=bytes_out,
+                    busy_us=busy,
+                    tokens_in=tin,
+                    tokens_out=tout,
+                    tokens_cached=tc,
+                    tokens_reasoning=treason,
+                    provider=texts[provider],
+                    model=texts[model],
                 )
             )
+
+
+class _Memo(dict):
+    """A dict that computes a missing value once (one lookup per hit, no ``get`` + store dance)."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key):
+        value = self[key] = self._make(key)
+        return value
 
 
 def error_kind_index(kind: str) -> int:
