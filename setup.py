@@ -22,6 +22,24 @@ def _packages() -> list[str]:
     return found
 
 
+def _cython_include() -> str:
+    """A folder where ``costmesh/native`` points at ``native/``: Cython finds a module's ``.pxd`` (its own and the
+    ones it cimports) by the dotted module name, and the source folders do not spell that name."""
+    root = os.path.abspath(os.path.join("build", "cython-include"))
+    pkg = os.path.join(root, "costmesh")
+    os.makedirs(pkg, exist_ok=True)
+    marker = os.path.join(pkg, "__init__.pxd")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+    link = os.path.join(pkg, "native")
+    target = os.path.abspath("native")
+    if os.path.islink(link) and os.readlink(link) != target:
+        os.unlink(link)  # a checkout that moved: point at this one
+    if not os.path.lexists(link):
+        os.symlink(target, link)
+    return root
+
+
 def _extensions() -> list:
     if os.environ.get("COSTMESH_NO_EXTENSIONS") == "1":
         return []
@@ -32,6 +50,7 @@ def _extensions() -> list:
     from setuptools import Extension
 
     debug = os.environ.get("COSTMESH_DEBUG") == "1"
+    include = _cython_include()
     exts = [
         Extension(
             "costmesh.native." + os.path.splitext(os.path.basename(src))[0],
@@ -42,6 +61,7 @@ def _extensions() -> list:
     ]
     return cythonize(
         exts,
+        include_path=[include],
         language_level=3,
         compiler_directives={"boundscheck": debug, "wraparound": False, "cdivision": True},
         compile_time_env={"COSTMESH_DEBUG": debug},

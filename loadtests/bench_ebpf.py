@@ -98,13 +98,13 @@ class NullSink:
 
 def sense(port: int, parse: bool, tls_processes: str = "") -> None:
     """Capture on lo until SIGTERM, then print one JSON line: requests observed on ``port``, drops, kernel counts.
-    With ``parse`` the frames go to the parser of the day (``MinimalHttpSensor``), else to ``NullSink``."""
+    With ``parse`` the frames go to the parser of the day (``costmesh.native.sensor.Sensor``), else to ``NullSink``."""
     import uvloop
 
     from costmesh.common.config import Config
-    from costmesh.sensor.live import LiveCapture, MinimalHttpFrameSink
+    from costmesh.native.sensor import Sensor
+    from costmesh.sensor.live import LiveCapture, SensorFrameSink
     from costmesh.sensor.live_tls import TlsHttpSink
-    from costmesh.sensor.pcap_http import MinimalHttpSensor
 
     config = Config()
     config.sensor.interfaces = ["lo"]
@@ -114,7 +114,7 @@ def sense(port: int, parse: bool, tls_processes: str = "") -> None:
     totals.update(tls_requests=0, tls_events=0, tls_lost=0)
 
     async def main():
-        frames = MinimalHttpFrameSink(MinimalHttpSensor(config, "bench")) if parse else NullSink()
+        frames = SensorFrameSink(Sensor(config, "bench")) if parse else NullSink()
         capture = LiveCapture(config, "bench", frames, TlsHttpSink(config, "bench"))
         capture.open()
         stopping = asyncio.Event()

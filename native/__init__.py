@@ -2,6 +2,18 @@
 
 ``COSTMESH_NO_EXTENSIONS=1`` selects the twins at run time, as aiohttp's ``AIOHTTP_NO_EXTENSIONS`` does, so the parser
 tests can run against both builds and require that they agree.
+
+Public modules (import these): ``sensor`` (``Sensor``: frames or captures in, ``ObservedCall`` out) and ``capture``
+(``CaptureReader``, ``CaptureError``). Per concern, compiled / twin:
+
+- ``_capture.pyx`` / ``_capture_py.py``: pcap and pcapng, streamed.
+- ``_net.pyx`` / ``_net_py.py``: link, IPv4/IPv6, TCP/UDP headers.
+- ``_engine.pyx`` / ``_engine_py.py``: flow table, TCP ordering, HTTP/1.1, PostgreSQL, TLS ClientHello and DNS-over-TCP
+  stream parsers, window aggregation; its C surface is ``_engine.pxd``, its inline helpers ``_bytes.pxd`` (buffers,
+  scans), ``_http.pxd`` (header values), ``_pgwire.pxd`` (message recognition).
+
+Shared by both builds, called off the per-frame path: ``rules`` (extraction rules, JWT), ``ai`` (AI usage), ``names``
+(SNI, DNS), ``kinds`` (counter and error names, ``CaptureError``).
 """
 
 import os

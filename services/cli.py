@@ -120,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output (default table)")
     report.add_argument("--currency", help="report only lines in this currency (needed when bills mix currencies)")
 
+    analyze = sub.add_parser(
+        "analyze",
+        help="Analyze a capture offline through the sensor's parser and print calls per tenant.",
+        description="Analyze a capture offline through the sensor's parser and print calls per tenant.",
+    )
+    analyze.add_argument("capture", metavar="CAPTURE", help="capture file (pcap or pcapng)")
+    analyze.add_argument("--config", help="config file (TOML): extraction rules, workloads, sensor ports")
+    analyze.add_argument("--format", choices=["table", "json"], default="table", help="output format (default table)")
+
     config = sub.add_parser("config", help="Work with config files.", description="Work with config files.")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = config_sub.add_parser(
@@ -235,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         return unmatched(args, config)
     if args.command in SERVICES:
         return _run_service(args, config)
+    if args.command == "analyze":
+        from costmesh.sensor.analyze import run as analyze
+
+        return analyze(args.capture, config, args.format)
     setup_logging("up", config.log_level)
     try:
         if args.command == "demo":

@@ -12,16 +12,16 @@ from collections import Counter
 import pytest
 
 from costmesh.common.config import Config
+from costmesh.native.sensor import Sensor
 from costmesh.sensor.bpf import BpfUnavailable
-from costmesh.sensor.live import LiveCapture, LiveWindow, MinimalHttpFrameSink
+from costmesh.sensor.live import LiveCapture, LiveWindow, SensorFrameSink
 from costmesh.sensor.live_tls import TlsHttpSink
-from costmesh.sensor.pcap_http import MinimalHttpSensor
 
 
 class LiveHarness:
     def __init__(self, config: Config, *, tls: bool = False) -> None:
         self.config = config
-        self.frame_sink = MinimalHttpFrameSink(MinimalHttpSensor(config, "node-test"))
+        self.frame_sink = SensorFrameSink(Sensor(config, "node-test"))
         self.tls_sink = TlsHttpSink(config, "node-test", keep_plaintext=1 << 20) if tls else None
         self.capture = LiveCapture(config, "node-test", self.frame_sink, self.tls_sink)
         self.windows: list[LiveWindow] = []

@@ -17,7 +17,7 @@ from costmesh.common.embedded import free_port
 
 from .conftest import DATA, processes_marked
 
-SUBCOMMANDS = ["up", "demo", *SERVICES, "report", "config", "version"]
+SUBCOMMANDS = ["up", "demo", *SERVICES, "report", "analyze", "config", "version"]
 
 
 def _run(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

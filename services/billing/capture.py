@@ -1,7 +1,7 @@
 """Consumption from capture files, through the same sensor code the live system runs.
 
-Reads pcap files; emits ``Usage`` rows. ``observe`` is the one seam to the sensor: today it calls
-``costmesh.sensor.service.replay`` with the minimal HTTP reader; when the full sensor lands, only this function changes.
+Reads pcap/pcapng files; emits ``Usage`` rows. ``observe`` is the one seam to the sensor: it runs
+``costmesh.sensor.service.replay`` with the sensor's parsing core, exactly as a replaying sensor does.
 Records are summed per minute exactly as the attributor stores them (``costmesh.attributor.apply.per_minute``), so a
 report from a capture and the live pipeline see the same numbers.
 """
@@ -22,10 +22,10 @@ _MINUTE_US = 60_000_000
 
 def observe(path: Path, config: Config) -> list[ObservedCall]:
     """Run one capture through the sensor's parsing and tenant extraction; returns its call records."""
-    from costmesh.sensor.pcap_http import MinimalHttpSensor
+    from costmesh.native.sensor import Sensor
     from costmesh.sensor.service import replay
 
-    return replay(path, MinimalHttpSensor(config, config.node_name(), int(config.sensor.window_s * 1e6)))
+    return replay(path, Sensor(config, config.node_name()))
 
 
 def usage_from_records(records: Iterable[ObservedCall]) -> list[Usage]:

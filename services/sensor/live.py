@@ -6,9 +6,10 @@ Reads: the interfaces of ``sensor.interfaces`` (through ``bpf/sensor.bpf.c``) an
 Emits: batches of ``(timestamp_us, frame)`` to a ``FrameSink`` and of ``TlsChunk`` to a ``TlsSink`` (the parsers), and
 per window a ``LiveWindow``: the sinks' ``ObservedCall`` records, the kernel's ``FlowVolume`` records, and counters.
 
-The parsers are behind the two sink protocols so that this module does not know which parser runs: today
-``MinimalHttpFrameSink`` (the foundation's minimal HTTP reader), later the Cython parsers. A parser that learns that
-a flow is AI traffic (SNI, Host) calls ``LiveCapture.mark_ai_flow`` so the kernel passes that flow's whole payload.
+The parsers are behind the two sink protocols so that this module does not know which parser runs: frames go to
+``SensorFrameSink``, the sensor's parsing core (``costmesh.native.sensor``, the same one capture replays use). A
+parser that learns that a flow is AI traffic (SNI, Host) calls ``LiveCapture.mark_ai_flow`` so the kernel passes
+that flow's whole payload.
 
 Overload: the kernel never waits for user space. A full packet ring drops and the socket counts it; a full TLS ring
 buffer drops and the program counts it; a full flow table counts the bytes in a separate slot. All three are
@@ -37,10 +38,10 @@ from prometheus_client import Counter, Gauge
 from costmesh.common.config import Config
 from costmesh.common.metrics import REGISTRY
 from costmesh.common.schemas import FlowVolume, ObservedCall
+from costmesh.native.sensor import Sensor
 
 from . import bpf
 from .live_ring import PacketRing
-from .pcap_http import MinimalHttpSensor
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +119,18 @@ class TlsSink(Protocol):
     def drain(self) -> list[ObservedCall]: ...
 
 
-class MinimalHttpFrameSink:
-    """The seam to the foundation's ``MinimalHttpSensor`` until the Cython parsers replace it."""
+class SensorFrameSink:
+    """Live frames into the sensor's parsing core. Ring frames carry an Ethernet header (``lo`` included)."""
 
-    def __init__(self, sensor: MinimalHttpSensor) -> None:
+    LINKTYPE_ETHERNET = 1
+
+    def __init__(self, sensor: Sensor) -> None:
         self.sensor = sensor
 
     def feed_frames(self, frames: Sequence[tuple[int, bytes]]) -> None:
-        feed = self.sensor.feed
+        feed, linktype = self.sensor.feed_frame, self.LINKTYPE_ETHERNET
         for ts_us, frame in frames:
-            feed(ts_us, frame)
+            feed(ts_us, linktype, frame)
 
     def drain(self) -> list[ObservedCall]:
         return self.sensor.drain()

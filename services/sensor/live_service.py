@@ -24,12 +24,12 @@ from costmesh.common.config import Config
 from costmesh.common.metrics import REGISTRY
 from costmesh.common.runtime import ServiceContext
 from costmesh.common.schemas import CallBatch, FlowVolume, ObservedCall
+from costmesh.native.sensor import Sensor
 
 from .bpf import BpfUnavailable
 from .identity import IdentityResolver, ProcIdentity
-from .live import LiveCapture, LiveWindow, MinimalHttpFrameSink
+from .live import LiveCapture, LiveWindow, SensorFrameSink
 from .live_tls import TlsHttpSink
-from .pcap_http import MinimalHttpSensor
 from .service import BatchSender
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> 
         pod_of_ip, pod_of_container = k8s.pod_of_ip, k8s.pod_of_container
     proc = ProcIdentity() if config.sensor.identity != "static" else None
     identity = IdentityResolver(config, proc=proc, pod_of_ip=pod_of_ip, pod_of_container=pod_of_container)
-    frames = MinimalHttpFrameSink(MinimalHttpSensor(config, node, window_us))
+    frames = SensorFrameSink(Sensor(config, node, window_us))
     tls = TlsHttpSink(
         config, node, window_us=window_us, name_of_pid=identity.name_of_pid, max_chunks=config.sensor.tls_max_chunks
     )

@@ -1,7 +1,8 @@
 """Sensor service: reads traffic (live through eBPF, or replayed capture files), aggregates it into ``ObservedCall``
 records per window and hands them to the node's redactor.
 
-Reads: capture files given with ``--replay``, else live traffic (``live_service``: eBPF on ``sensor.interfaces``).
+Reads: capture files given with ``--replay`` (pcap/pcapng, through ``costmesh.native.sensor``), else live traffic
+(``live_service``: eBPF on ``sensor.interfaces``), both through the same parsing core.
 Emits: ``CallBatch`` on ``costmesh.raw.<node>`` as a request that the
 redactor answers only after JetStream has stored the batch, so a batch is retried until it is safe and never lost;
 retries carry the same batch id, which JetStream de-duplicates.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from pathlib import Path
 
@@ -21,8 +23,7 @@ from costmesh.common import natsio
 from costmesh.common.metrics import BATCHES, ERRORS, RECORDS
 from costmesh.common.runtime import ServiceContext
 from costmesh.common.schemas import CallBatch, Codec, ObservedCall
-
-from .pcap_http import CaptureError, MinimalHttpSensor, read_pcap
+from costmesh.native.sensor import CaptureError, Sensor
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +78,66 @@ class BatchSender:
             return
 
 
-def replay(path: Path, sensor: MinimalHttpSensor) -> list[ObservedCall]:
-    """Run one capture through the parser; a broken file keeps what was read before the break."""
+def replay(path: Path, sensor: Sensor, on_records=None) -> list[ObservedCall]:
+    """Run one capture through the parser; a broken file keeps what was read before the break. Closed windows go to
+    ``on_records`` while the file is read (bounded memory); the rest is returned. Parse errors are counted by kind in
+    ``costmesh_errors_total``."""
     try:
-        for ts_us, frame in read_pcap(path):
-            sensor.feed(ts_us, frame)
+        sensor.feed_capture(path, on_records)
     except CaptureError as exc:
-        ERRORS.labels("sensor", "capture").inc()
         log.error("%s", exc)
-    return sensor.drain()
+    except OSError as exc:
+        ERRORS.labels("sensor", "capture_open").inc()
+        log.error("%s: cannot read: %s", path, exc.strerror)
+    records = sensor.drain(final=True)
+    for kind, n in sensor.stats()["errors"].items():
+        ERRORS.labels("sensor", kind).inc(n)
+    return records
+
+
+async def _replay_and_send(path: Path, sensor: Sensor, sender: BatchSender, stopping: asyncio.Event) -> tuple[int, int]:
+    """Parse in a worker thread and send each chunk of closed windows as it comes: (batches, records) sent.
+
+    The queue between them is small, so parsing never runs far ahead of what the redactor confirmed; when sending
+    stops (service stopping, an error), the parser is told to stop and the queue is drained so the thread can end."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[list[ObservedCall] | None] = asyncio.Queue(maxsize=4)
+    abort = threading.Event()
+
+    class _Stopped(Exception):
+        """Raised inside the parser thread to end a replay early."""
+
+    def put(item: list[ObservedCall] | None) -> None:
+        asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
+
+    def produce() -> None:
+        def hand_over(records: list[ObservedCall]) -> None:
+            if stopping.is_set() or abort.is_set():
+                raise _Stopped
+            put(records)
+
+        try:
+            hand_over(replay(path, sensor, hand_over))
+        except _Stopped:
+            log.info("replay stopped early", extra={"file": str(path)})
+        finally:
+            put(None)
+
+    worker = asyncio.create_task(asyncio.to_thread(produce), name="sensor-replay")
+    batches = records = 0
+    try:
+        while (chunk := await queue.get()) is not None:
+            batches += await sender.send(chunk, stopping)
+            records += len(chunk)
+    finally:
+        abort.set()
+        while not worker.done():
+            try:
+                queue.get_nowait()
+            except asyncio.QueueEmpty:
+                await asyncio.sleep(0.01)
+        await worker
+    return batches, records
 
 
 async def main(ctx: ServiceContext, replay_files: list[Path], print_bpf: bool = False) -> None:
@@ -96,11 +148,10 @@ async def main(ctx: ServiceContext, replay_files: list[Path], print_bpf: bool = 
     ctx.ready = True
     try:
         for path in replay_files:
-            records = replay(path, MinimalHttpSensor(ctx.config, node, int(ctx.config.sensor.window_s * 1e6)))
-            batches = await sender.send(records, ctx.stopping)
+            batches, records = await _replay_and_send(path, Sensor(ctx.config, node), sender, ctx.stopping)
             ctx.health["batches_published"] = int(ctx.health["batches_published"]) + batches
-            ctx.health["records_published"] = int(ctx.health["records_published"]) + len(records)
-            log.info("replayed capture", extra={"file": str(path), "records": len(records), "batches": batches})
+            ctx.health["records_published"] = int(ctx.health["records_published"]) + records
+            log.info("replayed capture", extra={"file": str(path), "records": records, "batches": batches})
         ctx.health["replay_done"] = True
         if not replay_files:
             from .live_service import run_live

@@ -1,0 +1,144 @@
+# Byte-level helpers shared by the compiled parsers: growable buffers and bounds-taking scans over raw pointers.
+# Every function takes the length it may read; callers pass spans they own. Inline: no module is imported at run time.
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, realloc
+from libc.string cimport memchr, memcmp, memcpy
+
+cdef struct Buf:
+    char* p
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef inline int buf_reserve(Buf* b, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t want = b.n + extra
+    cdef Py_ssize_t cap
+    cdef char* p
+    if want <= b.cap:
+        return 0
+    cap = b.cap * 2 if b.cap else 64
+    if cap < want:
+        cap = want
+    p = <char*>realloc(b.p, cap)
+    if p == NULL:
+        raise MemoryError()
+    b.p = p
+    b.cap = cap
+    return 0
+
+
+cdef inline int buf_add(Buf* b, const char* src, Py_ssize_t n) except -1:
+    if n <= 0:
+        return 0
+    if b.n + n > b.cap:
+        buf_reserve(b, n)
+    memcpy(b.p + b.n, src, n)
+    b.n += n
+    return 0
+
+
+cdef inline int buf_set(Buf* b, const char* src, Py_ssize_t n) except -1:
+    b.n = 0
+    return buf_add(b, src, n)
+
+
+cdef inline void buf_free(Buf* b) noexcept nogil:
+    free(b.p)
+    b.p = NULL
+    b.n = 0
+    b.cap = 0
+
+
+cdef inline void buf_trim(Buf* b) noexcept nogil:
+    """Forget the content; give big allocations back (a flow slot is reused by many flows)."""
+    b.n = 0
+    if b.cap > 4096:
+        buf_free(b)
+
+
+cdef inline bytes buf_bytes(Buf* b):
+    if b.n == 0:
+        return b""
+    return PyBytes_FromStringAndSize(b.p, b.n)
+
+
+cdef inline int32_t s32(uint32_t x) noexcept nogil:
+    return <int32_t>x
+
+
+cdef inline uint32_t be32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+
+
+cdef inline bint is_ws(char c) noexcept nogil:
+    return c == 32 or c == 9
+
+
+cdef inline void strip(const char** p, Py_ssize_t* n) noexcept nogil:
+    while n[0] > 0 and is_ws(p[0][0]):
+        p[0] += 1
+        n[0] -= 1
+    while n[0] > 0 and is_ws(p[0][n[0] - 1]):
+        n[0] -= 1
+
+
+cdef inline char lower(char c) noexcept nogil:
+    if 65 <= c <= 90:
+        return c + 32
+    return c
+
+
+cdef inline bint eq_lower(const char* a, Py_ssize_t n, const char* lowered, Py_ssize_t m) noexcept nogil:
+    cdef Py_ssize_t i
+    if n != m:
+        return False
+    for i in range(n):
+        if lower(a[i]) != lowered[i]:
+            return False
+    return True
+
+
+cdef inline bint starts(const char* p, Py_ssize_t n, const char* s, Py_ssize_t m) noexcept nogil:
+    return n >= m and memcmp(p, s, m) == 0
+
+
+cdef inline Py_ssize_t find(const char* p, Py_ssize_t n, const char* s, Py_ssize_t m) noexcept nogil:
+    """Offset of ``s`` in ``p[:n]`` or -1."""
+    cdef Py_ssize_t i = 0
+    cdef const char* hit
+    if m == 0:
+        return 0
+    while i + m <= n:
+        hit = <const char*>memchr(p + i, s[0], n - i - m + 1)
+        if hit == NULL:
+            return -1
+        i = hit - p
+        if memcmp(hit, s, m) == 0:
+            return i
+        i += 1
+    return -1
+
+
+cdef inline Py_ssize_t find_crlf2(const char* p, Py_ssize_t start, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t r = find(p + start, n - start, b"\r\n\r\n", 4)
+    return r + start if r >= 0 else -1
+
+
+cdef inline uint64_t hash_bytes(const char* p, Py_ssize_t n) noexcept nogil:
+    """FNV-1a over 8-byte words (then the tail), mixed; keys are short."""
+    cdef uint64_t h = 0xCBF29CE484222325ULL
+    cdef uint64_t w
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        memcpy(&w, p + i, 8)
+        h = (h ^ w) * 0x100000001B3ULL
+        h ^= h >> 29
+        i += 8
+    while i < n:
+        h = (h ^ <uint8_t>p[i]) * 0x100000001B3ULL
+        i += 1
+    h ^= h >> 32
+    h *= 0xD6E8FEB86659FD93ULL
+    h ^= h >> 32
+    return h

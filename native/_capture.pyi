@@ -1,0 +1,16 @@
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from .kinds import CaptureError as CaptureError
+
+class CaptureReader:
+    path: str
+    frames: int
+    format: str
+    offset: int
+    def __init__(self, source: str | Path | BinaryIO, chunk_size: int = ...) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> CaptureReader: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def __iter__(self) -> Iterator[tuple[int, int, bytes]]: ...

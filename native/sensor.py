@@ -1,0 +1,289 @@
+"""The sensor's parsing core behind one class: frames or capture files in, ``ObservedCall`` records out.
+
+Reads: a ``Config`` (extraction rules, workloads, sensor ports/limits) and frames, live or from capture files. Emits:
+``ObservedCall`` per window, source, destination, protocol, operation and tenant/feature/agent, plus ``stats()``
+(frames, flows, parse errors by kind). The per-frame work runs in ``Engine`` (compiled ``_engine`` or its pure-Python
+twin ``_engine_py``, chosen by ``COSTMESH_NO_EXTENSIONS``); this module holds the cold paths both builds share (naming,
+rules that need Python, AI usage, DNS and TLS names) and builds the contract records.
+"""
+
+from __future__ import annotations
+
+import gc
+import ipaddress
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from costmesh.common.config import Config
+from costmesh.common.schemas import ObservedCall
+
+from . import NO_EXTENSIONS, ai, names
+from .capture import CaptureError, CaptureReader
+from .kinds import E
+from .rules import RuleSet, decode_json
+
+if NO_EXTENSIONS:
+    from ._engine_py import PROTOCOLS, Engine
+else:
+    try:
+        from ._engine import PROTOCOLS, Engine
+    except ImportError:  # not built: the pure-Python twin, same behaviour
+        from ._engine_py import PROTOCOLS, Engine
+
+#: Which build runs: "cython" or "python".
+BUILD = "python" if Engine.__module__.endswith("_py") else "cython"
+
+__all__ = ["BUILD", "CaptureError", "CaptureReader", "Engine", "Sensor", "Slow", "address_text"]
+
+MAX_DNS_NAMES = 65536
+_V4 = b"\x00" * 10 + b"\xff\xff"
+
+
+def address_text(addr: bytes) -> str:
+    if addr[:12] == _V4:
+        return ".".join(str(b) for b in addr[12:])
+    return str(ipaddress.IPv6Address(addr))
+
+
+class Slow:
+    """Cold paths called by the engine (both builds): at most once per request head, AI call, DNS message, TLS or
+    PostgreSQL connection, never per frame in the default configuration."""
+
+    def __init__(self, config: Config) -> None:
+        self.rules = RuleSet(config.rules)
+        self._body_cache: tuple[bytes, object] | None = None
+        self._providers: dict[tuple[bytes, bytes], str] = {}
+        self.dns_names: OrderedDict[bytes, str] = OrderedDict()
+
+    def is_ai(self, target: bytes, host: bytes) -> bool:
+        return ai.is_ai_request(target, host)
+
+    def _decode(self, body: bytes):
+        """Decode a request body once for both the body rules and the AI request (same call completes both)."""
+        cached = self._body_cache
+        if cached is not None and cached[0] == body:
+            return cached[1]
+        doc = decode_json(body)
+        self._body_cache = (body, doc)
+        return doc
+
+    def resolve(self, head: bytes, body: bytes | None, starts: tuple[int, int, int], is_ai: bool):
+        self._body_cache = None
+        return self.rules.resolve(head, body, starts, is_ai, self._decode)
+
+    def _provider(self, target: bytes, host: bytes) -> str:
+        key = (target, host)
+        provider = self._providers.get(key)
+        if provider is None:
+            if len(self._providers) > 4096:
+                self._providers.clear()
+            provider = self._providers[key] = ai.provider_of(target, host)
+        return provider
+
+    def _request_model(self, req_body: bytes) -> str:
+        return ai.parse_request(req_body, self._decode(req_body) if req_body else None).model
+
+    def complete(self, head, body, starts, is_ai, target, host, resp_body, ct, ce, answered):
+        """End of a request whose completion needs Python: (ids for the deferred targets or None, AI usage tuple,
+        None for an unreadable AI body, or None when not an AI call)."""
+        found = self.rules.resolve(head, body, starts, is_ai, self._decode) if starts is not None else None
+        usage = self.ai(target, host, body, resp_body, ct, ce, answered) if is_ai else None
+        self._body_cache = None
+        return found, usage
+
+    def ai(self, target, host, req_body, resp_body, ct, ce, answered):
+        provider = self._provider(target, host)
+        if not answered:
+            model = self._request_model(req_body) or ai._model_from_path(target)
+            return (provider.encode(), model.encode("utf-8", "replace")[:256], 0, 0, 0, 0)
+        try:
+            # the model the response names wins; the request's (decoded only when needed), then the path's
+            u = ai.response_usage(resp_body, ct, ce, b"", host, "", provider)
+        except ValueError:
+            return None
+        model = u.model or self._request_model(req_body) or ai._model_from_path(target)
+        return (
+            u.provider.encode(),
+            model.encode("utf-8", "replace")[:256],
+            u.tokens_in,
+            u.tokens_out,
+            u.tokens_cached,
+            u.tokens_reasoning,
+        )
+
+    def dns(self, msg: bytes):
+        try:
+            m = names.dns_message(msg)
+        except ValueError:
+            return None
+        for addr, name in m.answers:
+            key = _V4 + addr if len(addr) == 4 else addr
+            self.dns_names[key] = name.decode("ascii", "replace")
+            self.dns_names.move_to_end(key)
+            if len(self.dns_names) > MAX_DNS_NAMES:
+                self.dns_names.popitem(last=False)
+        return (m.response, m.rcode, m.qname)
+
+    def tls(self, record: bytes):
+        try:
+            hello = names.client_hello(record)
+        except ValueError:
+            return None
+        return (hello.sni, hello.ech, self.rules.resolve_sni(hello.sni))
+
+    def pg_startup(self, user: bytes, database: bytes):
+        return self.rules.resolve_pg(user, database)
+
+
+class Sensor:
+    """Frames → per-window ``ObservedCall``; ``engine_cls``/``reader_cls`` pick a build explicitly (tests)."""
+
+    def __init__(
+        self,
+        config: Config,
+        node: str,
+        window_us: int | None = None,
+        engine_cls: type | None = None,
+        reader_cls: type | None = None,
+    ) -> None:
+        self.config = config
+        self.node = node
+        self.window_us = int(window_us or config.sensor.window_s * 1_000_000)
+        self.slow = Slow(config)
+        self.reader_cls = reader_cls or CaptureReader
+        self.engine = (engine_cls or Engine)(
+            self.slow, self.window_us, config.sensor.max_flows, config.sensor.postgres_ports, config.sensor.http_ports
+        )
+        self._workloads = [(ipaddress.ip_network(w.address, strict=False), w.port, w.name) for w in config.workloads]
+        self._names: dict[tuple[bytes, int], str | None] = {}
+
+    def feed_capture(
+        self,
+        source: str | Path | BinaryIO,
+        on_records: Callable[[list[ObservedCall]], None] | None = None,
+        chunk_frames: int = 200_000,
+    ) -> int:
+        """Stream one capture through the engine; a ``CaptureError`` is counted, then raised (frames before it stay).
+
+        With ``on_records``, windows that closed are drained every ``chunk_frames`` frames and handed over, so a
+        capture of any size runs in bounded memory; the caller drains the rest (``drain(final=True)``) at the end."""
+        reader = self.reader_cls(source)
+        # The compiled engine reads the compiled reader in C; anything else is consumed as one resumable iterator.
+        direct = type(reader).__module__.endswith("._capture") and type(self.engine).__module__.endswith("._engine")
+        feed = reader if direct else iter(reader)
+        total = 0
+        try:
+            while True:
+                n = self.engine.feed_capture(feed, chunk_frames if on_records else -1)
+                total += n
+                if not n or not on_records:
+                    return total
+                records = self.drain(now_us=self.engine.last_ts - self.window_us)
+                if records:
+                    on_records(records)
+        except CaptureError as exc:
+            self.engine.count_error(exc.kind)
+            raise
+        finally:
+            reader.close()
+
+    def feed_frame(self, ts_us: int, linktype: int, frame: bytes) -> None:
+        self.engine.feed_frame(ts_us, linktype, frame)
+
+    def stats(self) -> dict:
+        return self.engine.stats()
+
+    def _workload(self, addr: bytes, port: int) -> str | None:
+        key = (addr, port)
+        if key not in self._names:
+            ip = ipaddress.ip_address(address_text(addr))
+            found = None
+            for net, wport, name in self._workloads:
+                if ip.version == net.version and ip in net and (not wport or wport == port):
+                    found = name
+                    break
+            self._names[key] = found
+        return self._names[key]
+
+    def _dst(self, addr: bytes, port: int, host: bytes) -> str:
+        name = self._workload(addr, port)
+        if name:
+            return name
+        if host:
+            return host.decode("utf-8", "replace").lower()
+        dns = self.slow.dns_names.get(addr)
+        if dns:
+            return dns
+        text = address_text(addr)
+        return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+    def drain(self, now_us: int = -1, final: bool = False) -> list[ObservedCall]:
+        """Records of the closed windows (all, and every open flow ended, when ``final``)."""
+        rules = self.slow.rules
+        out: list[ObservedCall] = []
+        gc_was_on = gc.isenabled()
+        gc.disable()  # records are made by the thousand and hold no cycles: no collection passes meanwhile
+        try:
+            self._build(self.engine.drain(now_us, final), out, rules.methods, rules.names)
+        finally:
+            if gc_was_on:
+                gc.enable()
+        return out
+
+    def _build(self, rows: list[tuple], out: list[ObservedCall], methods: list[str], names: list[str]) -> None:
+        node, width = self.node, self.window_us
+        texts = _Memo(lambda raw: raw.decode("utf-8", "replace"))  # ids, provider, model repeat within a drain
+        srcs = _Memo(lambda src: self._workload(src, 0) or address_text(src))
+        dsts = _Memo(lambda key: self._dst(*key))
+        method_of = [*methods, "unallocated"]  # rule -1 (nothing matched) reads the last entry
+        rule_of = [*names, ""]
+        append = out.append
+        for (
+            window, src, dst, dport, proto, op, host, tv, tr, fv, _fr, av, _ar, provider, model,
+            requests, errors, bytes_in, bytes_out, busy, tin, tout, tc, treason,
+        ) in rows:  # fmt: skip
+            append(
+                ObservedCall(
+                    window_start_us=window,
+                    window_end_us=window + width,
+                    node=node,
+                    src_workload=srcs[src],
+                    dst=dsts[(dst, dport, host)],
+                    protocol=PROTOCOLS[proto],
+                    operation=op.decode("utf-8", "replace"),
+                    tenant=texts[tv],
+                    tenant_method=method_of[tr],
+                    tenant_rule=rule_of[tr],
+                    feature=texts[fv],
+                    agent=texts[av],
+                    requests=requests,
+                    errors=errors,
+                    bytes_in=bytes_in,
+                    bytes_out=bytes_out,
+                    busy_us=busy,
+                    tokens_in=tin,
+                    tokens_out=tout,
+                    tokens_cached=tc,
+                    tokens_reasoning=treason,
+                    provider=texts[provider],
+                    model=texts[model],
+                )
+            )
+
+
+class _Memo(dict):
+    """A dict that computes a missing value once (one lookup per hit, no ``get`` + store dance)."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key):
+        value = self[key] = self._make(key)
+        return value
+
+
+def error_kind_index(kind: str) -> int:
+    return E[kind]
