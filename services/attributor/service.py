@@ -1,27 +1,134 @@
-"""Attributor service: the durable JetStream consumer that turns redacted call batches into consumption rows.
+"""Attributor service: the durable JetStream consumer that turns redacted call batches into the attribution model.
 
-Reads: ``COSTMESH_EVENTS`` through the durable pull consumer (all replicas share it as one work queue). Writes:
-``consumption_minute`` and ``applied_batches`` in PostgreSQL. A message is acknowledged (double ack: the server
-confirms) only after its transaction committed, so a crash at any point leads to redelivery, and redelivery to no
-change.
+Reads: ``COSTMESH_EVENTS`` through the durable pull consumer (all replicas share it as one work queue). Writes, through
+``apply.apply_batches``: consumption, graph, queue, AI usage and applied-batch rows in PostgreSQL, several fetched
+messages per transaction. A message is acknowledged (double ack: the server confirms) only after its transaction
+committed, so a crash at any point leads to redelivery, and redelivery to no change.
+
+When PostgreSQL is unreachable the fetched messages are held, kept alive with ``in_progress`` and retried with
+back-off; JetStream keeps the backlog. Maintenance (partitions, rollups, retention, tenant resolution) and the
+runaway-AI-cost detector run beside the consumer loop as named tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
 
+import asyncpg
 import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 
 from costmesh.common import db, natsio
 from costmesh.common.metrics import BATCHES, ERRORS, RECORDS
+from costmesh.common.prices import PriceTable
 from costmesh.common.runtime import ServiceContext
-from costmesh.common.schemas import Codec
+from costmesh.common.schemas import CallBatch, Codec
 
-from .apply import apply_batch
+from .apply import Applied, apply_batches, prepare
 
 log = logging.getLogger(__name__)
+
+#: Back-off bounds while PostgreSQL is away, seconds.
+RETRY_MIN_S = 0.2
+RETRY_MAX_S = 3.0
+#: How often held messages are kept alive (``in_progress``) while PostgreSQL is away; well inside the ack wait.
+KEEPALIVE_S = 10.0
+
+
+class Writer:
+    """One PostgreSQL connection that applies groups of batches, reconnecting and retrying until they commit."""
+
+    def __init__(self, dsn: str, prices: PriceTable, health: dict[str, object] | None = None) -> None:
+        self.dsn = dsn
+        self.health = health if health is not None else {}
+        self.prices = prices
+        self.conn: asyncpg.Connection | None = None
+        self.retries = 0
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self.conn is None or self.conn.is_closed():
+            conn = await asyncpg.connect(self.dsn, timeout=5)
+            try:
+                await prepare(conn)
+            except BaseException:
+                conn.terminate()
+                raise
+            self.conn = conn
+        return self.conn
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            self.conn.terminate()
+            self.conn = None
+
+    async def apply(
+        self,
+        batches: Sequence[CallBatch],
+        stopping: asyncio.Event,
+        keepalive: Callable[[], Awaitable[None]] | None = None,
+    ) -> Applied | None:
+        """Apply until committed; ``None`` when asked to stop first (nothing acknowledged: the batches come back)."""
+        delay = RETRY_MIN_S
+        last_keepalive = time.monotonic()
+        while True:
+            try:
+                conn = await self._connection()
+                return await apply_batches(conn, batches, self.prices)
+            except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+                if isinstance(exc, asyncpg.PostgresError) and not _retryable(exc):
+                    raise
+                self.retries += 1
+                self.health["db_retries"] = self.retries
+                self._drop()
+                log.warning(
+                    "database unavailable, holding %d batches and retrying", len(batches), extra={"why": repr(exc)}
+                )
+            if keepalive is not None and time.monotonic() - last_keepalive > KEEPALIVE_S:
+                last_keepalive = time.monotonic()
+                try:
+                    await keepalive()
+                except Exception as exc:  # NATS away too: the messages will simply be redelivered
+                    log.warning("could not extend the ack wait", extra={"why": repr(exc)})
+            try:
+                await asyncio.wait_for(stopping.wait(), delay)
+                return None
+            except TimeoutError:
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.close(timeout=2)
+            self.conn = None
+
+
+def _retryable(exc: asyncpg.PostgresError) -> bool:
+    """Server errors that mean "not now" (shutting down, starting up, serialization, deadlock, out of resources)."""
+    state = getattr(exc, "sqlstate", "") or ""
+    return state.startswith(("08", "40", "53", "57P")) or isinstance(
+        exc, (asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError)
+    )
+
+
+def decode_all(codec: Codec, msgs: Sequence) -> tuple[list, list[CallBatch], list]:
+    """Split fetched messages into (good messages, their batches, malformed messages)."""
+    good, batches, bad = [], [], []
+    for msg in msgs:
+        try:
+            batches.append(codec.decode_batch(msg.data))
+            good.append(msg)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            ERRORS.labels("attributor", "schema").inc()
+            subject = getattr(msg, "subject", "?")
+            seq = getattr(getattr(msg, "metadata", None), "sequence", None)
+            log.error(
+                "terminating a message that does not match the contract",
+                extra={"subject": subject, "stream_seq": getattr(seq, "stream", None), "reason": str(exc)},
+            )
+            bad.append(msg)
+    return good, batches, bad
 
 
 async def main(ctx: ServiceContext) -> None:
@@ -34,7 +141,8 @@ async def main(ctx: ServiceContext) -> None:
     await natsio.ensure_consumer(js, cfg.nats.stream, cfg.attributor.durable)
     sub = await js.pull_subscribe(natsio.EVENTS_WILDCARD, durable=cfg.attributor.durable, stream=cfg.nats.stream)
     codec = Codec()
-    ctx.health.update(applied_batches=0, duplicate_batches=0)
+    writer = Writer(ctx.dsn, PriceTable.from_config(cfg), ctx.health)
+    ctx.health.update(applied_batches=0, duplicate_batches=0, applied_records=0, db_retries=0)
     ctx.ready = True
     try:
         while not ctx.stopping.is_set():
@@ -42,29 +150,44 @@ async def main(ctx: ServiceContext) -> None:
                 msgs = await sub.fetch(cfg.attributor.fetch_batch, timeout=1)
             except NatsTimeout:
                 continue
-            for msg in msgs:
-                try:
-                    batch = codec.decode_batch(msg.data)
-                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    ERRORS.labels("attributor", "schema").inc()
-                    log.error("terminating a message that does not match the contract", extra={"reason": str(exc)})
-                    await msg.term()
-                    continue
-                try:
-                    async with pool.acquire() as conn:
-                        fresh = await apply_batch(conn, batch)
-                except db.TRANSIENT_ERRORS as exc:
-                    log.warning("database unavailable, batch left for redelivery", extra={"why": repr(exc)})
-                    await asyncio.sleep(1)
-                    break
-                await msg.ack_sync()
-                key = "applied_batches" if fresh else "duplicate_batches"
-                ctx.health[key] = int(ctx.health[key]) + 1
-                BATCHES.labels("attributor", "applied" if fresh else "duplicate").inc()
-                if fresh:
-                    RECORDS.labels("attributor").inc(len(batch.records))
+            except Exception as exc:  # NATS reconnecting (cluster node lost): fetch again shortly
+                log.warning("fetch failed, retrying", extra={"why": repr(exc)})
+                await asyncio.sleep(0.5)
+                continue
+            good, batches, bad = decode_all(codec, msgs)
+            for msg in bad:
+                await msg.term()
+            if not batches:
+                continue
+
+            async def keepalive(held=good) -> None:
+                await asyncio.gather(*(m.in_progress() for m in held))
+
+            applied = await writer.apply(batches, ctx.stopping, keepalive)
+            if applied is None:
+                break
+            await _ack_all(good)
+            fresh = len(applied.fresh)
+            ctx.health["applied_batches"] = int(ctx.health["applied_batches"]) + fresh
+            ctx.health["duplicate_batches"] = int(ctx.health["duplicate_batches"]) + applied.duplicates
+            ctx.health["applied_records"] = int(ctx.health["applied_records"]) + applied.records
+            BATCHES.labels("attributor", "applied").inc(fresh)
+            BATCHES.labels("attributor", "duplicate").inc(applied.duplicates)
+            RECORDS.labels("attributor").inc(applied.records)
     finally:
         # close, not drain: a pull subscription never finishes draining, and nothing is in flight once the loop ends.
-        await sub.unsubscribe()
+        await writer.close()
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:  # the connection may already be gone; nothing to release then
+            log.debug("unsubscribe failed", extra={"why": repr(exc)})
         await nc.close()
         await pool.close()
+
+
+async def _ack_all(msgs: Sequence) -> None:
+    """Double-ack every message of a committed group; a lost ack only means a redelivery that changes nothing."""
+    results = await asyncio.gather(*(m.ack_sync(timeout=5) for m in msgs), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        log.warning("%d acks not confirmed; those batches will be redelivered and skipped", len(failed))
