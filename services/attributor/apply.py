@@ -53,12 +53,19 @@ _as_row = operator.attrgetter(*STAGING_COLUMNS)
 QUEUE_PROTOCOLS = ("kafka", "amqp", "nats")
 
 CREATE_STAGING = """
+SET temp_buffers = '256MB';
+SET work_mem = '256MB';
 CREATE TEMP TABLE IF NOT EXISTS staging_calls (
     window_start_us bigint NOT NULL, tenant text NOT NULL, tenant_method text NOT NULL, feature text NOT NULL,
     agent text NOT NULL, src_workload text NOT NULL, dst text NOT NULL, protocol text NOT NULL, operation text NOT NULL,
     requests bigint NOT NULL, errors bigint NOT NULL, bytes_in bigint NOT NULL, bytes_out bigint NOT NULL,
     busy_us bigint NOT NULL, tokens_in bigint NOT NULL, tokens_out bigint NOT NULL, tokens_cached bigint NOT NULL,
     tokens_reasoning bigint NOT NULL
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS staging_edges (
+    m bigint NOT NULL, src_workload text NOT NULL, dst text NOT NULL, protocol text NOT NULL, operation text NOT NULL,
+    calls bigint NOT NULL, errors bigint NOT NULL, bytes_in bigint NOT NULL, bytes_out bigint NOT NULL,
+    busy_us bigint NOT NULL, first_us bigint NOT NULL, last_us bigint NOT NULL
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS staging_ai (
     minute timestamptz NOT NULL, tenant text NOT NULL, tenant_method text NOT NULL, feature text NOT NULL,
@@ -85,9 +92,12 @@ _KEY = ("minute", "tenant", "tenant_method", "feature", "agent", "src_workload",
 
 MERGE_CONSUMPTION = f"""
 INSERT INTO consumption_minute AS c ({", ".join(_KEY)}, {", ".join(_MEASURES)})
-SELECT {_MINUTE_SQL}, tenant, tenant_method, feature, agent, src_workload, dst, protocol,
-    {", ".join(f"sum({m})" for m in _MEASURES)}
-FROM staging_calls GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+SELECT to_timestamp(m * 60), tenant, tenant_method, feature, agent, src_workload, dst, protocol, {", ".join(_MEASURES)}
+FROM (
+    SELECT window_start_us / 60000000 AS m, tenant, tenant_method, feature, agent, src_workload, dst, protocol,
+        {", ".join(f"sum({m}) AS {m}" for m in _MEASURES)}
+    FROM staging_calls GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+) AS per_minute
 ON CONFLICT ({", ".join(_KEY)}) DO UPDATE SET
     {", ".join(f"{m} = c.{m} + EXCLUDED.{m}" for m in _MEASURES)}
 """
@@ -104,21 +114,31 @@ _ROLE_SQL = (
     "'put', 'push') THEN 'producer' WHEN bytes_out >= bytes_in THEN 'producer' ELSE 'consumer' END"
 )
 
+#: One pass over the staging rows for everything keyed by edge (graph edges, nodes, dirty minutes): the later
+#: statements read this small table instead of the records again.
+FILL_EDGES = f"""
+INSERT INTO staging_edges
+SELECT window_start_us / 60000000, src_workload, dst, protocol,
+    CASE WHEN protocol IN {QUEUE_PROTOCOLS!r} THEN operation ELSE '' END,
+    sum(requests), sum(errors), sum(bytes_in), sum(bytes_out), sum(busy_us), min(window_start_us), max(window_start_us)
+FROM staging_calls GROUP BY 1, 2, 3, 4, 5
+"""
+
 #: Edges per minute. A queue consumer's edge points from the topic to the consumer, so that the graph reads
 #: producer → topic → consumer.
 MERGE_EDGES = f"""
 WITH e AS (
-    SELECT {_MINUTE_SQL} AS minute,
+    SELECT to_timestamp(m * 60) AS minute,
         CASE WHEN protocol IN {QUEUE_PROTOCOLS!r} AND {_ROLE_SQL} = 'consumer' THEN 'topic:' || {_TOPIC_SQL}
              ELSE src_workload END AS src,
         CASE WHEN protocol IN {QUEUE_PROTOCOLS!r} AND {_ROLE_SQL} = 'consumer' THEN src_workload
              WHEN protocol IN {QUEUE_PROTOCOLS!r} THEN 'topic:' || {_TOPIC_SQL}
              ELSE dst END AS dst,
-        protocol, requests, errors, bytes_in, bytes_out, busy_us
-    FROM staging_calls
+        protocol, calls, errors, bytes_in, bytes_out, busy_us
+    FROM staging_edges
 )
 INSERT INTO graph_edge_minute AS g (minute, src, dst, protocol, calls, errors, bytes_in, bytes_out, busy_us)
-SELECT minute, src, dst, protocol, sum(requests), sum(errors), sum(bytes_in), sum(bytes_out), sum(busy_us)
+SELECT minute, src, dst, protocol, sum(calls), sum(errors), sum(bytes_in), sum(bytes_out), sum(busy_us)
 FROM e GROUP BY 1, 2, 3, 4
 ON CONFLICT (minute, src, dst, protocol) DO UPDATE SET
     calls = g.calls + EXCLUDED.calls, errors = g.errors + EXCLUDED.errors, bytes_in = g.bytes_in + EXCLUDED.bytes_in,
@@ -128,19 +148,19 @@ ON CONFLICT (minute, src, dst, protocol) DO UPDATE SET
 #: Nodes appear on first sight, with no configuration; ``last_seen`` lets idle ones age out of the live graph.
 MERGE_NODES = f"""
 WITH n AS (
-    SELECT src_workload AS name, 'workload' AS kind, window_start_us AS at_us FROM staging_calls
+    SELECT src_workload AS name, 'workload' AS kind, first_us, last_us FROM staging_edges
     UNION ALL
     SELECT CASE WHEN protocol IN {QUEUE_PROTOCOLS!r} THEN 'topic:' || {_TOPIC_SQL} ELSE dst END,
         CASE WHEN protocol IN {QUEUE_PROTOCOLS!r} THEN 'topic'
              WHEN protocol IN ('postgres', 'redis', 'mongodb') THEN 'database'
              WHEN protocol = 'tls' OR dst ~ '[a-zA-Z]\\.[a-zA-Z]' THEN 'external'
              ELSE 'service' END,
-        window_start_us
-    FROM staging_calls
+        first_us, last_us
+    FROM staging_edges
 )
 INSERT INTO graph_node AS g (name, kind, first_seen, last_seen)
 SELECT name, CASE WHEN bool_or(kind = 'workload') THEN 'workload' ELSE min(kind) END,
-    to_timestamp(min(at_us) / 1000000.0), to_timestamp(max(at_us) / 1000000.0)
+    to_timestamp(min(first_us) / 1000000.0), to_timestamp(max(last_us) / 1000000.0)
 FROM n WHERE name <> '' GROUP BY name
 ON CONFLICT (name) DO UPDATE SET
     kind = CASE WHEN g.kind = 'workload' OR EXCLUDED.kind = 'workload' THEN 'workload' ELSE g.kind END,
@@ -169,8 +189,9 @@ ON CONFLICT (minute, tenant, tenant_method, feature, agent, src_workload, provid
     cost_micros = a.cost_micros + EXCLUDED.cost_micros
 """
 
-MARK_DIRTY = f"""
-INSERT INTO dirty_minutes (minute) SELECT DISTINCT {_MINUTE_SQL} FROM staging_calls ON CONFLICT DO NOTHING
+MARK_DIRTY = """
+INSERT INTO dirty_minutes AS d (minute) SELECT DISTINCT to_timestamp(m * 60) FROM staging_edges
+ON CONFLICT (minute) DO UPDATE SET gen = d.gen + 1
 """
 
 _RECORD_IDS = """
@@ -270,6 +291,7 @@ async def apply_batches(conn: asyncpg.Connection, batches: Sequence[CallBatch], 
         if rows:
             await conn.copy_records_to_table("staging_calls", records=rows, columns=STAGING_COLUMNS)
             await conn.execute(MERGE_CONSUMPTION)
+            await conn.execute(FILL_EDGES)
             await conn.execute(MERGE_EDGES)
             await conn.execute(MERGE_NODES)
             await conn.execute(MERGE_QUEUES)

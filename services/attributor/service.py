@@ -13,9 +13,11 @@ runaway-AI-cost detector run beside the consumer loop as named tasks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
@@ -27,6 +29,7 @@ from costmesh.common.prices import PriceTable
 from costmesh.common.runtime import ServiceContext
 from costmesh.common.schemas import CallBatch, Codec
 
+from . import maintenance
 from .apply import Applied, apply_batches, prepare
 
 log = logging.getLogger(__name__)
@@ -143,6 +146,7 @@ async def main(ctx: ServiceContext) -> None:
     codec = Codec()
     writer = Writer(ctx.dsn, PriceTable.from_config(cfg), ctx.health)
     ctx.health.update(applied_batches=0, duplicate_batches=0, applied_records=0, db_retries=0)
+    upkeep = asyncio.create_task(maintenance_loop(ctx), name="attributor-maintenance")
     ctx.ready = True
     try:
         while not ctx.stopping.is_set():
@@ -175,6 +179,8 @@ async def main(ctx: ServiceContext) -> None:
             BATCHES.labels("attributor", "duplicate").inc(applied.duplicates)
             RECORDS.labels("attributor").inc(applied.records)
     finally:
+        upkeep.cancel()
+        await asyncio.gather(upkeep, return_exceptions=True)
         # close, not drain: a pull subscription never finishes draining, and nothing is in flight once the loop ends.
         await writer.close()
         try:
@@ -191,3 +197,36 @@ async def _ack_all(msgs: Sequence) -> None:
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         log.warning("%d acks not confirmed; those batches will be redelivered and skipped", len(failed))
+
+
+async def maintenance_loop(ctx: ServiceContext) -> None:
+    """Run a maintenance pass now and every ``maintenance_interval_s``; a database outage only delays it."""
+    cfg = ctx.config
+    conn: asyncpg.Connection | None = None
+    ctx.health.update(maintenance_passes=0)
+    while not ctx.stopping.is_set():
+        try:
+            if conn is None or conn.is_closed():
+                conn = await asyncpg.connect(ctx.dsn, timeout=5)
+                await maintenance.prepare(conn)
+            up = await maintenance.run_pass(conn, cfg, datetime.now(UTC))
+            if up is not None:
+                ctx.health["maintenance_passes"] = int(ctx.health["maintenance_passes"]) + 1
+                if up.partitions_created or up.partitions_dropped or up.rows_expired:
+                    log.info(
+                        "maintenance",
+                        extra={
+                            "created": len(up.partitions_created),
+                            "dropped": len(up.partitions_dropped),
+                            "expired": up.rows_expired,
+                        },
+                    )
+        except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            log.warning("maintenance pass failed; retrying later", extra={"why": repr(exc)})
+            if conn is not None:
+                conn.terminate()
+                conn = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.stopping.wait(), cfg.attributor.maintenance_interval_s)
+    if conn is not None:
+        conn.terminate()
