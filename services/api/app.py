@@ -100,11 +100,28 @@ async def ingest(request: web.Request) -> web.Response:
     return web.json_response({"applied_batches": row["batches"], "applied_records": row["records"]})
 
 
+async def graph(request: web.Request) -> web.Response:
+    """``GET /v1/graph[?at=ISO][&window_s=300][&idle_s=3600]``: the live dependency graph (attributor.graph)."""
+    from costmesh.attributor.graph import live_graph
+
+    params = _params(request, {"at", "window_s", "idle_s"})
+    numbers = {}
+    for name, default in (("window_s", 300), ("idle_s", 3600)):
+        raw = params.get(name, str(default))
+        if not raw.isdigit() or not 0 < int(raw) <= 400 * 86400:
+            raise BadRequest(f"parameter {name!r}: a whole number of seconds between 1 and 34560000, not {raw!r}")
+        numbers[name] = int(raw)
+    async with request.app[POOL].acquire() as conn:
+        body = await live_graph(conn, _time(params, "at"), numbers["window_s"], numbers["idle_s"])
+    return web.json_response(body)
+
+
 def make_app(pool: asyncpg.Pool, ctx: ServiceContext) -> web.Application:
     app = web.Application()
     app[POOL] = pool
     app.router.add_get("/v1/usage", usage)
     app.router.add_get("/v1/ingest", ingest)
+    app.router.add_get("/v1/graph", graph)
     metrics_routes(app, ctx.health_state)
     return app
 
