@@ -24,13 +24,15 @@ import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 
 from costmesh.common import db, natsio
+from costmesh.common.config import resolve_secret
 from costmesh.common.metrics import BATCHES, ERRORS, RECORDS
 from costmesh.common.prices import PriceTable
 from costmesh.common.runtime import ServiceContext
 from costmesh.common.schemas import CallBatch, Codec
 
-from . import maintenance
+from . import detector, maintenance
 from .apply import Applied, apply_batches, prepare
+from .slack import SlackNotifier
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,7 @@ async def main(ctx: ServiceContext) -> None:
     writer = Writer(ctx.dsn, PriceTable.from_config(cfg), ctx.health)
     ctx.health.update(applied_batches=0, duplicate_batches=0, applied_records=0, db_retries=0)
     upkeep = asyncio.create_task(maintenance_loop(ctx), name="attributor-maintenance")
+    alerts = asyncio.create_task(detector_loop(ctx, nc), name="attributor-detector")
     ctx.ready = True
     try:
         while not ctx.stopping.is_set():
@@ -180,7 +183,8 @@ async def main(ctx: ServiceContext) -> None:
             RECORDS.labels("attributor").inc(applied.records)
     finally:
         upkeep.cancel()
-        await asyncio.gather(upkeep, return_exceptions=True)
+        alerts.cancel()
+        await asyncio.gather(upkeep, alerts, return_exceptions=True)
         # close, not drain: a pull subscription never finishes draining, and nothing is in flight once the loop ends.
         await writer.close()
         try:
@@ -230,3 +234,43 @@ async def maintenance_loop(ctx: ServiceContext) -> None:
             await asyncio.wait_for(ctx.stopping.wait(), cfg.attributor.maintenance_interval_s)
     if conn is not None:
         conn.terminate()
+
+
+async def detector_loop(ctx: ServiceContext, nc) -> None:
+    """Evaluate the alert rules every ``detector_interval_s``; publish events on ``costmesh.alerts`` and to Slack."""
+    cfg = ctx.config
+    if not cfg.alert_rules:
+        return
+    codec = Codec()
+    url = resolve_secret(cfg.slack.webhook_url_env, "slack.webhook_url_env")
+    slack = SlackNotifier(url) if url else None
+    if slack is not None:
+        await slack.start()
+    conn: asyncpg.Connection | None = None
+    ctx.health.update(alerts_sent=0)
+    try:
+        while not ctx.stopping.is_set():
+            try:
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(ctx.dsn, timeout=5)
+                events = await detector.run_pass(conn, cfg, datetime.now(UTC)) or []
+                for event in events:
+                    try:
+                        await nc.publish(natsio.ALERTS_SUBJECT, codec.encode(event))
+                    except Exception as exc:  # NATS away: Slack still gets it, and the state is already recorded
+                        log.warning("could not publish an alert", extra={"why": repr(exc)})
+                    if slack is not None:
+                        slack.send(event)
+                    ctx.health["alerts_sent"] = int(ctx.health["alerts_sent"]) + 1
+            except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+                log.warning("detector pass failed; retrying later", extra={"why": repr(exc)})
+                if conn is not None:
+                    conn.terminate()
+                    conn = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.stopping.wait(), cfg.attributor.detector_interval_s)
+    finally:
+        if conn is not None:
+            conn.terminate()
+        if slack is not None:
+            await slack.close()

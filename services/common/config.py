@@ -174,6 +174,8 @@ class AttributorConfig(_Section):
     detector_windows_s: list[int] = msgspec.field(default_factory=lambda: [60, 300])
     #: EWMA smoothing of the hourly cost baseline (weight of the newest hour).
     baseline_alpha: float = 0.3
+    #: Seconds between runaway-AI-cost detector passes.
+    detector_interval_s: float = 15.0
 
 
 class ApiConfig(_Section):

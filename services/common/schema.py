@@ -218,4 +218,24 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         CREATE INDEX attributed_minute_tenant ON attributed_minute (tenant, minute);
         """,
     ),
+    (
+        5,
+        "runaway-AI-cost detector state (de-duplication and cooldown across restarts)",
+        """
+        CREATE TABLE alert_state (
+            rule_key    text NOT NULL,
+            tenant      text NOT NULL,
+            feature     text NOT NULL,
+            agent       text NOT NULL,
+            reason      text NOT NULL CHECK (reason IN ('budget', 'spike')),
+            state       text NOT NULL CHECK (state IN ('firing', 'resolved')),
+            alert_id    text NOT NULL,
+            started_at  timestamptz NOT NULL,
+            window_s    integer NOT NULL,
+            resolved_at timestamptz,
+            PRIMARY KEY (rule_key, tenant, feature, agent, reason)
+        );
+        CREATE INDEX ai_usage_minute_scope ON ai_usage_minute (tenant, feature, agent, minute);
+        """,
+    ),
 ]
