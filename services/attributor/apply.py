@@ -18,6 +18,7 @@ CONFLICT DO UPDATE`` — the per-minute aggregation happens inside PostgreSQL, n
 from __future__ import annotations
 
 import operator
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,6 +63,13 @@ CREATE TEMP TABLE IF NOT EXISTS staging_calls (
     busy_us bigint NOT NULL, tokens_in bigint NOT NULL, tokens_out bigint NOT NULL, tokens_cached bigint NOT NULL,
     tokens_reasoning bigint NOT NULL
 ) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS staging_agg (
+    m bigint NOT NULL, tenant text NOT NULL, tenant_method text NOT NULL, feature text NOT NULL, agent text NOT NULL,
+    src_workload text NOT NULL, dst text NOT NULL, protocol text NOT NULL, operation text NOT NULL,
+    requests bigint NOT NULL, errors bigint NOT NULL, bytes_in bigint NOT NULL, bytes_out bigint NOT NULL,
+    busy_us bigint NOT NULL, tokens_in bigint NOT NULL, tokens_out bigint NOT NULL, tokens_cached bigint NOT NULL,
+    tokens_reasoning bigint NOT NULL, first_us bigint NOT NULL, last_us bigint NOT NULL
+) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS staging_edges (
     m bigint NOT NULL, src_workload text NOT NULL, dst text NOT NULL, protocol text NOT NULL, operation text NOT NULL,
     calls bigint NOT NULL, errors bigint NOT NULL, bytes_in bigint NOT NULL, bytes_out bigint NOT NULL,
@@ -90,14 +98,21 @@ _MEASURES = (
 )
 _KEY = ("minute", "tenant", "tenant_method", "feature", "agent", "src_workload", "dst", "protocol")
 
+#: The only pass over the raw records: per minute and full key (plus the operation of queue calls, which names the
+#: topic). Every statement after it reads this much smaller table.
+FILL_AGG = f"""
+INSERT INTO staging_agg
+SELECT window_start_us / 60000000, tenant, tenant_method, feature, agent, src_workload, dst, protocol,
+    CASE WHEN protocol IN {QUEUE_PROTOCOLS!r} THEN operation ELSE '' END,
+    {", ".join(f"sum({m})" for m in _MEASURES)}, min(window_start_us), max(window_start_us)
+FROM staging_calls GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+"""
+
 MERGE_CONSUMPTION = f"""
 INSERT INTO consumption_minute AS c ({", ".join(_KEY)}, {", ".join(_MEASURES)})
-SELECT to_timestamp(m * 60), tenant, tenant_method, feature, agent, src_workload, dst, protocol, {", ".join(_MEASURES)}
-FROM (
-    SELECT window_start_us / 60000000 AS m, tenant, tenant_method, feature, agent, src_workload, dst, protocol,
-        {", ".join(f"sum({m}) AS {m}" for m in _MEASURES)}
-    FROM staging_calls GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
-) AS per_minute
+SELECT to_timestamp(m * 60), tenant, tenant_method, feature, agent, src_workload, dst, protocol,
+    {", ".join(f"sum({m})" for m in _MEASURES)}
+FROM staging_agg GROUP BY m, tenant, tenant_method, feature, agent, src_workload, dst, protocol
 ON CONFLICT ({", ".join(_KEY)}) DO UPDATE SET
     {", ".join(f"{m} = c.{m} + EXCLUDED.{m}" for m in _MEASURES)}
 """
@@ -114,14 +129,12 @@ _ROLE_SQL = (
     "'put', 'push') THEN 'producer' WHEN bytes_out >= bytes_in THEN 'producer' ELSE 'consumer' END"
 )
 
-#: One pass over the staging rows for everything keyed by edge (graph edges, nodes, dirty minutes): the later
-#: statements read this small table instead of the records again.
-FILL_EDGES = f"""
+#: Everything keyed by edge (graph edges, nodes, dirty minutes) reads this even smaller table.
+FILL_EDGES = """
 INSERT INTO staging_edges
-SELECT window_start_us / 60000000, src_workload, dst, protocol,
-    CASE WHEN protocol IN {QUEUE_PROTOCOLS!r} THEN operation ELSE '' END,
-    sum(requests), sum(errors), sum(bytes_in), sum(bytes_out), sum(busy_us), min(window_start_us), max(window_start_us)
-FROM staging_calls GROUP BY 1, 2, 3, 4, 5
+SELECT m, src_workload, dst, protocol, operation,
+    sum(requests), sum(errors), sum(bytes_in), sum(bytes_out), sum(busy_us), min(first_us), max(last_us)
+FROM staging_agg GROUP BY 1, 2, 3, 4, 5
 """
 
 #: Edges per minute. A queue consumer's edge points from the topic to the consumer, so that the graph reads
@@ -169,9 +182,9 @@ ON CONFLICT (name) DO UPDATE SET
 
 MERGE_QUEUES = f"""
 INSERT INTO queue_minute AS q (minute, topic, role, workload, tenant, tenant_method, requests, bytes)
-SELECT {_MINUTE_SQL}, {_TOPIC_SQL}, {_ROLE_SQL}, src_workload, tenant, tenant_method, sum(requests),
+SELECT to_timestamp(m * 60), {_TOPIC_SQL}, {_ROLE_SQL}, src_workload, tenant, tenant_method, sum(requests),
     sum(bytes_in + bytes_out)
-FROM staging_calls WHERE protocol IN {QUEUE_PROTOCOLS!r} GROUP BY 1, 2, 3, 4, 5, 6
+FROM staging_agg WHERE protocol IN {QUEUE_PROTOCOLS!r} GROUP BY 1, 2, 3, 4, 5, 6
 ON CONFLICT (minute, topic, role, workload, tenant, tenant_method) DO UPDATE SET
     requests = q.requests + EXCLUDED.requests, bytes = q.bytes + EXCLUDED.bytes
 """
@@ -262,10 +275,36 @@ async def prepare(conn: asyncpg.Connection) -> None:
     await conn.execute(CREATE_STAGING)
 
 
-async def apply_batches(conn: asyncpg.Connection, batches: Sequence[CallBatch], prices: PriceTable) -> Applied:
+_key_of = operator.attrgetter(*STAGING_COLUMNS[:9])
+_values_of = operator.attrgetter(*STAGING_COLUMNS[9:])
+
+
+def staging_rows(batches: Sequence[CallBatch]) -> list[tuple]:
+    """The records of ``batches`` as staging tuples, summed per (window, key).
+
+    Records of one key and window arrive from many nodes and batches; folding them here (C-level getters, one dict
+    append per record) sends PostgreSQL a fraction of the rows to copy and aggregate. The consumer builds them
+    while the previous group is still being written.
+    """
+    groups: defaultdict[tuple, list[tuple]] = defaultdict(list)
+    for b in batches:
+        records = b.records
+        for key, values in zip(map(_key_of, records), map(_values_of, records), strict=True):
+            groups[key].append(values)
+    return [key + (vs[0] if len(vs) == 1 else tuple(map(sum, zip(*vs, strict=True)))) for key, vs in groups.items()]
+
+
+async def apply_batches(
+    conn: asyncpg.Connection,
+    batches: Sequence[CallBatch],
+    prices: PriceTable,
+    prepared: list[tuple] | None = None,
+) -> Applied:
     """Apply a group of batches in one transaction; batches applied before (or repeated in the group) change nothing.
 
-    The connection must have been ``prepare``d. Raises what asyncpg raises; on any error nothing was written.
+    ``prepared`` may hold ``staging_rows(batches)``, built ahead of time; it is used when every batch turns out new.
+    The connection must have been
+    ``prepare``d. Raises what asyncpg raises; on any error nothing was written.
     """
     unique: dict[str, CallBatch] = {}
     for b in batches:
@@ -279,17 +318,19 @@ async def apply_batches(conn: asyncpg.Connection, batches: Sequence[CallBatch], 
             [len(b.records) for b in unique.values()],
         )
         fresh = set(fresh_ids)
-        rows: list[tuple] = []
         ai: list[tuple] = []
         costs: list[AiCost] = []
-        for batch_id, b in unique.items():
-            if batch_id in fresh and b.records:
-                rows.extend(map(_as_row, b.records))
-                more_rows, more_costs = ai_rows(b.records, prices) if _has_tokens(b.records) else ([], [])
+        new = [b for batch_id, b in unique.items() if batch_id in fresh]
+        records = sum(len(b.records) for b in new)
+        rows = prepared if prepared is not None and len(new) == len(unique) else staging_rows(new)
+        for b in new:
+            if _has_tokens(b.records):
+                more_rows, more_costs = ai_rows(b.records, prices)
                 ai.extend(more_rows)
                 costs.extend(more_costs)
         if rows:
             await conn.copy_records_to_table("staging_calls", records=rows, columns=STAGING_COLUMNS)
+            await conn.execute(FILL_AGG)
             await conn.execute(MERGE_CONSUMPTION)
             await conn.execute(FILL_EDGES)
             await conn.execute(MERGE_EDGES)
@@ -303,12 +344,12 @@ async def apply_batches(conn: asyncpg.Connection, batches: Sequence[CallBatch], 
                 ai,
             )
             await conn.execute(MERGE_AI)
-    return Applied(fresh=fresh, duplicates=len(batches) - len(fresh), records=len(rows), ai_costs=costs)
+    return Applied(fresh=fresh, duplicates=len(batches) - len(fresh), records=records, ai_costs=costs)
 
 
-_tokens = operator.attrgetter("tokens_in", "tokens_out", "tokens_cached", "tokens_reasoning")
+_TOKEN_GETTERS = tuple(operator.attrgetter(f) for f in ("tokens_in", "tokens_out", "tokens_cached", "tokens_reasoning"))
 
 
 def _has_tokens(records: Sequence[ObservedCall]) -> bool:
     """Whether any record carries tokens; ``any`` over C-level getters keeps the common no-AI batch cheap."""
-    return any(any(t) for t in map(_tokens, records))
+    return any(any(map(get, records)) for get in _TOKEN_GETTERS)

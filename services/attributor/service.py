@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
@@ -30,8 +31,8 @@ from costmesh.common.prices import PriceTable
 from costmesh.common.runtime import ServiceContext
 from costmesh.common.schemas import CallBatch, Codec
 
-from . import detector, maintenance
-from .apply import Applied, apply_batches, prepare
+from . import detector, maintenance, storage
+from .apply import Applied, apply_batches, prepare, staging_rows
 from .slack import SlackNotifier
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ RETRY_MIN_S = 0.2
 RETRY_MAX_S = 3.0
 #: How often held messages are kept alive (``in_progress``) while PostgreSQL is away; well inside the ack wait.
 KEEPALIVE_S = 10.0
+#: The feeder yields to the writer after decoding this many messages (~4,000 records: a few milliseconds).
+YIELD_EVERY = 8
 
 
 class Writer:
@@ -74,6 +77,7 @@ class Writer:
         batches: Sequence[CallBatch],
         stopping: asyncio.Event,
         keepalive: Callable[[], Awaitable[None]] | None = None,
+        prepared: list[tuple] | None = None,
     ) -> Applied | None:
         """Apply until committed; ``None`` when asked to stop first (nothing acknowledged: the batches come back)."""
         delay = RETRY_MIN_S
@@ -81,7 +85,7 @@ class Writer:
         while True:
             try:
                 conn = await self._connection()
-                return await apply_batches(conn, batches, self.prices)
+                return await apply_batches(conn, batches, self.prices, prepared)
             except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
                 if isinstance(exc, asyncpg.PostgresError) and not _retryable(exc):
                     raise
@@ -112,6 +116,8 @@ class Writer:
 def _retryable(exc: asyncpg.PostgresError) -> bool:
     """Server errors that mean "not now" (shutting down, starting up, serialization, deadlock, out of resources)."""
     state = getattr(exc, "sqlstate", "") or ""
+    if state == "23514" and "partition constraint" in str(exc):
+        return True  # a partition was attached under a running statement: the retry routes the rows anew
     return state.startswith(("08", "40", "53", "57P")) or isinstance(
         exc, (asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError)
     )
@@ -136,6 +142,43 @@ def decode_all(codec: Codec, msgs: Sequence) -> tuple[list, list[CallBatch], lis
     return good, batches, bad
 
 
+@dataclass
+class Prepared:
+    """A fetched group, decoded, with each batch's staging rows built: what the writer applies in one transaction."""
+
+    msgs: list
+    batches: list[CallBatch]
+    rows: list[tuple]
+
+
+async def feed(ctx: ServiceContext, sub, codec: Codec, groups: asyncio.Queue[Prepared]) -> None:
+    """Fetch, decode and prepare groups for the writer; malformed messages are terminated here."""
+    cfg = ctx.config
+    while not ctx.stopping.is_set():
+        try:
+            msgs = await sub.fetch(cfg.attributor.fetch_batch, timeout=1)
+        except NatsTimeout:
+            continue
+        except Exception as exc:  # NATS reconnecting (cluster node lost): fetch again shortly
+            log.warning("fetch failed, retrying", extra={"why": repr(exc)})
+            await asyncio.sleep(0.5)
+            continue
+        good: list = []
+        batches: list[CallBatch] = []
+        for i in range(0, len(msgs), YIELD_EVERY):
+            # small slices, yielding in between: the writer's next statement must not wait for a whole group's
+            # decoding, or PostgreSQL sits idle while Python works
+            ok, decoded, bad = decode_all(codec, msgs[i : i + YIELD_EVERY])
+            good += ok
+            batches += decoded
+            for msg in bad:
+                await msg.term()
+            await asyncio.sleep(0)
+        if batches:
+            rows = staging_rows(batches)
+            await groups.put(Prepared(good, batches, rows))
+
+
 async def main(ctx: ServiceContext) -> None:
     cfg = ctx.config
     pool = await db.create_pool(ctx.dsn)
@@ -148,32 +191,37 @@ async def main(ctx: ServiceContext) -> None:
     codec = Codec()
     writer = Writer(ctx.dsn, PriceTable.from_config(cfg), ctx.health)
     ctx.health.update(applied_batches=0, duplicate_batches=0, applied_records=0, db_retries=0)
+    async with pool.acquire() as conn:  # today's partitions exist before the first write (plain flavour)
+        if await storage.flavour(conn) == "partitioned":
+            await storage.ensure_partitions(conn, cfg.attributor, datetime.now(UTC), storage.Upkeep())
     upkeep = asyncio.create_task(maintenance_loop(ctx), name="attributor-maintenance")
     alerts = asyncio.create_task(detector_loop(ctx, nc), name="attributor-detector")
     ctx.ready = True
+    # Two stages: the feeder fetches, decodes and builds staging rows for the next group while the writer's
+    # transaction for the current group runs in PostgreSQL (the two use different cores).
+    groups: asyncio.Queue[Prepared] = asyncio.Queue(maxsize=2)
+    feeder = asyncio.create_task(feed(ctx, sub, codec, groups), name="attributor-feeder")
+    acking: asyncio.Task[None] | None = None
     try:
         while not ctx.stopping.is_set():
-            try:
-                msgs = await sub.fetch(cfg.attributor.fetch_batch, timeout=1)
-            except NatsTimeout:
-                continue
-            except Exception as exc:  # NATS reconnecting (cluster node lost): fetch again shortly
-                log.warning("fetch failed, retrying", extra={"why": repr(exc)})
-                await asyncio.sleep(0.5)
-                continue
-            good, batches, bad = decode_all(codec, msgs)
-            for msg in bad:
-                await msg.term()
-            if not batches:
-                continue
+            getter = asyncio.ensure_future(groups.get())
+            stopper = asyncio.ensure_future(ctx.stopping.wait())
+            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not getter.done():
+                getter.cancel()
+                break
+            group = getter.result()
 
-            async def keepalive(held=good) -> None:
+            async def keepalive(held=group.msgs) -> None:
                 await asyncio.gather(*(m.in_progress() for m in held))
 
-            applied = await writer.apply(batches, ctx.stopping, keepalive)
+            applied = await writer.apply(group.batches, ctx.stopping, keepalive, group.rows)
             if applied is None:
                 break
-            await _ack_all(good)
+            if acking is not None:
+                await acking
+            acking = asyncio.create_task(_ack_all(group.msgs), name="attributor-ack")
             fresh = len(applied.fresh)
             ctx.health["applied_batches"] = int(ctx.health["applied_batches"]) + fresh
             ctx.health["duplicate_batches"] = int(ctx.health["duplicate_batches"]) + applied.duplicates
@@ -181,10 +229,13 @@ async def main(ctx: ServiceContext) -> None:
             BATCHES.labels("attributor", "applied").inc(fresh)
             BATCHES.labels("attributor", "duplicate").inc(applied.duplicates)
             RECORDS.labels("attributor").inc(applied.records)
+        if acking is not None:
+            await acking
     finally:
+        feeder.cancel()
         upkeep.cancel()
         alerts.cancel()
-        await asyncio.gather(upkeep, alerts, return_exceptions=True)
+        await asyncio.gather(feeder, upkeep, alerts, return_exceptions=True)
         # close, not drain: a pull subscription never finishes draining, and nothing is in flight once the loop ends.
         await writer.close()
         try:

@@ -71,7 +71,7 @@ async def ensure_partitions(conn: asyncpg.Connection, cfg: AttributorConfig, now
     """Create the daily partitions from the retention horizon to ``partitions_ahead_days`` ahead (plain flavour).
 
     Rows of a new partition's day already in the DEFAULT partition are moved into it in the same transaction, with
-    the DEFAULT partition locked so that no row of that day slips in between.
+    the table locked against writers so that no row of that day slips in between.
     """
     existing = {
         r["relname"]
@@ -89,6 +89,9 @@ async def ensure_partitions(conn: asyncpg.Connection, cfg: AttributorConfig, now
             continue
         lo, hi = _midnight(day), _midnight(day + timedelta(days=1))
         async with conn.transaction():
+            # Writers wait for the few milliseconds this takes: an INSERT planned before the ATTACH would still
+            # route this day's rows to DEFAULT, whose constraint no longer allows them.
+            await conn.execute("LOCK TABLE consumption_minute IN SHARE ROW EXCLUSIVE MODE")
             await conn.execute("LOCK TABLE consumption_minute_default IN ACCESS EXCLUSIVE MODE")
             await conn.execute(
                 f"CREATE TABLE {name} (LIKE consumption_minute INCLUDING DEFAULTS INCLUDING CONSTRAINTS) "
