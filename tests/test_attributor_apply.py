@@ -158,3 +158,51 @@ def test_prices_defaults_overrides_and_rounding():
     cfg = Config(prices=[Price(provider="openai", model="gpt-4o", input_micros_per_mtok=1, output_micros_per_mtok=2)])
     assert PriceTable.from_config(cfg).cost_micros("openai", "gpt-4o", 1_000_000, 1_000_000) == 3
     assert PriceTable.from_config(cfg).cost_micros("openai", "gpt-4o-mini", 1_000_000, 0) == 150_000
+
+
+async def test_ai_cost_per_tenant_is_served_minutes_after_the_call(fresh_dsn):
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+
+    from costmesh.api.app import make_app
+    from costmesh.common.runtime import ServiceContext
+
+    conn = await _conn(fresh_dsn)
+    pool = await db.create_pool(fresh_dsn)
+    server = TestServer(make_app(pool, ServiceContext("api", Config(), "", fresh_dsn)))
+    await server.start_server()
+    try:
+        records = [
+            call(
+                dst="api.anthropic.com",
+                protocol="tls",
+                tenant="acme",
+                provider="anthropic",
+                model="claude-sonnet-4-5",
+                requests=2,
+                tokens_in=1_000_000,
+                tokens_out=100_000,
+            ),
+            call(
+                dst="api.openai.com",
+                protocol="tls",
+                tenant="globex",
+                provider="openai",
+                model="gpt-4o-mini",
+                requests=1,
+                tokens_in=1_000_000,
+                tokens_out=0,
+            ),
+        ]
+        await apply_batches(conn, [CallBatch(batch_id="c", node="n", seq=1, records=records)], PriceTable())
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(server.make_url("/v1/ai-cost"), params={"group_by": "tenant"}) as resp,
+        ):
+            body = await resp.json()
+        # $3.00 + 0.1 x $15.00 = $4.50 for acme; $0.15 for globex
+        assert [(r["tenant"], r["cost_micros"]) for r in body["rows"]] == [("acme", 4_500_000), ("globex", 150_000)]
+    finally:
+        await server.close()
+        await pool.close()
+        await conn.close()

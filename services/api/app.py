@@ -116,12 +116,40 @@ async def graph(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+AI_GROUPS = {"tenant": "tenant", "feature": "feature", "agent": "agent", "provider": "provider", "model": "model"}
+
+
+async def ai_cost(request: web.Request) -> web.Response:
+    """``GET /v1/ai-cost?group_by=tenant[&from=ISO][&to=ISO]``: AI token cost (integer micro-dollars, priced by the
+    attributor minutes after the calls) and tokens per group."""
+    params = _params(request, {"group_by", "from", "to"})
+    group = params.get("group_by", "tenant")
+    if group not in AI_GROUPS:
+        raise BadRequest(f"parameter 'group_by': unknown dimension {group!r}; one of {', '.join(AI_GROUPS)}")
+    start, end = _time(params, "from"), _time(params, "to")
+    column = AI_GROUPS[group]
+    sql = (
+        f"SELECT {column} AS key, sum(cost_micros)::bigint AS cost_micros, sum(requests)::bigint AS requests, "
+        "sum(tokens_in)::bigint AS tokens_in, sum(tokens_out)::bigint AS tokens_out, "
+        "sum(tokens_cached)::bigint AS tokens_cached, sum(tokens_reasoning)::bigint AS tokens_reasoning "
+        "FROM ai_usage_minute WHERE ($1::timestamptz IS NULL OR minute >= $1) AND "
+        f"($2::timestamptz IS NULL OR minute < $2) GROUP BY {column} ORDER BY cost_micros DESC, key"
+    )
+    async with request.app[POOL].acquire() as conn:
+        rows = await conn.fetch(sql, start, end)
+    fields = ("cost_micros", "requests", "tokens_in", "tokens_out", "tokens_cached", "tokens_reasoning")
+    return web.json_response(
+        {"group_by": group, "rows": [{group: r["key"], **{f: r[f] for f in fields}} for r in rows]}
+    )
+
+
 def make_app(pool: asyncpg.Pool, ctx: ServiceContext) -> web.Application:
     app = web.Application()
     app[POOL] = pool
     app.router.add_get("/v1/usage", usage)
     app.router.add_get("/v1/ingest", ingest)
     app.router.add_get("/v1/graph", graph)
+    app.router.add_get("/v1/ai-cost", ai_cost)
     metrics_routes(app, ctx.health_state)
     return app
 

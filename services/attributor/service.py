@@ -160,6 +160,8 @@ async def feed(ctx: ServiceContext, sub, codec: Codec, groups: asyncio.Queue[Pre
         except NatsTimeout:
             continue
         except Exception as exc:  # NATS reconnecting (cluster node lost): fetch again shortly
+            if ctx.stopping.is_set():
+                break
             log.warning("fetch failed, retrying", extra={"why": repr(exc)})
             await asyncio.sleep(0.5)
             continue
