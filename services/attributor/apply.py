@@ -279,6 +279,14 @@ _key_of = operator.attrgetter(*STAGING_COLUMNS[:9])
 _values_of = operator.attrgetter(*STAGING_COLUMNS[9:])
 
 
+def plain_rows(batches: Sequence[CallBatch]) -> list[tuple]:
+    """The records of ``batches`` as staging tuples, one per record (PostgreSQL does all the folding)."""
+    rows: list[tuple] = []
+    for b in batches:
+        rows.extend(map(_as_row, b.records))
+    return rows
+
+
 def staging_rows(batches: Sequence[CallBatch]) -> list[tuple]:
     """The records of ``batches`` as staging tuples, summed per (window, key).
 
