@@ -116,6 +116,35 @@ async def test_same_batch_three_times_and_after_the_window_counts_once(nats_serv
     _assert_equal_to_oracle(await _totals(fresh_dsn), oracle)
 
 
+async def test_malformed_message_is_terminated_and_work_goes_on(nats_server, fresh_dsn):
+    from costmesh.common.metrics import ERRORS
+
+    cfg = _config(nats_server.url, fresh_dsn)
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await natsio.ensure_stream(js, cfg.nats)
+    before = ERRORS.labels("attributor", "schema")._value.get()
+    await js.publish(SUBJECT, b"\x93not a batch", headers={"Nats-Msg-Id": "garbage"})
+    batches, oracle = generate(3, 20, seed=5)
+    await _publish_all(js, batches)
+    ctx, task = _in_process(cfg, nats_server.url, fresh_dsn)
+    try:
+        await wait_for(lambda: _ok(ctx.health.get("applied_batches") == 3))
+        held = await js.consumer_info(cfg.nats.stream, cfg.attributor.durable)
+        await wait_for(lambda: _no_pending(js, cfg))
+    finally:
+        await _stop(ctx, task)
+        await nc.close()
+    assert ERRORS.labels("attributor", "schema")._value.get() == before + 1
+    assert held.num_redelivered == 0
+    _assert_equal_to_oracle(await _totals(fresh_dsn), oracle)
+
+
+async def _no_pending(js, cfg) -> bool:
+    info = await js.consumer_info(cfg.nats.stream, cfg.attributor.durable)
+    return info.num_pending == 0 and info.num_ack_pending == 0  # the bad message was terminated, not left pending
+
+
 async def _ok(value: bool) -> bool:
     return value
 

@@ -315,7 +315,7 @@ async def apply_batches(
     ``prepare``d. Raises what asyncpg raises; on any error nothing was written.
     """
     unique: dict[str, CallBatch] = {}
-    for b in batches:
+    for b in sorted(batches, key=lambda b: b.batch_id):  # one lock order for every replica: no deadlock on ids
         unique.setdefault(b.batch_id, b)
     async with conn.transaction():
         fresh_ids = await conn.fetchval(
