@@ -201,6 +201,49 @@ async def pnl(request: web.Request) -> web.Response:
     )
 
 
+async def graph(request: web.Request) -> web.Response:
+    """``GET /v1/graph[?at=ISO][&window_s=300][&idle_s=3600]``: the live dependency graph (attributor.graph)."""
+    from costmesh.attributor.graph import live_graph
+
+    params = _params(request, {"at", "window_s", "idle_s"})
+    numbers = {}
+    for name, default in (("window_s", 300), ("idle_s", 3600)):
+        raw = params.get(name, str(default))
+        if not raw.isdigit() or not 0 < int(raw) <= 400 * 86400:
+            raise BadRequest(f"parameter {name!r}: a whole number of seconds between 1 and 34560000, not {raw!r}")
+        numbers[name] = int(raw)
+    async with request.app[POOL].acquire() as conn:
+        body = await live_graph(conn, _time(params, "at"), numbers["window_s"], numbers["idle_s"])
+    return web.json_response(body)
+
+
+AI_GROUPS = {"tenant": "tenant", "feature": "feature", "agent": "agent", "provider": "provider", "model": "model"}
+
+
+async def ai_cost(request: web.Request) -> web.Response:
+    """``GET /v1/ai-cost?group_by=tenant[&from=ISO][&to=ISO]``: AI token cost (integer micro-dollars, priced by the
+    attributor minutes after the calls) and tokens per group."""
+    params = _params(request, {"group_by", "from", "to"})
+    group = params.get("group_by", "tenant")
+    if group not in AI_GROUPS:
+        raise BadRequest(f"parameter 'group_by': unknown dimension {group!r}; one of {', '.join(AI_GROUPS)}")
+    start, end = _time(params, "from"), _time(params, "to")
+    column = AI_GROUPS[group]
+    sql = (
+        f"SELECT {column} AS key, sum(cost_micros)::bigint AS cost_micros, sum(requests)::bigint AS requests, "
+        "sum(tokens_in)::bigint AS tokens_in, sum(tokens_out)::bigint AS tokens_out, "
+        "sum(tokens_cached)::bigint AS tokens_cached, sum(tokens_reasoning)::bigint AS tokens_reasoning "
+        "FROM ai_usage_minute WHERE ($1::timestamptz IS NULL OR minute >= $1) AND "
+        f"($2::timestamptz IS NULL OR minute < $2) GROUP BY {column} ORDER BY cost_micros DESC, key"
+    )
+    async with request.app[POOL].acquire() as conn:
+        rows = await conn.fetch(sql, start, end)
+    fields = ("cost_micros", "requests", "tokens_in", "tokens_out", "tokens_cached", "tokens_reasoning")
+    return web.json_response(
+        {"group_by": group, "rows": [{group: r["key"], **{f: r[f] for f in fields}} for r in rows]}
+    )
+
+
 def make_app(pool: asyncpg.Pool, ctx: ServiceContext) -> web.Application:
     app = web.Application()
     app[POOL] = pool
@@ -208,6 +251,8 @@ def make_app(pool: asyncpg.Pool, ctx: ServiceContext) -> web.Application:
     app.router.add_get("/v1/ingest", ingest)
     app.router.add_get("/v1/cost", cost)
     app.router.add_get("/v1/pnl", pnl)
+    app.router.add_get("/v1/graph", graph)
+    app.router.add_get("/v1/ai-cost", ai_cost)
     metrics_routes(app, ctx.health_state)
     return app
 

@@ -1,27 +1,213 @@
-"""Attributor service: the durable JetStream consumer that turns redacted call batches into consumption rows.
+"""Attributor service: the durable JetStream consumer that turns redacted call batches into the attribution model.
 
-Reads: ``COSTMESH_EVENTS`` through the durable pull consumer (all replicas share it as one work queue). Writes:
-``consumption_minute`` and ``applied_batches`` in PostgreSQL. A message is acknowledged (double ack: the server
-confirms) only after its transaction committed, so a crash at any point leads to redelivery, and redelivery to no
-change.
+Reads: ``COSTMESH_EVENTS`` through the durable pull consumer (all replicas share it as one work queue). Writes, through
+``apply.apply_batches``: consumption, graph, queue, AI usage and applied-batch rows in PostgreSQL, several fetched
+messages per transaction. A message is acknowledged (double ack: the server confirms) only after its transaction
+committed, so a crash at any point leads to redelivery, and redelivery to no change.
+
+When PostgreSQL is unreachable the fetched messages are held, kept alive with ``in_progress`` and retried with
+back-off; JetStream keeps the backlog. Maintenance (partitions, rollups, retention, tenant resolution) and the
+runaway-AI-cost detector run beside the consumer loop as named tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
+import asyncpg
 import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 
 from costmesh.common import db, natsio
+from costmesh.common.config import resolve_secret
 from costmesh.common.metrics import BATCHES, ERRORS, RECORDS
+from costmesh.common.prices import PriceTable
 from costmesh.common.runtime import ServiceContext
-from costmesh.common.schemas import Codec
+from costmesh.common.schemas import CallBatch, Codec
 
-from .apply import apply_batch
+from . import detector, maintenance, storage
+from .apply import Applied, apply_batches, plain_rows, prepare, staging_rows
+from .slack import SlackNotifier
 
 log = logging.getLogger(__name__)
+
+#: Back-off bounds while PostgreSQL is away, seconds.
+RETRY_MIN_S = 0.2
+RETRY_MAX_S = 3.0
+#: How often held messages are kept alive (``in_progress``) while PostgreSQL is away; well inside the ack wait.
+KEEPALIVE_S = 10.0
+#: The feeder yields to the writer after decoding this many messages (~4,000 records: a few milliseconds).
+YIELD_EVERY = 8
+
+
+class Writer:
+    """One PostgreSQL connection that applies groups of batches, reconnecting and retrying until they commit."""
+
+    def __init__(self, dsn: str, prices: PriceTable, health: dict[str, object] | None = None) -> None:
+        self.dsn = dsn
+        self.health = health if health is not None else {}
+        self.prices = prices
+        self.conn: asyncpg.Connection | None = None
+        self.retries = 0
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self.conn is None or self.conn.is_closed():
+            conn = await asyncpg.connect(self.dsn, timeout=5)
+            try:
+                await prepare(conn)
+            except BaseException:
+                conn.terminate()
+                raise
+            self.conn = conn
+        return self.conn
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            self.conn.terminate()
+            self.conn = None
+
+    async def apply(
+        self,
+        batches: Sequence[CallBatch],
+        stopping: asyncio.Event,
+        keepalive: Callable[[], Awaitable[None]] | None = None,
+        prepared: list[tuple] | None = None,
+    ) -> Applied | None:
+        """Apply until committed; ``None`` when asked to stop first (nothing acknowledged: the batches come back)."""
+        delay = RETRY_MIN_S
+        last_keepalive = time.monotonic()
+        while True:
+            try:
+                conn = await self._connection()
+                return await apply_batches(conn, batches, self.prices, prepared)
+            except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+                if isinstance(exc, asyncpg.PostgresError) and not _retryable(exc):
+                    raise
+                self.retries += 1
+                self.health["db_retries"] = self.retries
+                self._drop()
+                log.warning(
+                    "database unavailable, holding %d batches and retrying", len(batches), extra={"why": repr(exc)}
+                )
+            if keepalive is not None and time.monotonic() - last_keepalive > KEEPALIVE_S:
+                last_keepalive = time.monotonic()
+                try:
+                    await keepalive()
+                except Exception as exc:  # NATS away too: the messages will simply be redelivered
+                    log.warning("could not extend the ack wait", extra={"why": repr(exc)})
+            try:
+                await asyncio.wait_for(stopping.wait(), delay)
+                return None
+            except TimeoutError:
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.conn.close(timeout=2)
+            self.conn = None
+
+
+def _retryable(exc: asyncpg.PostgresError) -> bool:
+    """Server errors that mean "not now" (shutting down, starting up, serialization, deadlock, out of resources)."""
+    state = getattr(exc, "sqlstate", "") or ""
+    if state == "23514" and "partition constraint" in str(exc):
+        return True  # a partition was attached under a running statement: the retry routes the rows anew
+    return state.startswith(("08", "40", "53", "57P")) or isinstance(
+        exc, (asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError)
+    )
+
+
+def decode_all(codec: Codec, msgs: Sequence) -> tuple[list, list[CallBatch], list]:
+    """Split fetched messages into (good messages, their batches, malformed messages)."""
+    good, batches, bad = [], [], []
+    for msg in msgs:
+        try:
+            batches.append(codec.decode_batch(msg.data))
+            good.append(msg)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            ERRORS.labels("attributor", "schema").inc()
+            subject = getattr(msg, "subject", "?")
+            seq = getattr(getattr(msg, "metadata", None), "sequence", None)
+            log.error(
+                "terminating a message that does not match the contract",
+                extra={"subject": subject, "stream_seq": getattr(seq, "stream", None), "reason": str(exc)},
+            )
+            bad.append(msg)
+    return good, batches, bad
+
+
+class AdaptiveFold:
+    """Folds records per (window, key) in Python only while that pays.
+
+    Folding costs Python about a microsecond per record and saves PostgreSQL the copy and aggregation of every
+    record it removes. Records of many nodes in the same windows (live traffic) fold many to one; a backlog spread
+    thinly over time hardly folds at all, and then the fold is pure cost: the group goes to PostgreSQL as it is,
+    and every ``PROBE_EVERY`` groups the fold is tried again.
+    """
+
+    #: Fold while it keeps at most this share of the rows.
+    KEEP_AT_MOST = 0.5
+    PROBE_EVERY = 16
+
+    def __init__(self) -> None:
+        self.folding = True
+        self.skipped = 0
+
+    def rows(self, batches: Sequence[CallBatch]) -> list[tuple]:
+        if not self.folding and self.skipped < self.PROBE_EVERY:
+            self.skipped += 1
+            return plain_rows(batches)
+        records = sum(len(b.records) for b in batches)
+        rows = staging_rows(batches)
+        self.folding = len(rows) <= self.KEEP_AT_MOST * records
+        self.skipped = 0
+        return rows
+
+
+@dataclass
+class Prepared:
+    """A fetched group, decoded, with each batch's staging rows built: what the writer applies in one transaction."""
+
+    msgs: list
+    batches: list[CallBatch]
+    rows: list[tuple]
+
+
+async def feed(ctx: ServiceContext, sub, codec: Codec, groups: asyncio.Queue[Prepared]) -> None:
+    """Fetch, decode and prepare groups for the writer; malformed messages are terminated here."""
+    cfg = ctx.config
+    folding = AdaptiveFold()
+    while not ctx.stopping.is_set():
+        try:
+            msgs = await sub.fetch(cfg.attributor.fetch_batch, timeout=1)
+        except NatsTimeout:
+            continue
+        except Exception as exc:  # NATS reconnecting (cluster node lost): fetch again shortly
+            if ctx.stopping.is_set():
+                break
+            log.warning("fetch failed, retrying", extra={"why": repr(exc)})
+            await asyncio.sleep(0.5)
+            continue
+        good: list = []
+        batches: list[CallBatch] = []
+        for i in range(0, len(msgs), YIELD_EVERY):
+            # small slices, yielding in between: the writer's next statement must not wait for a whole group's
+            # decoding, or PostgreSQL sits idle while Python works
+            ok, decoded, bad = decode_all(codec, msgs[i : i + YIELD_EVERY])
+            good += ok
+            batches += decoded
+            for msg in bad:
+                await msg.term()
+            await asyncio.sleep(0)
+        if batches:
+            rows = folding.rows(batches)
+            await groups.put(Prepared(good, batches, rows))
 
 
 async def main(ctx: ServiceContext) -> None:
@@ -34,37 +220,139 @@ async def main(ctx: ServiceContext) -> None:
     await natsio.ensure_consumer(js, cfg.nats.stream, cfg.attributor.durable)
     sub = await js.pull_subscribe(natsio.EVENTS_WILDCARD, durable=cfg.attributor.durable, stream=cfg.nats.stream)
     codec = Codec()
-    ctx.health.update(applied_batches=0, duplicate_batches=0)
+    writer = Writer(ctx.dsn, PriceTable.from_config(cfg), ctx.health)
+    ctx.health.update(applied_batches=0, duplicate_batches=0, applied_records=0, db_retries=0)
+    async with pool.acquire() as conn:  # today's partitions exist before the first write (plain flavour)
+        if await storage.flavour(conn) == "partitioned":
+            await storage.ensure_partitions(conn, cfg.attributor, datetime.now(UTC), storage.Upkeep())
+    upkeep = asyncio.create_task(maintenance_loop(ctx), name="attributor-maintenance")
+    alerts = asyncio.create_task(detector_loop(ctx, nc), name="attributor-detector")
     ctx.ready = True
+    # Two stages: the feeder fetches, decodes and builds staging rows for the next group while the writer's
+    # transaction for the current group runs in PostgreSQL (the two use different cores).
+    groups: asyncio.Queue[Prepared] = asyncio.Queue(maxsize=2)
+    feeder = asyncio.create_task(feed(ctx, sub, codec, groups), name="attributor-feeder")
+    acking: asyncio.Task[None] | None = None
+    try:
+        while not ctx.stopping.is_set():
+            getter = asyncio.ensure_future(groups.get())
+            stopper = asyncio.ensure_future(ctx.stopping.wait())
+            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not getter.done():
+                getter.cancel()
+                break
+            group = getter.result()
+
+            async def keepalive(held=group.msgs) -> None:
+                await asyncio.gather(*(m.in_progress() for m in held))
+
+            applied = await writer.apply(group.batches, ctx.stopping, keepalive, group.rows)
+            if applied is None:
+                break
+            if acking is not None:
+                await acking
+            acking = asyncio.create_task(_ack_all(group.msgs), name="attributor-ack")
+            fresh = len(applied.fresh)
+            ctx.health["applied_batches"] = int(ctx.health["applied_batches"]) + fresh
+            ctx.health["duplicate_batches"] = int(ctx.health["duplicate_batches"]) + applied.duplicates
+            ctx.health["applied_records"] = int(ctx.health["applied_records"]) + applied.records
+            BATCHES.labels("attributor", "applied").inc(fresh)
+            BATCHES.labels("attributor", "duplicate").inc(applied.duplicates)
+            RECORDS.labels("attributor").inc(applied.records)
+        if acking is not None:
+            await acking
+    finally:
+        feeder.cancel()
+        upkeep.cancel()
+        alerts.cancel()
+        await asyncio.gather(feeder, upkeep, alerts, return_exceptions=True)
+        # close, not drain: a pull subscription never finishes draining, and nothing is in flight once the loop ends.
+        await writer.close()
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:  # the connection may already be gone; nothing to release then
+            log.debug("unsubscribe failed", extra={"why": repr(exc)})
+        await nc.close()
+        await pool.close()
+
+
+async def _ack_all(msgs: Sequence) -> None:
+    """Double-ack every message of a committed group; a lost ack only means a redelivery that changes nothing."""
+    results = await asyncio.gather(*(m.ack_sync(timeout=5) for m in msgs), return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        log.warning("%d acks not confirmed; those batches will be redelivered and skipped", len(failed))
+
+
+async def maintenance_loop(ctx: ServiceContext) -> None:
+    """Run a maintenance pass now and every ``maintenance_interval_s``; a database outage only delays it."""
+    cfg = ctx.config
+    conn: asyncpg.Connection | None = None
+    ctx.health.update(maintenance_passes=0)
+    while not ctx.stopping.is_set():
+        try:
+            if conn is None or conn.is_closed():
+                conn = await asyncpg.connect(ctx.dsn, timeout=5)
+                await maintenance.prepare(conn)
+            up = await maintenance.run_pass(conn, cfg, datetime.now(UTC))
+            if up is not None:
+                ctx.health["maintenance_passes"] = int(ctx.health["maintenance_passes"]) + 1
+                if up.partitions_created or up.partitions_dropped or up.rows_expired:
+                    log.info(
+                        "maintenance",
+                        extra={
+                            "created": len(up.partitions_created),
+                            "dropped": len(up.partitions_dropped),
+                            "expired": up.rows_expired,
+                        },
+                    )
+        except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+            log.warning("maintenance pass failed; retrying later", extra={"why": repr(exc)})
+            if conn is not None:
+                conn.terminate()
+                conn = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.stopping.wait(), cfg.attributor.maintenance_interval_s)
+    if conn is not None:
+        conn.terminate()
+
+
+async def detector_loop(ctx: ServiceContext, nc) -> None:
+    """Evaluate the alert rules every ``detector_interval_s``; publish events on ``costmesh.alerts`` and to Slack."""
+    cfg = ctx.config
+    if not cfg.alert_rules:
+        return
+    codec = Codec()
+    url = resolve_secret(cfg.slack.webhook_url_env, "slack.webhook_url_env")
+    slack = SlackNotifier(url) if url else None
+    if slack is not None:
+        await slack.start()
+    conn: asyncpg.Connection | None = None
+    ctx.health.update(alerts_sent=0)
     try:
         while not ctx.stopping.is_set():
             try:
-                msgs = await sub.fetch(cfg.attributor.fetch_batch, timeout=1)
-            except NatsTimeout:
-                continue
-            for msg in msgs:
-                try:
-                    batch = codec.decode_batch(msg.data)
-                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    ERRORS.labels("attributor", "schema").inc()
-                    log.error("terminating a message that does not match the contract", extra={"reason": str(exc)})
-                    await msg.term()
-                    continue
-                try:
-                    async with pool.acquire() as conn:
-                        fresh = await apply_batch(conn, batch)
-                except db.TRANSIENT_ERRORS as exc:
-                    log.warning("database unavailable, batch left for redelivery", extra={"why": repr(exc)})
-                    await asyncio.sleep(1)
-                    break
-                await msg.ack_sync()
-                key = "applied_batches" if fresh else "duplicate_batches"
-                ctx.health[key] = int(ctx.health[key]) + 1
-                BATCHES.labels("attributor", "applied" if fresh else "duplicate").inc()
-                if fresh:
-                    RECORDS.labels("attributor").inc(len(batch.records))
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(ctx.dsn, timeout=5)
+                events = await detector.run_pass(conn, cfg, datetime.now(UTC)) or []
+                for event in events:
+                    try:
+                        await nc.publish(natsio.ALERTS_SUBJECT, codec.encode(event))
+                    except Exception as exc:  # NATS away: Slack still gets it, and the state is already recorded
+                        log.warning("could not publish an alert", extra={"why": repr(exc)})
+                    if slack is not None:
+                        slack.send(event)
+                    ctx.health["alerts_sent"] = int(ctx.health["alerts_sent"]) + 1
+            except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
+                log.warning("detector pass failed; retrying later", extra={"why": repr(exc)})
+                if conn is not None:
+                    conn.terminate()
+                    conn = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.stopping.wait(), cfg.attributor.detector_interval_s)
     finally:
-        # close, not drain: a pull subscription never finishes draining, and nothing is in flight once the loop ends.
-        await sub.unsubscribe()
-        await nc.close()
-        await pool.close()
+        if conn is not None:
+            conn.terminate()
+        if slack is not None:
+            await slack.close()

@@ -2,7 +2,7 @@
 
 Reads pcap/pcapng files; emits ``Usage`` rows. ``observe`` is the one seam to the sensor: it runs
 ``costmesh.sensor.service.replay`` with the sensor's parsing core, exactly as a replaying sensor does.
-Records are summed per minute exactly as the attributor stores them (``costmesh.attributor.apply.per_minute``), so a
+Records are summed per minute keyed like the attributor's ``consumption_minute`` (``per_minute``), so a
 report from a capture and the live pipeline see the same numbers.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from costmesh.attributor.apply import per_minute
 from costmesh.common.config import Config
 from costmesh.common.schemas import ObservedCall
 
@@ -26,6 +25,35 @@ def observe(path: Path, config: Config) -> list[ObservedCall]:
     from costmesh.sensor.service import replay
 
     return replay(path, Sensor(config, config.node_name()))
+
+
+def per_minute(records: Iterable[ObservedCall]) -> list[tuple]:
+    """Sum records into per-minute rows keyed like ``consumption_minute``'s primary key, measures in its order."""
+    acc: dict[tuple, list[int]] = {}
+    for r in records:
+        key = (
+            r.window_start_us - r.window_start_us % _MINUTE_US,
+            r.tenant,
+            r.tenant_method,
+            r.feature,
+            r.agent,
+            r.src_workload,
+            r.dst,
+            r.protocol,
+        )
+        s = acc.get(key)
+        if s is None:
+            s = acc[key] = [0] * 9
+        s[0] += r.requests
+        s[1] += r.errors
+        s[2] += r.bytes_in
+        s[3] += r.bytes_out
+        s[4] += r.busy_us
+        s[5] += r.tokens_in
+        s[6] += r.tokens_out
+        s[7] += r.tokens_cached
+        s[8] += r.tokens_reasoning
+    return [(*k, *v) for k, v in sorted(acc.items())]
 
 
 def usage_from_records(records: Iterable[ObservedCall]) -> list[Usage]:

@@ -257,6 +257,26 @@ class AttributorConfig(_Section):
     fetch_batch: int = 64
     retention_minute_days: int = 14
     retention_hourly_days: int = 396
+    #: Daily partitions created this many days ahead (plain PostgreSQL flavour).
+    partitions_ahead_days: int = 3
+    #: Applied batch ids kept this long (must exceed the stream's max age so any redelivery still finds its id).
+    applied_batches_keep_days: int = 7
+    #: Seconds between maintenance passes (partitions, rollups, retention, tenant resolution).
+    maintenance_interval_s: float = 30.0
+    #: A minute is rolled up and resolved once it is this far in the past (late data re-opens it).
+    settle_s: float = 120.0
+    #: A queue consumer's tenant mix is the topic's producer mix over this many seconds before the window.
+    queue_window_s: int = 900
+    #: Propagation along graph cycles stops when no tenant share moves by more than this.
+    propagation_tolerance: float = 1e-9
+    #: Graph nodes and edges idle for longer than this drop out of the live graph.
+    graph_idle_s: int = 3600
+    #: Sliding windows of the runaway-AI-cost detector, seconds (the rule's ``window_s`` is added to these).
+    detector_windows_s: list[int] = msgspec.field(default_factory=lambda: [60, 300])
+    #: EWMA smoothing of the hourly cost baseline (weight of the newest hour).
+    baseline_alpha: float = 0.3
+    #: Seconds between runaway-AI-cost detector passes.
+    detector_interval_s: float = 15.0
 
 
 class ApiConfig(_Section):

@@ -44,6 +44,201 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         """,
     ),
     (
+        2,
+        "live dependency graph, queue volumes, AI usage, dirty minutes",
+        """
+        CREATE TABLE graph_node (
+            name        text PRIMARY KEY,
+            kind        text NOT NULL,
+            first_seen  timestamptz NOT NULL,
+            last_seen   timestamptz NOT NULL
+        );
+        CREATE TABLE graph_edge_minute (
+            minute      timestamptz NOT NULL,
+            src         text NOT NULL,
+            dst         text NOT NULL,
+            protocol    text NOT NULL,
+            calls       bigint NOT NULL DEFAULT 0,
+            errors      bigint NOT NULL DEFAULT 0,
+            bytes_in    bigint NOT NULL DEFAULT 0,
+            bytes_out   bigint NOT NULL DEFAULT 0,
+            busy_us     bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (minute, src, dst, protocol)
+        );
+        CREATE TABLE queue_minute (
+            minute          timestamptz NOT NULL,
+            topic           text NOT NULL,
+            role            text NOT NULL CHECK (role IN ('producer', 'consumer')),
+            workload        text NOT NULL,
+            tenant          text NOT NULL,
+            tenant_method   text NOT NULL,
+            requests        bigint NOT NULL DEFAULT 0,
+            bytes           bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (minute, topic, role, workload, tenant, tenant_method)
+        );
+        CREATE TABLE ai_usage_minute (
+            minute          timestamptz NOT NULL,
+            tenant          text NOT NULL,
+            tenant_method   text NOT NULL,
+            feature         text NOT NULL,
+            agent           text NOT NULL,
+            src_workload    text NOT NULL,
+            provider        text NOT NULL,
+            model           text NOT NULL,
+            requests        bigint NOT NULL DEFAULT 0,
+            tokens_in       bigint NOT NULL DEFAULT 0,
+            tokens_out      bigint NOT NULL DEFAULT 0,
+            tokens_cached   bigint NOT NULL DEFAULT 0,
+            tokens_reasoning bigint NOT NULL DEFAULT 0,
+            cost_micros     bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (minute, tenant, tenant_method, feature, agent, src_workload, provider, model)
+        );
+        CREATE TABLE dirty_minutes (
+            minute      timestamptz PRIMARY KEY
+        );
+        """,
+    ),
+    (
+        3,
+        "storage flavour: TimescaleDB hypertable + continuous aggregates + policies, else daily range partitions",
+        """
+        DO $flavour$
+        DECLARE
+            timescale boolean := EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb');
+        BEGIN
+            IF NOT timescale
+               AND EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
+               AND current_setting('shared_preload_libraries', true) LIKE '%timescaledb%' THEN
+                CREATE EXTENSION IF NOT EXISTS timescaledb;
+                timescale := true;
+            END IF;
+            CREATE TABLE storage_flavour (
+                only_row    boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+                flavour     text NOT NULL CHECK (flavour IN ('timescaledb', 'partitioned'))
+            );
+            INSERT INTO storage_flavour (flavour)
+                VALUES (CASE WHEN timescale THEN 'timescaledb' ELSE 'partitioned' END);
+
+            IF timescale THEN
+                PERFORM create_hypertable('consumption_minute', by_range('minute', INTERVAL '1 day'),
+                    migrate_data => true);
+                EXECUTE $sql$
+                    CREATE MATERIALIZED VIEW consumption_hourly WITH (timescaledb.continuous) AS
+                    SELECT time_bucket(INTERVAL '1 hour', minute) AS hour, tenant, tenant_method, feature, agent,
+                        src_workload, dst, protocol,
+                        sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,
+                        sum(bytes_in)::bigint AS bytes_in, sum(bytes_out)::bigint AS bytes_out,
+                        sum(busy_us)::bigint AS busy_us, sum(tokens_in)::bigint AS tokens_in,
+                        sum(tokens_out)::bigint AS tokens_out, sum(tokens_cached)::bigint AS tokens_cached,
+                        sum(tokens_reasoning)::bigint AS tokens_reasoning
+                    FROM consumption_minute GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 WITH NO DATA
+                $sql$;
+                EXECUTE $sql$
+                    CREATE MATERIALIZED VIEW consumption_daily WITH (timescaledb.continuous) AS
+                    SELECT time_bucket(INTERVAL '1 day', hour) AS day, tenant, tenant_method, feature, agent,
+                        src_workload, dst, protocol,
+                        sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,
+                        sum(bytes_in)::bigint AS bytes_in, sum(bytes_out)::bigint AS bytes_out,
+                        sum(busy_us)::bigint AS busy_us, sum(tokens_in)::bigint AS tokens_in,
+                        sum(tokens_out)::bigint AS tokens_out, sum(tokens_cached)::bigint AS tokens_cached,
+                        sum(tokens_reasoning)::bigint AS tokens_reasoning
+                    FROM consumption_hourly GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 WITH NO DATA
+                $sql$;
+                PERFORM add_continuous_aggregate_policy('consumption_hourly', start_offset => INTERVAL '3 days',
+                    end_offset => INTERVAL '1 minute', schedule_interval => INTERVAL '5 minutes');
+                PERFORM add_continuous_aggregate_policy('consumption_daily', start_offset => INTERVAL '7 days',
+                    end_offset => INTERVAL '1 hour', schedule_interval => INTERVAL '1 hour');
+                ALTER TABLE consumption_minute SET (timescaledb.compress,
+                    timescaledb.compress_segmentby = 'tenant', timescaledb.compress_orderby = 'minute');
+                PERFORM add_compression_policy('consumption_minute', INTERVAL '2 days');
+                PERFORM add_retention_policy('consumption_minute', INTERVAL '14 days');
+                PERFORM add_retention_policy('consumption_hourly', INTERVAL '396 days');
+            ELSE
+                ALTER TABLE consumption_minute RENAME TO consumption_minute_v1;
+                ALTER INDEX consumption_minute_tenant RENAME TO consumption_minute_v1_tenant;
+                ALTER TABLE consumption_minute_v1 RENAME CONSTRAINT consumption_minute_pkey
+                    TO consumption_minute_v1_pkey;
+                CREATE TABLE consumption_minute (LIKE consumption_minute_v1 INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
+                    PRIMARY KEY (minute, tenant, tenant_method, feature, agent, src_workload, dst, protocol)
+                ) PARTITION BY RANGE (minute);
+                CREATE INDEX consumption_minute_tenant ON consumption_minute (tenant, minute);
+                -- rows outside every daily partition (old replays, clock skew) land here until a partition exists
+                CREATE TABLE consumption_minute_default PARTITION OF consumption_minute DEFAULT
+                    WITH (fillfactor = 70);
+                INSERT INTO consumption_minute SELECT * FROM consumption_minute_v1;
+                DROP TABLE consumption_minute_v1;
+                CREATE TABLE consumption_hourly (
+                    hour timestamptz NOT NULL, tenant text NOT NULL, tenant_method text NOT NULL,
+                    feature text NOT NULL, agent text NOT NULL, src_workload text NOT NULL, dst text NOT NULL,
+                    protocol text NOT NULL, requests bigint NOT NULL, errors bigint NOT NULL,
+                    bytes_in bigint NOT NULL, bytes_out bigint NOT NULL, busy_us bigint NOT NULL,
+                    tokens_in bigint NOT NULL, tokens_out bigint NOT NULL, tokens_cached bigint NOT NULL,
+                    tokens_reasoning bigint NOT NULL,
+                    PRIMARY KEY (hour, tenant, tenant_method, feature, agent, src_workload, dst, protocol)
+                );
+                CREATE TABLE consumption_daily (
+                    day timestamptz NOT NULL, tenant text NOT NULL, tenant_method text NOT NULL,
+                    feature text NOT NULL, agent text NOT NULL, src_workload text NOT NULL, dst text NOT NULL,
+                    protocol text NOT NULL, requests bigint NOT NULL, errors bigint NOT NULL,
+                    bytes_in bigint NOT NULL, bytes_out bigint NOT NULL, busy_us bigint NOT NULL,
+                    tokens_in bigint NOT NULL, tokens_out bigint NOT NULL, tokens_cached bigint NOT NULL,
+                    tokens_reasoning bigint NOT NULL,
+                    PRIMARY KEY (day, tenant, tenant_method, feature, agent, src_workload, dst, protocol)
+                );
+            END IF;
+        END
+        $flavour$;
+        """,
+    ),
+    (
+        4,
+        "tenant resolution output and dirty-minute generations",
+        """
+        ALTER TABLE dirty_minutes ADD COLUMN gen bigint NOT NULL DEFAULT 0;
+        CREATE TABLE attributed_minute (
+            minute          timestamptz NOT NULL,
+            tenant          text NOT NULL,
+            tenant_method   text NOT NULL,
+            feature         text NOT NULL,
+            agent           text NOT NULL,
+            src_workload    text NOT NULL,
+            dst             text NOT NULL,
+            protocol        text NOT NULL,
+            requests        bigint NOT NULL DEFAULT 0,
+            errors          bigint NOT NULL DEFAULT 0,
+            bytes_in        bigint NOT NULL DEFAULT 0,
+            bytes_out       bigint NOT NULL DEFAULT 0,
+            busy_us         bigint NOT NULL DEFAULT 0,
+            tokens_in       bigint NOT NULL DEFAULT 0,
+            tokens_out      bigint NOT NULL DEFAULT 0,
+            tokens_cached   bigint NOT NULL DEFAULT 0,
+            tokens_reasoning bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (minute, tenant, tenant_method, feature, agent, src_workload, dst, protocol)
+        );
+        CREATE INDEX attributed_minute_tenant ON attributed_minute (tenant, minute);
+        """,
+    ),
+    (
+        5,
+        "runaway-AI-cost detector state (de-duplication and cooldown across restarts)",
+        """
+        CREATE TABLE alert_state (
+            rule_key    text NOT NULL,
+            tenant      text NOT NULL,
+            feature     text NOT NULL,
+            agent       text NOT NULL,
+            reason      text NOT NULL CHECK (reason IN ('budget', 'spike')),
+            state       text NOT NULL CHECK (state IN ('firing', 'resolved')),
+            alert_id    text NOT NULL,
+            started_at  timestamptz NOT NULL,
+            window_s    integer NOT NULL,
+            resolved_at timestamptz,
+            PRIMARY KEY (rule_key, tenant, feature, agent, reason)
+        );
+        CREATE INDEX ai_usage_minute_scope ON ai_usage_minute (tenant, feature, agent, minute);
+        """,
+    ),
+    (
         100,
         "billing: imported files, cost lines, allocations per period, revenue",
         """
