@@ -263,8 +263,50 @@ def test_cyclic_mixes_do_not_depend_on_query_order():
     backward = two.allocate(second, db2)
     backward = two.allocate(first, DB) + backward
     assert forward == backward
-    # a's inbound: acme 1 direct + 3 untagged from b, whose own mix (cut at a) is globex: acme 1/4, globex 3/4
+    # The cycle solved: T_a = 1/4 acme + 3/4 T_b and T_b = 1/2 globex + 1/2 T_a, so T_a = 2/5 acme + 3/5 globex
+    # (and T_b = 1/5 acme + 4/5 globex). Cutting the cycle instead would have given a 1/4 acme, 3/4 globex.
     assert by_tenant(forward[:2]) == {
-        ("acme", "propagated"): Decimal("0.25"),
-        ("globex", "propagated"): Decimal("0.75"),
+        ("acme", "propagated"): Decimal("0.4"),
+        ("globex", "propagated"): Decimal("0.6"),
     }
+    assert by_tenant(forward[2:]) == {
+        ("acme", "propagated"): Decimal("0.2"),
+        ("globex", "propagated"): Decimal("0.8"),
+    }
+
+
+WORKLOADS = ["a", "b", "c", "d"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    tagged=st.lists(st.tuples(st.sampled_from(WORKLOADS), st.sampled_from(["acme", "globex"]), st.integers(1, 9))),
+    untagged=st.lists(st.tuples(st.sampled_from(WORKLOADS), st.sampled_from(WORKLOADS), st.integers(1, 9))),
+)
+def test_propagated_mixes_solve_the_graph_with_cycles(tagged, untagged):
+    """Every mix sums to 1 and is the fixed point T_w = D_w + sum a(src→w) T_src, also through cycles and self-calls."""
+    usage = [use("lb", dst, tenant, requests=n) for dst, tenant, n in tagged]
+    usage += [use(src, dst, requests=n) for src, dst, n in untagged]
+    alloc = Allocator(usage)
+    window = line("1").window
+    mixes = alloc.window_mixes(window)
+
+    def tenant_share(mix):
+        out: dict[str, Fraction] = {}
+        for (tenant, _f, _a, _m), share in mix.items():
+            out[tenant] = out.get(tenant, Fraction(0)) + share
+        return out
+
+    for w, mix in mixes.items():
+        assert sum(mix.values()) == 1
+        inbound = [(u.src_workload, u.tenant, u.requests) for u in usage if u.dst == w]
+        known = [(s, t, n) for s, t, n in inbound if t or s in mixes]
+        total = sum(n for _s, _t, n in known)
+        expected: dict[str, Fraction] = {}
+        for src, tenant, n in known:
+            parts = {tenant: Fraction(1)} if tenant else tenant_share(mixes[src])
+            for t, share in parts.items():
+                expected[t] = expected.get(t, Fraction(0)) + share * n / total
+        assert tenant_share(mix) == expected
+    tagged_into = {dst for dst, _t, _n in tagged}
+    assert set(mixes) >= tagged_into

@@ -9,8 +9,9 @@ For a line of resource R over window P (DESIGN.md, "Allocation, in one paragraph
    workloads in different zones; compute → server time of the workloads on the node (CPU proxy), else requests;
    AI API → tokens × price (``price`` argument); storage → bytes; other → requests.
 2. Each consuming record goes to a tenant by the tenant on the call (``direct``), by trace id (``trace``), by the
-   inbound tenant mix of the calling workload in P, recursively along the graph (``propagated``; a cycle is cut where
-   it closes), else to ``platform`` when the caller is background work, else ``unallocated``.
+   inbound tenant mix of the calling workload in P, recursively along the graph (``propagated``; cycles are solved
+   exactly as a linear system over the workloads, see ``Allocator.window_mixes``), else to ``platform`` when the
+   caller is background work, else ``unallocated``.
 3. A tenant tag on the bill line itself (``tenant``/``customer``…) is a direct signal and wins; a line mapped to no
    observed resource, or with no consumption in P, is ``unallocated`` whole.
 4. Shares are exact fractions until the end, then split with largest remainders in integer units of the line's own
@@ -87,7 +88,7 @@ class Allocator:
         )
         self.tag_keys = tuple(k.lower() for k in tag_keys)
         self._windows: dict[Window, tuple[list[Usage], dict[str, list[Usage]]]] = {}
-        self._mixes: dict[tuple[Window, str, frozenset[str]], dict[_Key, Fraction]] = {}
+        self._mixes: dict[Window, dict[str, dict[_Key, Fraction]]] = {}
 
     # -- consumption ---------------------------------------------------------------------------------------------
     def _in(self, window: Window) -> tuple[list[Usage], dict[str, list[Usage]]]:
@@ -149,36 +150,74 @@ class Allocator:
         return not (address.is_private or address.is_loopback or address.is_link_local)
 
     # -- tenants -------------------------------------------------------------------------------------------------
-    def inbound_mix(
-        self, workload: str, window: Window, _visiting: frozenset[str] = frozenset()
-    ) -> dict[_Key, Fraction]:
-        """Tenant shares of the calls into ``workload`` in ``window`` (by requests), resolved recursively.
+    def window_mixes(self, window: Window) -> dict[str, dict[_Key, Fraction]]:
+        """Inbound tenant mix of every workload in ``window`` (by requests), cycles included, in exact fractions.
 
-        Calls carrying a tenant count as that tenant; untagged calls from a caller count by that caller's own inbound
-        mix. Returns ``{}`` when nothing is known. Keys carry the method the tenant was found by on the inbound call.
+        A workload's tenant share is its tagged inbound calls plus its untagged inbound calls weighted by each caller's
+        own share: T_w = D_w + sum_src a(src→w) T_src. Over the workloads reachable from a tagged call this is
+        (I - A) T = D, solved exactly by Gaussian elimination (the system is that of an absorbing chain: every such
+        workload leads back to a tagged call, so I - A is invertible). Callers reachable from no tagged call have no
+        mix and are left out of a workload's total, as unknown. Keys carry the method the tenant was found by on the
+        inbound call; what arrives through a caller is ``propagated``.
         """
-        # The answer depends on the workload and on where the cycle is cut (the workloads being visited), never on
-        # which query came first: the cache key holds both.
-        cache_key = (window, workload, _visiting)
-        if cache_key in self._mixes:
-            return self._mixes[cache_key]
+        cached = self._mixes.get(window)
+        if cached is not None:
+            return cached
         _, by_dst = self._in(window)
-        acc: dict[_Key, Fraction] = defaultdict(Fraction)
-        visiting = _visiting | {workload}
-        for u in by_dst.get(workload, ()):
-            if not u.requests:
-                continue
-            direct = _tagged(u)
-            if direct is not None:
-                acc[direct] += u.requests
-            elif u.src_workload not in visiting:
-                sub = self.inbound_mix(u.src_workload, window, visiting)
-                for (tenant, feature, agent, _method), share in sub.items():
-                    acc[(tenant, feature, agent, "propagated")] += share * u.requests
-        total = sum(acc.values())
-        mix = {k: v / total for k, v in acc.items()} if total else {}
-        self._mixes[cache_key] = mix
-        return mix
+        direct: dict[str, dict[_Key, int]] = defaultdict(lambda: defaultdict(int))
+        calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for dst, rows in by_dst.items():
+            for u in rows:
+                if not u.requests:
+                    continue
+                key = _tagged(u)
+                if key is not None:
+                    direct[dst][key] += u.requests
+                else:
+                    calls[dst][u.src_workload] += u.requests
+        callees: dict[str, set[str]] = defaultdict(set)
+        for dst, srcs in calls.items():
+            for src in srcs:
+                callees[src].add(dst)
+        known, frontier = set(direct), list(direct)
+        while frontier:
+            for dst in callees.get(frontier.pop(), ()):
+                if dst not in known:
+                    known.add(dst)
+                    frontier.append(dst)
+        order = sorted(known)
+        index = {w: i for i, w in enumerate(order)}
+        tenants = sorted({k[:3] for d in direct.values() for k in d})
+        column = {t: j for j, t in enumerate(tenants)}
+        totals = {w: sum(direct[w].values()) + sum(r for src, r in calls[w].items() if src in known) for w in order}
+        matrix = [[Fraction(int(i == j)) for j in range(len(order))] for i in range(len(order))]
+        rhs = [[Fraction(0)] * len(tenants) for _ in order]
+        for w in order:
+            i, total = index[w], totals[w]
+            for src, r in calls[w].items():
+                if src in known:
+                    matrix[i][index[src]] -= Fraction(r, total)
+            for key, r in direct[w].items():
+                rhs[i][column[key[:3]]] += Fraction(r, total)
+        shares = _solve(matrix, rhs)
+        mixes: dict[str, dict[_Key, Fraction]] = {}
+        for w in order:
+            total = totals[w]
+            mix: dict[_Key, Fraction] = defaultdict(Fraction)
+            for key, r in direct[w].items():
+                mix[key] += Fraction(r, total)
+            for src, r in calls[w].items():
+                if src in known:
+                    for t, share in zip(tenants, shares[index[src]], strict=True):
+                        if share:
+                            mix[(*t, "propagated")] += share * r / total
+            mixes[w] = dict(mix)
+        self._mixes[window] = mixes
+        return mixes
+
+    def inbound_mix(self, workload: str, window: Window) -> dict[_Key, Fraction]:
+        """Tenant shares of the calls into ``workload`` in ``window``; ``{}`` when nothing is known."""
+        return self.window_mixes(window).get(workload, {})
 
     def _shares(self, consumed: list[tuple[Usage, int]], window: Window) -> dict[_Key, Fraction]:
         acc: dict[_Key, Fraction] = defaultdict(Fraction)
@@ -235,6 +274,22 @@ class Allocator:
         for line in lines:
             out.extend(self.allocate(line, targets.get(line.line_id)))
         return out
+
+
+def _solve(matrix: list[list[Fraction]], rhs: list[list[Fraction]]) -> list[list[Fraction]]:
+    """Solve ``matrix · X = rhs`` exactly (Gauss-Jordan on fractions); the caller guarantees ``matrix`` invertible."""
+    n = len(matrix)
+    a = [row[:] + extra[:] for row, extra in zip(matrix, rhs, strict=True)]
+    for col in range(n):
+        pivot = next(r for r in range(col, n) if a[r][col] != 0)
+        a[col], a[pivot] = a[pivot], a[col]
+        lead = a[col][col]
+        a[col] = [v / lead for v in a[col]]
+        for r in range(n):
+            factor = a[r][col]
+            if r != col and factor:
+                a[r] = [v - factor * p for v, p in zip(a[r], a[col], strict=True)]
+    return [row[n:] for row in a]
 
 
 def _tagged(u: Usage) -> _Key | None:
