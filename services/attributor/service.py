@@ -238,11 +238,22 @@ async def feed(
         await asyncio.gather(*pending, return_exceptions=True)
 
 
+#: The consumer's ``max_ack_pending`` (``natsio.ensure_consumer``): unacknowledged messages the server lets us hold.
+MAX_ACK_PENDING = 4096
+
+
+def fetch_size(cfg) -> int:
+    """Messages per fetch, capped so that every group in the pipeline (folding, two queued, being written, being
+    acknowledged) fits in ``MAX_ACK_PENDING``; past it the server stops delivering and the pipeline stalls."""
+    in_pipeline = max(cfg.attributor.fold_processes, 1) + 4
+    return max(1, min(cfg.attributor.fetch_batch, MAX_ACK_PENDING // in_pipeline))
+
+
 async def _fetch_loop(ctx, sub, codec, groups, workers, folding, in_flight, pending, fold_in_worker) -> None:
-    cfg = ctx.config
+    size = fetch_size(ctx.config)
     while not ctx.stopping.is_set():
         try:
-            msgs = await sub.fetch(cfg.attributor.fetch_batch, timeout=1)
+            msgs = await sub.fetch(size, timeout=1)
         except NatsTimeout:
             continue
         except Exception as exc:  # NATS reconnecting (cluster node lost): fetch again shortly
