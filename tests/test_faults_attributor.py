@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import nats
+import psutil
 import pytest
 
 from costmesh.attributor import service
@@ -199,7 +200,7 @@ async def test_kill_9_ten_times_while_a_million_calls_stream_through(nats_server
     config_file = tmp_path / "costmesh.toml"
     config_file.write_text(
         f'node = "test"\n[nats]\nurl = "{nats_server.url}"\n[postgres]\ndsn = "{fresh_dsn}"\n'
-        "[attributor]\nfetch_batch = 16\n"
+        "[attributor]\nfetch_batch = 16\nfold_processes = 2\n"
     )
     cfg = load_config(config_file)
     nc = await nats.connect(nats_server.url)
@@ -208,7 +209,7 @@ async def test_kill_9_ten_times_while_a_million_calls_stream_through(nats_server
     # ~100 batches/s: the stream keeps flowing through all the kills below.
     publisher = asyncio.create_task(_publish_all(js, batches, pause_every=10, pause_s=0.1))
     log_file = tmp_path / "attributor.log"
-    kills = 0
+    kills = workers_seen = 0
     proc = None
     try:
         while kills < 10:
@@ -217,9 +218,13 @@ async def test_kill_9_ten_times_while_a_million_calls_stream_through(nats_server
             # let it apply something, then kill it at a random moment (often inside a transaction)
             await wait_for(lambda b=before: _progress(fresh_dsn, b), timeout=60)
             await asyncio.sleep(rng.uniform(0.0, 0.4))
+            workers = psutil.Process(proc.pid).children(recursive=True)  # the fold processes
             proc.send_signal(signal.SIGKILL)
             await asyncio.to_thread(proc.wait)
             kills += 1
+            workers_seen += len(workers)
+            _gone, alive = await asyncio.to_thread(psutil.wait_procs, workers, 10)
+            assert not alive, f"fold workers outlived kill -9 of their attributor: {alive}"
         await publisher
         proc = _attributor_process(config_file, log_file)
         await wait_for(lambda: _applied_all(fresh_dsn, len(batches)), timeout=120)
@@ -229,7 +234,7 @@ async def test_kill_9_ten_times_while_a_million_calls_stream_through(nats_server
             proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(proc.wait, 30)
         await nc.close()
-    assert kills == 10
+    assert kills == 10 and workers_seen > 0
     _assert_equal_to_oracle(await _totals(fresh_dsn), oracle)
 
 
@@ -307,8 +312,6 @@ def _no_leftover_children():
 
 
 def _children() -> list[str]:
-    import psutil
-
     found = []
     for child in psutil.Process().children(recursive=True):
         try:

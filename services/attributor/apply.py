@@ -311,8 +311,8 @@ async def apply_batches(
     """Apply a group of batches in one transaction; batches applied before (or repeated in the group) change nothing.
 
     ``prepared`` may hold ``staging_rows(batches)``, built ahead of time; it is used when every batch turns out new.
-    The connection must have been
-    ``prepare``d. Raises what asyncpg raises; on any error nothing was written.
+    ``batches`` may also be ``fold.BatchRef``s (identity and size known, records decoded only when needed). The
+    connection must have been ``prepare``d. Raises what asyncpg raises; on any error nothing was written.
     """
     unique: dict[str, CallBatch] = {}
     for b in sorted(batches, key=lambda b: b.batch_id):  # one lock order for every replica: no deadlock on ids
@@ -323,16 +323,17 @@ async def apply_batches(
             list(unique),
             [b.node for b in unique.values()],
             [b.seq for b in unique.values()],
-            [len(b.records) for b in unique.values()],
+            [_count(b) for b in unique.values()],
         )
         fresh = set(fresh_ids)
         ai: list[tuple] = []
         costs: list[AiCost] = []
         new = [b for batch_id, b in unique.items() if batch_id in fresh]
-        records = sum(len(b.records) for b in new)
+        records = sum(_count(b) for b in new)
         rows = prepared if prepared is not None and len(new) == len(unique) else staging_rows(new)
         for b in new:
-            if _has_tokens(b.records):
+            flag = getattr(b, "has_tokens", None)  # known without decoding for a BatchRef
+            if flag if flag is not None else _has_tokens(b.records):
                 more_rows, more_costs = ai_rows(b.records, prices)
                 ai.extend(more_rows)
                 costs.extend(more_costs)
@@ -353,6 +354,12 @@ async def apply_batches(
             )
             await conn.execute(MERGE_AI)
     return Applied(fresh=fresh, duplicates=len(batches) - len(fresh), records=records, ai_costs=costs)
+
+
+def _count(batch: CallBatch) -> int:
+    """Records in a batch, without decoding a ``BatchRef``'s records."""
+    n = getattr(batch, "n_records", None)
+    return len(batch.records) if n is None else n
 
 
 _TOKEN_GETTERS = tuple(operator.attrgetter(f) for f in ("tokens_in", "tokens_out", "tokens_cached", "tokens_reasoning"))

@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -33,6 +35,7 @@ from costmesh.common.schemas import CallBatch, Codec
 
 from . import detector, maintenance, storage
 from .apply import Applied, apply_batches, plain_rows, prepare, staging_rows
+from .fold import BatchRef, decode_and_fold, die_with_parent
 from .slack import SlackNotifier
 
 log = logging.getLogger(__name__)
@@ -123,6 +126,15 @@ def _retryable(exc: asyncpg.PostgresError) -> bool:
     )
 
 
+def _malformed(msg, reason: str) -> None:
+    ERRORS.labels("attributor", "schema").inc()
+    seq = getattr(getattr(msg, "metadata", None), "sequence", None)
+    log.error(
+        "terminating a message that does not match the contract",
+        extra={"subject": getattr(msg, "subject", "?"), "stream_seq": getattr(seq, "stream", None), "reason": reason},
+    )
+
+
 def decode_all(codec: Codec, msgs: Sequence) -> tuple[list, list[CallBatch], list]:
     """Split fetched messages into (good messages, their batches, malformed messages)."""
     good, batches, bad = [], [], []
@@ -131,13 +143,7 @@ def decode_all(codec: Codec, msgs: Sequence) -> tuple[list, list[CallBatch], lis
             batches.append(codec.decode_batch(msg.data))
             good.append(msg)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            ERRORS.labels("attributor", "schema").inc()
-            subject = getattr(msg, "subject", "?")
-            seq = getattr(getattr(msg, "metadata", None), "sequence", None)
-            log.error(
-                "terminating a message that does not match the contract",
-                extra={"subject": subject, "stream_seq": getattr(seq, "stream", None), "reason": str(exc)},
-            )
+            _malformed(msg, str(exc))
             bad.append(msg)
     return good, batches, bad
 
@@ -158,15 +164,24 @@ class AdaptiveFold:
     def __init__(self) -> None:
         self.folding = True
         self.skipped = 0
+        self._folded = True
+
+    def wants_fold(self) -> bool:
+        """Whether the next group should be folded (folding pays, or it is time to probe again)."""
+        self._folded = self.folding or self.skipped >= self.PROBE_EVERY
+        self.skipped = 0 if self._folded else self.skipped + 1
+        return self._folded
+
+    def observe(self, records: int, rows: int) -> None:
+        """Learn from the group just prepared (a plain one teaches nothing: its rows are its records)."""
+        if self._folded:
+            self.folding = rows <= self.KEEP_AT_MOST * records
 
     def rows(self, batches: Sequence[CallBatch]) -> list[tuple]:
-        if not self.folding and self.skipped < self.PROBE_EVERY:
-            self.skipped += 1
+        if not self.wants_fold():
             return plain_rows(batches)
-        records = sum(len(b.records) for b in batches)
         rows = staging_rows(batches)
-        self.folding = len(rows) <= self.KEEP_AT_MOST * records
-        self.skipped = 0
+        self.observe(sum(len(b.records) for b in batches), len(rows))
         return rows
 
 
@@ -179,13 +194,66 @@ class Prepared:
     rows: list[tuple]
 
 
-async def feed(ctx: ServiceContext, sub, codec: Codec, groups: asyncio.Queue[Prepared]) -> None:
-    """Fetch, decode and prepare groups for the writer; malformed messages are terminated here."""
+async def feed(
+    ctx: ServiceContext,
+    sub,
+    codec: Codec,
+    groups: asyncio.Queue[Prepared],
+    workers: ProcessPoolExecutor | None = None,
+) -> None:
+    """Fetch, decode and prepare groups for the writer; malformed messages are terminated here.
+
+    With ``workers``, decoding and folding run in a worker process and this process keeps only the payloads.
+    """
     cfg = ctx.config
     folding = AdaptiveFold()
+    loop = asyncio.get_running_loop()
+    in_flight = asyncio.Semaphore(max(cfg.attributor.fold_processes, 1))
+    pending: set[asyncio.Task[None]] = set()
+
+    async def fold_in_worker(msgs: list) -> None:
+        try:
+            payloads = [m.data for m in msgs]
+            folded = await loop.run_in_executor(workers, decode_and_fold, payloads, folding.wants_fold())
+            folding.observe(folded.records, len(folded.rows))
+            good, refs = [], []
+            for msg, meta, payload in zip(msgs, folded.metas, payloads, strict=True):
+                if isinstance(meta, str):
+                    _malformed(msg, meta)
+                    await msg.term()
+                else:
+                    good.append(msg)
+                    refs.append(BatchRef(meta, payload))
+            if refs:
+                await groups.put(Prepared(good, refs, folded.rows))
+        finally:
+            in_flight.release()
+            pending.discard(asyncio.current_task())
+
+    try:
+        await _fetch_loop(ctx, sub, codec, groups, workers, folding, in_flight, pending, fold_in_worker)
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+#: The consumer's ``max_ack_pending`` (``natsio.ensure_consumer``): unacknowledged messages the server lets us hold.
+MAX_ACK_PENDING = 4096
+
+
+def fetch_size(cfg) -> int:
+    """Messages per fetch, capped so that every group in the pipeline (folding, two queued, being written, being
+    acknowledged) fits in ``MAX_ACK_PENDING``; past it the server stops delivering and the pipeline stalls."""
+    in_pipeline = max(cfg.attributor.fold_processes, 1) + 4
+    return max(1, min(cfg.attributor.fetch_batch, MAX_ACK_PENDING // in_pipeline))
+
+
+async def _fetch_loop(ctx, sub, codec, groups, workers, folding, in_flight, pending, fold_in_worker) -> None:
+    size = fetch_size(ctx.config)
     while not ctx.stopping.is_set():
         try:
-            msgs = await sub.fetch(cfg.attributor.fetch_batch, timeout=1)
+            msgs = await sub.fetch(size, timeout=1)
         except NatsTimeout:
             continue
         except Exception as exc:  # NATS reconnecting (cluster node lost): fetch again shortly
@@ -194,7 +262,12 @@ async def feed(ctx: ServiceContext, sub, codec: Codec, groups: asyncio.Queue[Pre
             log.warning("fetch failed, retrying", extra={"why": repr(exc)})
             await asyncio.sleep(0.5)
             continue
-        good: list = []
+        if workers is not None:
+            # up to ``fold_processes`` groups fold at once; the writer takes them in whatever order they finish
+            await in_flight.acquire()
+            pending.add(asyncio.create_task(fold_in_worker(msgs), name="attributor-fold"))
+            continue
+        good = []
         batches: list[CallBatch] = []
         for i in range(0, len(msgs), YIELD_EVERY):
             # small slices, yielding in between: the writer's next statement must not wait for a whole group's
@@ -231,7 +304,16 @@ async def main(ctx: ServiceContext) -> None:
     # Two stages: the feeder fetches, decodes and builds staging rows for the next group while the writer's
     # transaction for the current group runs in PostgreSQL (the two use different cores).
     groups: asyncio.Queue[Prepared] = asyncio.Queue(maxsize=2)
-    feeder = asyncio.create_task(feed(ctx, sub, codec, groups), name="attributor-feeder")
+    workers = (
+        ProcessPoolExecutor(
+            cfg.attributor.fold_processes,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=die_with_parent,
+        )
+        if cfg.attributor.fold_processes > 0
+        else None
+    )
+    feeder = asyncio.create_task(feed(ctx, sub, codec, groups, workers), name="attributor-feeder")
     acking: asyncio.Task[None] | None = None
     try:
         while not ctx.stopping.is_set():
@@ -267,6 +349,8 @@ async def main(ctx: ServiceContext) -> None:
         upkeep.cancel()
         alerts.cancel()
         await asyncio.gather(feeder, upkeep, alerts, return_exceptions=True)
+        if workers is not None:
+            workers.shutdown(wait=True, cancel_futures=True)
         # close, not drain: a pull subscription never finishes draining, and nothing is in flight once the loop ends.
         await writer.close()
         try:

@@ -277,6 +277,9 @@ class AttributorConfig(_Section):
     baseline_alpha: float = 0.3
     #: Seconds between runaway-AI-cost detector passes.
     detector_interval_s: float = 15.0
+    #: Worker processes that decode and fold fetched groups (0: in the consumer process itself). One frees the
+    #: consumer's core for NATS, COPY and the transaction when the host has a core to spare.
+    fold_processes: int = 0
 
 
 class ApiConfig(_Section):

@@ -10,10 +10,10 @@ reasoning tokens at the reasoning rate instead of the output rate. A rate of 0 f
 "no separate rate": they cost what plain input or output tokens cost.
 
 Shipped defaults: list prices in US dollars per million tokens (standard tier, prompts up to 200k tokens where the
-price has tiers), taken from the providers' public pricing pages — openai.com/api/pricing,
-anthropic.com/pricing (API), aws.amazon.com/bedrock/pricing (on-demand, us-east-1),
-ai.google.dev/gemini-api/docs/pricing — as of 2025-10. Prices change: override them in config (``[[prices]]``)
-rather than trusting these for invoices.
+price has tiers), transcribed from the providers' public pricing pages as they stood in 2025-10 —
+openai.com/api/pricing, anthropic.com/pricing (API), aws.amazon.com/bedrock/pricing (on-demand, us-east-1),
+ai.google.dev/gemini-api/docs/pricing. They were not re-checked online from the build machine (no internet there).
+Prices change: override them in config (``[[prices]]``) rather than trusting these for invoices.
 """
 
 from __future__ import annotations
