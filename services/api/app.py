@@ -18,6 +18,7 @@ from aiohttp import web
 from costmesh.common import db
 from costmesh.common.metrics import ERRORS, metrics_routes
 from costmesh.common.runtime import ServiceContext
+from costmesh.common.schemas import COUNTERS
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +34,7 @@ GROUPS = {
     "protocol": "protocol",
     "tenant_method": "tenant_method",
 }
-MEASURES = (
-    "requests",
-    "errors",
-    "bytes_in",
-    "bytes_out",
-    "busy_us",
-    "tokens_in",
-    "tokens_out",
-    "tokens_cached",
-    "tokens_reasoning",
-)
+MEASURES = COUNTERS
 
 
 class BadRequest(web.HTTPBadRequest):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from costmesh.common.prices import PriceTable
-from costmesh.common.schemas import CallBatch, ObservedCall
+from costmesh.common.schemas import COUNTERS, CallBatch, ObservedCall
 
 #: The staging columns, in COPY order; one ``attrgetter`` turns a record into this tuple at C speed.
 STAGING_COLUMNS: tuple[str, ...] = (
@@ -38,15 +38,7 @@ STAGING_COLUMNS: tuple[str, ...] = (
     "dst",
     "protocol",
     "operation",
-    "requests",
-    "errors",
-    "bytes_in",
-    "bytes_out",
-    "busy_us",
-    "tokens_in",
-    "tokens_out",
-    "tokens_cached",
-    "tokens_reasoning",
+    *COUNTERS,
 )
 _as_row = operator.attrgetter(*STAGING_COLUMNS)
 
@@ -85,17 +77,7 @@ CREATE TEMP TABLE IF NOT EXISTS staging_ai (
 
 _MINUTE_SQL = "to_timestamp((window_start_us - window_start_us % 60000000) / 1000000)"
 
-_MEASURES = (
-    "requests",
-    "errors",
-    "bytes_in",
-    "bytes_out",
-    "busy_us",
-    "tokens_in",
-    "tokens_out",
-    "tokens_cached",
-    "tokens_reasoning",
-)
+_MEASURES = COUNTERS
 _KEY = ("minute", "tenant", "tenant_method", "feature", "agent", "src_workload", "dst", "protocol")
 
 #: The only pass over the raw records: per minute and full key (plus the operation of queue calls, which names the

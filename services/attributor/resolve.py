@@ -29,23 +29,14 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from costmesh.common.config import Config
+from costmesh.common.schemas import COUNTERS
 
 if TYPE_CHECKING:
     from .storage import Upkeep
 
 log = logging.getLogger(__name__)
 
-MEASURES = (
-    "requests",
-    "errors",
-    "bytes_in",
-    "bytes_out",
-    "busy_us",
-    "tokens_in",
-    "tokens_out",
-    "tokens_cached",
-    "tokens_reasoning",
-)
+MEASURES = COUNTERS
 DIMS = ("tenant", "tenant_method", "feature", "agent", "src_workload", "dst", "protocol")
 #: Integer resolution of shares when splitting counts (parts per 10^12).
 SCALE = 10**12

@@ -25,11 +25,12 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 
 from costmesh.common.config import AttributorConfig
+from costmesh.common.schemas import COUNTERS
 
 log = logging.getLogger(__name__)
 
-_MEASURES = "requests, errors, bytes_in, bytes_out, busy_us, tokens_in, tokens_out, tokens_cached, tokens_reasoning"
-_SUMS = ", ".join(f"sum({m.strip()})" for m in _MEASURES.split(","))
+_MEASURES = ", ".join(COUNTERS)
+_SUMS = ", ".join(f"sum({m})" for m in COUNTERS)
 _DIMS = "tenant, tenant_method, feature, agent, src_workload, dst, protocol"
 
 #: Side tables keyed by ``minute`` that follow the per-minute retention.

@@ -72,6 +72,21 @@ class ObservedCall(msgspec.Struct, kw_only=True, omit_defaults=True):
     model: str = ""
 
 
+#: The additive counters of an ``ObservedCall`` (and the measure columns of the consumption tables), in contract order:
+#: records with the same key are merged by summing exactly these.
+COUNTERS: Final = (
+    "requests",
+    "errors",
+    "bytes_in",
+    "bytes_out",
+    "busy_us",
+    "tokens_in",
+    "tokens_out",
+    "tokens_cached",
+    "tokens_reasoning",
+)
+
+
 class FlowVolume(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Bytes and packets of one flow direction (``src`` → ``dst``) in one window, counted in the kernel.
 

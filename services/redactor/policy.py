@@ -29,17 +29,6 @@ SENSITIVE_HEADERS: Final = frozenset(
 )
 _SENSITIVE_RULE = re.compile(r"(?i)^(?:header|baggage):(?:" + "|".join(SENSITIVE_HEADERS) + r")$")
 
-COUNTERS: Final = (
-    "requests",
-    "errors",
-    "bytes_in",
-    "bytes_out",
-    "busy_us",
-    "tokens_in",
-    "tokens_out",
-    "tokens_cached",
-    "tokens_reasoning",
-)
 OPERATION: Final = frozenset({"operation"})
 ENDPOINT: Final = frozenset({"src_workload", "dst"})
 TENANT: Final = frozenset({"tenant"})
