@@ -4,8 +4,7 @@
 #    kernel has none, link Debian's newest linux-headers-*-amd64 (build) and its -common twin (source); socket filters
 #    and uprobes compiled against them load and run (they use only stable UAPI structures).
 #  - tracefs on /sys/kernel/tracing: bcc attaches and detaches uprobes through it.
-#  - .venv: a .pth file that adds only the bcc package (a private folder holding a symlink to it) to the virtualenv,
-#    not the whole distribution path. Done in scripts/bootstrap.sh's venv step via COSTMESH_BCC_LINK below.
+#  (Making bcc importable from .venv, and nothing else of the distribution path, is scripts/venv.d/bcc.sh.)
 # Not root: print what is missing and go on (the live-capture tests then skip with the reason).
 set -uo pipefail
 shopt -s nullglob
