@@ -276,7 +276,7 @@ def main() -> int:
     print(
         "\nratio = generator throughput with the sensor / alone (same run). capture = kernel filter, flow counters,"
         "\nrings, AI-flow marker and TLS probes, frames handed to a sink that parses nothing; capture+parse = the same"
-        "\nwith today's parser (the minimal pure-Python HTTP reader) behind the FrameSink seam. observed/done ="
+        "\nwith the sensor's parsing core (costmesh.native.sensor) behind the FrameSink seam. observed/done ="
         "\nrequests the sensor paired with their responses / requests wrk completed (wrk leaves out those in flight"
         "\nwhen it stops). @target = CPU per request × the target rate, as % of one core (wrk holds a rate only"
         "\nroughly). Targets: < 1% of one core at 5,000 req/s; zero ring drops at 20,000 req/s."
