@@ -1,13 +1,16 @@
 """Vectorised allocation for large bills: numpy over integer units, same method as ``Allocator`` line by line.
 
-Reads a FOCUS CSV into columns (``read_focus_columns``, pyarrow's C++ CSV reader) and consumption rows; emits
+Reads a FOCUS CSV into columns (``read_focus_columns``, pyarrow's C++ CSV reader) or cost line objects into columns
+(``columns_from_lines``, the product path: ``pipeline.run`` on large bills) and consumption rows; emits
 allocation columns (line index, key index, units) that sum exactly to every line's amount. The split is grouped:
 lines of the same mapped resource whose charge windows see the same consumption rows get the same shares, so the
 per-line Python work of the row engine becomes one ``Allocator.shares`` call per (resource, consumption epoch) and one
 numpy largest-remainder split per group. ``split_rows`` equals ``money.largest_remainder`` row for row (tested); it
 falls back to Python integers (object arrays) when ``amount × Σweights`` would not fit in int64, so it is never
-inexact. Amounts are held in one quantum per file, the finest any of its lines needs (the row engine uses each line's
-own, at least micro-units: both are exact, the parts of a line may differ in the last digits).
+inexact. ``read_focus_columns`` holds amounts in one quantum per file, the finest any of its lines needs (the row
+engine uses each line's own, at least micro-units: both are exact, the parts of a line may differ in the last digits);
+``columns_from_lines`` holds each line in its own quantum (``Columns.line_scale``), as ``allocate.split`` does, so its
+rows are the row engine's exactly (``to_line_allocations``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 from .allocate import Allocator, Target
 from .mapping import Mapper, Unmatched
 from .model import Allocation, CostLine, Usage, Window
-from .money import MICRO_SCALE, from_units
+from .money import MICRO_SCALE, from_units, scale_of, to_units
 
 _INT64_MAX = 2**63 - 1
 _Key = tuple[str, str, str, str]
@@ -71,8 +74,9 @@ def split_rows(units: np.ndarray, weights: Sequence[int]) -> np.ndarray:
 
 
 class Columns(msgspec.Struct):
-    """Cost lines as columns. ``units`` are integer multiples of ``10**-scale``; ``desc`` indexes ``descriptors``
-    (the fields mapping looks at), ``tags`` indexes ``tag_texts``."""
+    """Cost lines as columns. ``units`` are integer multiples of ``10**-scale``, or, when ``line_scale`` is given, line
+    i's of ``10**-line_scale[i]`` (``scale`` is then the finest); ``desc`` indexes ``descriptors`` (the fields mapping
+    looks at), ``tags`` indexes ``tag_texts``. A split never mixes lines, so it needs no common quantum."""
 
     units: np.ndarray
     scale: int
@@ -85,6 +89,7 @@ class Columns(msgspec.Struct):
     tags: np.ndarray
     tag_texts: list[str]
     problems: list[str]
+    line_scale: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.units)
@@ -213,9 +218,97 @@ def read_focus_columns(path: str | Path, data: bytes | None = None, cost_column:
     )
 
 
+#: The fields ``Mapper.map`` reads (rules, usage-type shortcuts, ids, kind inference): lines equal in them map alike.
+_DESCRIPTOR_FIELDS = ("resource_id", "resource_name", "resource_type", "usage_type", "service")
+
+
+def _own_units(amount: Decimal) -> tuple[int, int]:
+    """``amount`` in integer units of its own quantum (``money.scale_of``), as ``allocate.split`` holds it."""
+    micros = amount.scaleb(MICRO_SCALE)
+    if micros == micros.to_integral_value():  # the common case, three times faster than scale_of + to_units
+        return int(micros), MICRO_SCALE
+    scale = scale_of(amount)
+    return to_units(amount, scale), scale
+
+
+def columns_from_lines(lines: Sequence[CostLine]) -> Columns:
+    """``lines`` (one currency) as ``Columns``, for ``allocate_columns``.
+
+    Lines with the same descriptor (the fields mapping reads) share one ``descriptors`` entry and lines with the same
+    tags one ``tag_texts`` entry (JSON, key order kept: the first tag key found wins). Each amount is held in integer
+    units of its own quantum (``line_scale``), so each line is split exactly as the row engine splits it; units beyond
+    int64 make an object column (Python integers: slower, still exact). Raises ``FastPathUnavailable`` for several
+    currencies (the caller splits by currency) and for no lines.
+    """
+    if not lines:
+        raise FastPathUnavailable("no lines")
+    currencies = {line.currency for line in lines}
+    if len(currencies) > 1:
+        raise FastPathUnavailable(f"currencies {sorted(currencies)}: one Columns holds one currency")
+    n = len(lines)
+    units: list[int] = [0] * n
+    scales, start, end, desc, tags = [0] * n, [0] * n, [0] * n, [0] * n, [0] * n
+    desc_ids: dict[tuple[str, ...], int] = {}
+    tag_ids: dict[tuple[tuple[str, str], ...], int] = {(): 0}
+    firsts: list[CostLine] = []
+    periods: set[str] = set()
+    own_units = _own_units
+    for i, line in enumerate(lines):
+        units[i], scales[i] = own_units(line.amount)
+        window = line.window
+        start[i] = window.start_us
+        end[i] = window.end_us
+        key = (line.resource_id, line.resource_name, line.resource_type, line.usage_type, line.service)
+        d = desc_ids.get(key)
+        if d is None:
+            d = desc_ids[key] = len(firsts)
+            firsts.append(line)
+        desc[i] = d
+        if line.tags:
+            tag_key = tuple(line.tags.items())
+            t = tag_ids.get(tag_key)
+            if t is None:
+                t = tag_ids[tag_key] = len(tag_ids)
+            tags[i] = t
+        periods.add(line.billing_period)
+    try:
+        unit_column = np.array(units, dtype=np.int64)
+    except OverflowError:
+        unit_column = np.array(units, dtype=object)
+    line_scale = np.array(scales, dtype=np.int16)
+    currency = currencies.pop()
+    descriptors = [
+        CostLine(
+            line_id=f"desc:{i}",
+            source=first.source,
+            billing_period="",
+            window=Window(0, 0),
+            amount=Decimal(0),
+            currency=currency,
+            **{f: getattr(first, f) for f in _DESCRIPTOR_FIELDS},
+        )
+        for i, first in enumerate(firsts)
+    ]
+    return Columns(
+        units=unit_column,
+        scale=int(line_scale.max()),
+        start_us=np.array(start, dtype=np.int64),
+        end_us=np.array(end, dtype=np.int64),
+        currency=currency,
+        billing_period=sorted(periods),
+        desc=np.array(desc, dtype=np.int32),
+        descriptors=descriptors,
+        tags=np.array(tags, dtype=np.int32),
+        tag_texts=[json.dumps(dict(t)) if t else "" for t in tag_ids],
+        problems=[],
+        line_scale=line_scale,
+    )
+
+
 class ColumnAllocations(msgspec.Struct):
     """Allocation rows as columns: ``line`` indexes the input lines, ``key`` indexes ``keys`` (tenant, feature, agent,
-    method); ``units`` in the input's scale. ``group_basis``/``group_resource`` describe each row's group."""
+    method); ``units`` in the input's scale. ``group_basis``/``group_resource`` describe each row's group;
+    ``group_whole`` says the group's lines went whole to one key (tag, unmatched, nothing observed)."""
 
     line: np.ndarray
     key: np.ndarray
@@ -225,6 +318,7 @@ class ColumnAllocations(msgspec.Struct):
     group_basis: list[str]
     group_resource: list[str]
     unmatched_descriptors: list[Unmatched]
+    group_whole: list[bool] = []
 
 
 def _epochs(start: np.ndarray, end: np.ndarray, usage: Sequence[Usage]) -> tuple[np.ndarray, list[list[int]]]:
@@ -295,6 +389,7 @@ def allocate_columns(
     keys: dict[_Key, int] = {}
     basis: list[str] = []
     resources: list[str] = []
+    whole: list[bool] = []
     order = np.argsort(group_of_line, kind="stable")
     bounds = np.searchsorted(group_of_line[order], np.arange(len(codes) + 1))
     out_line, out_key, out_units, out_group = [], [], [], []
@@ -325,7 +420,10 @@ def allocate_columns(
         t1 = clock()
         spent["shares"] += t1 - t0
         ordered = sorted(k for k, v in shares.items() if v > 0)
+        whole.append(code >= base or not ordered)
         if not ordered:
+            if shares:  # every share was zero: nothing observed, as ``allocate.split`` says
+                metric = f"no {metric} observed"
             ordered, weights = [("", "", "", "unallocated")], [1]
         else:
             fracs = [Fraction(shares[k]) for k in ordered]
@@ -364,6 +462,7 @@ def allocate_columns(
         group_basis=basis,
         group_resource=resources,
         unmatched_descriptors=[t for t in targets if isinstance(t, Unmatched)],
+        group_whole=whole,
     )
 
 
@@ -387,4 +486,64 @@ def to_allocations(cols: Columns, result: ColumnAllocations, line_ids: Sequence[
                 basis=result.group_basis[g],
             )
         )
+    return out
+
+
+def line_order(result: ColumnAllocations) -> np.ndarray:
+    """The permutation putting ``result``'s rows in the row engine's order: by line, then by key as split.
+
+    A line's rows come from one group, in sorted key order (``np.nonzero`` walks the split row by row), so a stable
+    sort by line is enough.
+    """
+    return np.argsort(result.line, kind="stable")
+
+
+def to_line_allocations(
+    lines: Sequence[CostLine], cols: Columns, result: ColumnAllocations, *, chunk: int = 1 << 20
+) -> list[Allocation]:
+    """``Allocator.allocate_all(lines, ...)`` row for row, from the columnar result of ``columns_from_lines(lines)``.
+
+    Same order (``line_order``), same values and the same ``Decimal`` forms: a part is ``from_units`` in the line's own
+    quantum; a line given whole (tag, unmatched, nothing observed, amount 0) carries its own ``amount`` object, as
+    ``allocate._whole`` does. Rows are converted ``chunk`` at a time to bound the temporary Python lists.
+    """
+    if cols.line_scale is None:
+        raise ValueError("to_line_allocations needs Columns from columns_from_lines (one quantum per line)")
+    order = line_order(result)
+    whole_group = np.asarray(result.group_whole, dtype=bool)
+    keys = result.keys
+    basis, resource = result.group_basis, result.group_resource
+    make = Allocation
+    out: list[Allocation] = []
+    append = out.append
+    for lo in range(0, len(order), chunk):
+        rows = order[lo : lo + chunk]
+        line_idx = result.line[rows]
+        units = result.units[rows]
+        group = result.group[rows]
+        whole = whole_group[group] | (units == 0)
+        for li, ki, u, g, w, sc in zip(
+            line_idx.tolist(),
+            result.key[rows].tolist(),
+            units.tolist(),
+            group.tolist(),
+            whole.tolist(),
+            cols.line_scale[line_idx].tolist(),
+            strict=True,
+        ):
+            line = lines[li]
+            tenant, feature, agent, method = keys[ki]
+            append(
+                make(
+                    line_id=line.line_id,
+                    tenant=tenant,
+                    method=method,  # type: ignore[arg-type]
+                    amount=line.amount if w else Decimal(u).scaleb(-sc),
+                    currency=line.currency,
+                    feature=feature,
+                    agent=agent,
+                    resource=resource[g],
+                    basis=basis[g],
+                )
+            )
     return out
