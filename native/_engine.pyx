@@ -30,6 +30,7 @@ from costmesh.native._bytes cimport (
 from costmesh.native._capture cimport CaptureReader, Frame
 from costmesh.native._http cimport Span, _baggage_value, _contains_lower, _digits, _query_value, http_method_start
 from costmesh.native._pgwire cimport in_set, pg_chain, pg_startup_like
+from costmesh.native._usage cimport Usage, provider_c, usage_c
 from costmesh.native._net cimport NET_NON_IP, NET_OTHER_L4, Pkt, decode_c
 
 from ._engine_py import PROTOCOLS
@@ -39,6 +40,7 @@ from .kinds import E as _E
 from .rules import MAX_VALUE as _MAX_VALUE
 from .rules import SRC_BAGGAGE, SRC_HEADER, SRC_HOST, SRC_PY, SRC_QUERY
 from .ai import AI_HOST_MARKERS, AI_PATH_MARKERS
+from ._usage import PROVIDERS as _PROVIDERS_T
 
 __all__ = ["PROTOCOLS", "Engine"]
 
@@ -104,6 +106,7 @@ cdef const char* PG_FRONTEND = b"QPBEDSCHXFpdcf"
 cdef const char* PG_BACKEND = b"RKSZTDCEN123nstcGHWAIVvdf"
 cdef list _AI_PATHS = list(AI_PATH_MARKERS)
 cdef list _AI_HOSTS = list(AI_HOST_MARKERS)
+cdef tuple _PROVIDERS = _PROVIDERS_T
 DEF MAX_MARKERS = 32
 cdef const char* AI_PATHS_C[MAX_MARKERS]
 cdef Py_ssize_t AI_PATHS_LEN[MAX_MARKERS]
@@ -1498,7 +1501,28 @@ cdef class Engine:
         cdef int64_t vals[9]
         cdef bytes provider = b""
         cdef bytes model = b""
+        cdef Usage u
+        cdef int pi
         memset(vals, 0, sizeof(vals))
+        if (req.capture and req.ai and answered and req.starts[0] < 0 and req.starts[1] < 0 and req.starts[2] < 0):
+            # AI call and nothing else deferred: read a plain JSON usage body in C when that is certain to give what
+            # Slow.ai gives (it says so, or we take the Python path below)
+            pi = provider_c(req.target.p, req.target.n, req.host.p, req.host.n)
+            if pi >= 0 and usage_c(req.resp_body.p, req.resp_body.n, req.ct.p, req.ct.n, req.ce.n, &u):
+                self.counters[C_AI] += 1
+                vals[0] = 1
+                vals[1] = 1 if req.status >= 500 else 0
+                vals[2] = req.bytes_in
+                vals[3] = req.bytes_out
+                vals[4] = ts - req.ts if ts > req.ts else 0
+                vals[5] = u.tokens[0]
+                vals[6] = u.tokens[1]
+                vals[7] = u.tokens[2]
+                vals[8] = u.tokens[3]
+                provider = _PROVIDERS[pi]
+                return self._agg(req.ts, fl, R_HTTP, req.op.p, req.op.n, req.host.p, req.host.n, req.ids, req.rule,
+                                 PyBytes_AS_STRING(provider), len(provider), req.resp_body.p + u.model_at,
+                                 u.model_len, vals)
         if req.capture:  # one call settles the deferred rules and reads the AI usage
             starts = None
             if req.starts[0] >= 0 or req.starts[1] >= 0 or req.starts[2] >= 0:
