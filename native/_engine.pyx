@@ -167,6 +167,7 @@ cdef class Engine:
     cdef int* header_rules             # indices of header rules (kind SRC_HEADER)
     cdef int nheader_rules
     cdef bint any_baggage
+    cdef list ai_body_skip             # [target][start]: needles of the body rules left, or None (see _ai_ids_none)
 
     def __cinit__(self):
         cdef int t
@@ -230,6 +231,20 @@ cdef class Engine:
         memset(self.errors, 0, sizeof(self.errors))
         self.last_ts = 0
         rs = self.rules
+        self.ai_body_skip = []
+        for t in range(3):
+            row = []
+            for pos in range(len(rs.order[t]) + 1):
+                needles = []
+                for i in rs.order[t][pos:]:
+                    if not rs.http_rule_applies(i, True):
+                        continue
+                    if rs.rules[i].source != "body":
+                        needles = None
+                        break
+                    needles.append(rs.needles[i])
+                row.append(tuple(needles) if needles is not None else None)
+            self.ai_body_skip.append(row)
         self.nrules = len(rs.rules)
         n = max(1, self.nrules)
         self.kind = <int*>calloc(n, sizeof(int))
@@ -1497,18 +1512,44 @@ cdef class Engine:
             self._recycle(req)
         return 0
 
+    cdef bint _ai_ids_none(self, Req* req) except -1:
+        """True when ``RuleSet.resolve`` is certain to find nothing for this AI request's open targets: only body rules
+        are left for them, and the body (no backslash) holds none of their first keys as JSON text, so resolve skips
+        them all without decoding (an empty body gives nothing either)."""
+        cdef int t
+        cdef bytes nd
+        cdef const char* body = req.body.p
+        cdef Py_ssize_t bn = req.body.n
+        if bn > 0 and memchr(body, 92, bn) != NULL:
+            return False
+        for t in range(3):
+            if req.starts[t] < 0:
+                continue
+            needles = self.ai_body_skip[t][req.starts[t]]
+            if needles is None:
+                return False
+            if bn > 0:
+                for nd in needles:
+                    if find(body, bn, PyBytes_AS_STRING(nd), len(nd)) >= 0:
+                        return False
+        return True
+
     cdef int _http_call(self, Flow* fl, Req* req, int64_t ts, bint answered) except -1:
         cdef int64_t vals[9]
         cdef bytes provider = b""
         cdef bytes model = b""
         cdef Usage u
-        cdef int pi
+        cdef int pi, t
         memset(vals, 0, sizeof(vals))
-        if (req.capture and req.ai and answered and req.starts[0] < 0 and req.starts[1] < 0 and req.starts[2] < 0):
-            # AI call and nothing else deferred: read a plain JSON usage body in C when that is certain to give what
-            # Slow.ai gives (it says so, or we take the Python path below)
+        if req.capture and req.ai and answered and self._ai_ids_none(req):
+            # AI call whose deferred rules cannot match: read a plain JSON usage body in C when that is certain to
+            # give what Slow.complete gives (usage_c says so, or we take the Python path below)
             pi = provider_c(req.target.p, req.target.n, req.host.p, req.host.n)
             if pi >= 0 and usage_c(req.resp_body.p, req.resp_body.n, req.ct.p, req.ct.n, req.ce.n, &u):
+                for t in range(3):
+                    if req.starts[t] >= 0:  # what _take_ids makes of RuleSet.resolve's (b"", -1)
+                        req.ids[t].n = 0
+                        req.rule[t] = -1
                 self.counters[C_AI] += 1
                 vals[0] = 1
                 vals[1] = 1 if req.status >= 500 else 0

@@ -14,6 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from costmesh.common.config import Config, Rule
 from costmesh.native import _usage_py, ai
 
 from .conftest import SHARED_DATA
@@ -301,3 +302,55 @@ def test_engines_agree_with_and_without_the_fast_path():
     assert by_model["gpt-4o-mini-2024-07-18"]["tokens_in"] == 3 * 31
     assert "req-model" in by_model and "x" * 256 in by_model and "mé" in by_model
     assert {c["provider"] for c in calls if c["model"]} == {"openai"}  # the unreadable body records none
+
+
+def _ai_exchange(req_body: bytes, headers: str = "") -> tuple[bytes, bytes]:
+    req = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: llm.internal\r\n{headers}Content-Type: application/json\r\n"
+        f"Content-Length: {len(req_body)}\r\n\r\n"
+    ).encode() + req_body
+    body = _j(OPENAI)
+    resp = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    return req, resp
+
+
+REQUEST_BODIES = [
+    b'{"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "hi"}]}',  # nothing to find: fast path
+    b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}',  # the "user" needle: Python path
+    b'{"model": "gpt-4o-mini", "user": "acme", "messages": []}',
+    b'{"model": "gpt-4o-mini", "metadata": {"tenant_id": "t9", "feature": "search", "agent_id": "bot"}}',
+    b'{"model": "gpt-4o-mini", "us\\u0065r": "escaped", "messages": []}',
+    b'{"model": "gpt-4o-mini", "org": "o1"}',
+    b"",
+]
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        None,
+        [],
+        [Rule(source="body", target="tenant", key="org")],
+        [Rule(source="jwt_claim", target="feature", key="sub")],
+        [Rule(source="body", target="agent", key="org", pattern="o(\\d)")],
+    ],
+    ids=["default", "none", "body", "jwt", "body-pattern"],
+)
+def test_engines_agree_on_ai_request_ids(rules):
+    """The compiled engine skips the rule pass of an AI call only when the rules left cannot match (body rules whose
+    keys the body does not name): ids, methods and rules must come out as the Python engine finds them."""
+    config = Config() if rules is None else Config(rules=[*Config().rules, *rules]) if rules else Config(rules=[])
+    exchanges = [_ai_exchange(b) for b in REQUEST_BODIES]
+    exchanges += [_ai_exchange(b, "X-Tenant-ID: from-header\r\n") for b in REQUEST_BODIES]
+    data = pcap_bytes(conversation(exchanges))
+    results = [run_capture(BUILDS[b], io.BytesIO(data), config) for b in sorted(BUILDS)]
+    assert results[0] == results[1]
+    calls, stats, error = results[0]
+    assert error is None and stats["errors"] == {} and stats["counters"]["ai_calls"] == len(exchanges)
+    tenants = {c["tenant"] for c in calls}
+    assert ("from-header" in tenants) == (rules != [])
+    assert {"acme", "t9", "escaped", ""} <= tenants  # the AI body fallbacks apply with any rules; "" unallocated
+    assert "search" in {c["feature"] for c in calls} and "bot" in {c["agent"] for c in calls}
+    assert ("o1" in tenants) == (rules is not None and rules != [] and rules[0].key == "org" and not rules[0].pattern)
+    if rules and rules[0].pattern:
+        assert "1" in {c["agent"] for c in calls}
