@@ -153,7 +153,7 @@ cdef Py_ssize_t _str_end(const uint8_t* b, Py_ssize_t i, Py_ssize_t n, bint* esc
                 i += 2
                 continue
             if e == 117 and i + 5 < n and _hex4(b + i + 2):  # \uXXXX outside the surrogates: always one character
-                if not (b[i + 2] in b"dD" and b[i + 3] in b"89abAB"):
+                if not (b[i + 2] in b"dD" and b[i + 3] in b"89abcdefABCDEF"):
                     esc[0] = True
                     i += 6
                     continue

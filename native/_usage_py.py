@@ -98,7 +98,7 @@ def _unit(b: bytes, i: int, n: int) -> bool:
         b[i + 1 : i + 2] == b"u"
         and i + 5 < n
         and all(x in _HEX for x in b[i + 2 : i + 6])
-        and not (b[i + 2] in b"dD" and b[i + 3] in b"89abAB")
+        and not (b[i + 2] in b"dD" and b[i + 3] in b"89abcdefABCDEF")
     )
 
 

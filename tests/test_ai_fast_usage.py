@@ -146,6 +146,8 @@ def test_accepted_shapes_equal_full():
         (b'{"model": "gpt\\u00e9", "usage": {"prompt_tokens": 1}}', b"application/json", b""),  # \u escape
         (b'{"model": "g\\"x", "usage": {"prompt_tokens": 1}}', b"application/json", b""),  # escaped model
         (b'{"model": "m", "c": "\\ud800", "usage": {}}', b"application/json", b""),  # lone surrogate
+        (b'{"model": "m", "c": "\\ude00", "usage": {}}', b"application/json", b""),  # lone low surrogate
+        (b'{"model": "m", "c": "\\uDC00\\uD800", "usage": {}}', b"application/json", b""),
         (b'{"mod\\u0065l": "m", "usage": {}}', b"application/json", b""),  # escaped key
         (b'{"model": "m", "usage": {"prompt_tokens": 1}, "usage": {"prompt_tokens": 2}}', b"", b""),
         (b'{"model": "m", "model": "n"}', b"", b""),
@@ -222,6 +224,7 @@ KEYS = st.sampled_from(
     [*(k.decode() for k in _usage_py.SLOT), *(k.decode() for k in _usage_py.PREFIX), "cached_tokens",
      "reasoning_tokens", "audio_tokens", "x", "usage", "model"]
 )  # fmt: skip
+ANY_CHAR = st.characters(blacklist_categories=())  # lone surrogates too: escaped, or UTF-8 encoded
 SCALARS = st.one_of(
     st.integers(0, 10**9),
     st.integers(-5, 5),
@@ -229,7 +232,7 @@ SCALARS = st.one_of(
     st.booleans(),
     st.none(),
     st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=8),
+    st.text(ANY_CHAR, max_size=8),
 )
 VALUES = st.recursive(SCALARS, lambda inner: st.dictionaries(KEYS, inner, max_size=4) | st.lists(inner, max_size=3),
                       max_leaves=12)  # fmt: skip
