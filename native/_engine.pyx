@@ -239,10 +239,12 @@ cdef class Engine:
                 for i in rs.order[t][pos:]:
                     if not rs.http_rule_applies(i, True):
                         continue
-                    if rs.rules[i].source != "body":
+                    # a body rule whose key part only a \\u escape can spell otherwise (see _ai_ids_none)
+                    nd = rs.needles[i]
+                    if rs.rules[i].source != "body" or any(c in nd[1:-1] for c in b'\\/"') or min(nd) < 32:
                         needles = None
                         break
-                    needles.append(rs.needles[i])
+                    needles.append(nd)
                 row.append(tuple(needles) if needles is not None else None)
             self.ai_body_skip.append(row)
         self.nrules = len(rs.rules)
@@ -1514,14 +1516,16 @@ cdef class Engine:
 
     cdef bint _ai_ids_none(self, Req* req) except -1:
         """True when ``RuleSet.resolve`` is certain to find nothing for this AI request's open targets: only body rules
-        are left for them, and the body (no backslash) holds none of their first keys as JSON text, so resolve skips
-        them all without decoding (an empty body gives nothing either)."""
+        are left for them, and the body holds none of their first keys as JSON text (``"key"``), so no top-level key
+        of the decoded body is one of them (an empty or non-JSON body gives nothing either). The keys have no ``/``,
+        ``"``, ``\\`` or control character, so only a ``\\u`` escape could spell one otherwise: a body with ``\\u``
+        goes to Python. (Python itself skips the decoding only for bodies without any backslash; the answer is the
+        same, and chat prompts are full of ``\\n``.)"""
         cdef int t
         cdef bytes nd
         cdef const char* body = req.body.p
         cdef Py_ssize_t bn = req.body.n
-        if bn > 0 and memchr(body, 92, bn) != NULL:
-            return False
+        cdef bint checked = False
         for t in range(3):
             if req.starts[t] < 0:
                 continue
@@ -1529,6 +1533,10 @@ cdef class Engine:
             if needles is None:
                 return False
             if bn > 0:
+                if not checked:
+                    if find(body, bn, b"\\u", 2) >= 0:
+                        return False
+                    checked = True
                 for nd in needles:
                     if find(body, bn, PyBytes_AS_STRING(nd), len(nd)) >= 0:
                         return False

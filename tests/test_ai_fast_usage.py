@@ -324,6 +324,9 @@ REQUEST_BODIES = [
     b'{"model": "gpt-4o-mini", "metadata": {"tenant_id": "t9", "feature": "search", "agent_id": "bot"}}',
     b'{"model": "gpt-4o-mini", "us\\u0065r": "escaped", "messages": []}',
     b'{"model": "gpt-4o-mini", "org": "o1"}',
+    b'{"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "line\\nline \\"q\\""}]}',
+    b'{"model": "gpt-4o-mini", "a\\/b": "slash"}',  # the key "a/b" spelled with an escape
+    b'{"model": "gpt-4o-mini", "\\u006detadata": {"feature": "esc-feature"}}',  # "metadata" spelled with \\u
     b"",
 ]
 
@@ -336,8 +339,9 @@ REQUEST_BODIES = [
         [Rule(source="body", target="tenant", key="org")],
         [Rule(source="jwt_claim", target="feature", key="sub")],
         [Rule(source="body", target="agent", key="org", pattern="o(\\d)")],
+        [Rule(source="body", target="feature", key="a/b")],
     ],
-    ids=["default", "none", "body", "jwt", "body-pattern"],
+    ids=["default", "none", "body", "jwt", "body-pattern", "body-slash"],
 )
 def test_engines_agree_on_ai_request_ids(rules):
     """The compiled engine skips the rule pass of an AI call only when the rules left cannot match (body rules whose
@@ -353,7 +357,9 @@ def test_engines_agree_on_ai_request_ids(rules):
     tenants = {c["tenant"] for c in calls}
     assert ("from-header" in tenants) == (rules != [])
     assert {"acme", "t9", "escaped", ""} <= tenants  # the AI body fallbacks apply with any rules; "" unallocated
-    assert "search" in {c["feature"] for c in calls} and "bot" in {c["agent"] for c in calls}
+    features = {c["feature"] for c in calls}
+    assert {"search", "esc-feature"} <= features and "bot" in {c["agent"] for c in calls}
+    assert ("slash" in features) == (rules is not None and rules != [] and rules[0].key == "a/b")
     assert ("o1" in tenants) == (rules is not None and rules != [] and rules[0].key == "org" and not rules[0].pattern)
     if rules and rules[0].pattern:
         assert "1" in {c["agent"] for c in calls}
