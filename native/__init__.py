@@ -11,6 +11,10 @@ Public modules (import these): ``sensor`` (``Sensor``: frames or captures in, ``
 - ``_engine.pyx`` / ``_engine_py.py``: flow table, TCP ordering, HTTP/1.1, PostgreSQL, TLS ClientHello and DNS-over-TCP
   stream parsers, window aggregation; its C surface is ``_engine.pxd``, its inline helpers ``_bytes.pxd`` (buffers,
   scans), ``_http.pxd`` (header values), ``_pgwire.pxd`` (message recognition).
+- ``_usage.pyx`` / ``_usage_py.py``: the AI usage fast path (provider, model, tokens of a plain JSON response read in C
+  when the answer is certain to equal ``ai``'s; otherwise the engine calls ``ai`` as before). The compiled engine
+  calls it; the pure-Python engine always takes the full path, and the tests hold the twin and ``ai`` to the same
+  answers.
 
 Shared by both builds, called off the per-frame path: ``rules`` (extraction rules, JWT), ``ai`` (AI usage), ``names``
 (SNI, DNS), ``kinds`` (counter and error names, ``CaptureError``).

@@ -30,6 +30,7 @@ from costmesh.native._bytes cimport (
 from costmesh.native._capture cimport CaptureReader, Frame
 from costmesh.native._http cimport Span, _baggage_value, _contains_lower, _digits, _query_value, http_method_start
 from costmesh.native._pgwire cimport in_set, pg_chain, pg_startup_like
+from costmesh.native._usage cimport Usage, provider_c, usage_c
 from costmesh.native._net cimport NET_NON_IP, NET_OTHER_L4, Pkt, decode_c
 
 from ._engine_py import PROTOCOLS
@@ -39,6 +40,7 @@ from .kinds import E as _E
 from .rules import MAX_VALUE as _MAX_VALUE
 from .rules import SRC_BAGGAGE, SRC_HEADER, SRC_HOST, SRC_PY, SRC_QUERY
 from .ai import AI_HOST_MARKERS, AI_PATH_MARKERS
+from ._usage import PROVIDERS as _PROVIDERS_T
 
 __all__ = ["PROTOCOLS", "Engine"]
 
@@ -104,6 +106,7 @@ cdef const char* PG_FRONTEND = b"QPBEDSCHXFpdcf"
 cdef const char* PG_BACKEND = b"RKSZTDCEN123nstcGHWAIVvdf"
 cdef list _AI_PATHS = list(AI_PATH_MARKERS)
 cdef list _AI_HOSTS = list(AI_HOST_MARKERS)
+cdef tuple _PROVIDERS = _PROVIDERS_T
 DEF MAX_MARKERS = 32
 cdef const char* AI_PATHS_C[MAX_MARKERS]
 cdef Py_ssize_t AI_PATHS_LEN[MAX_MARKERS]
@@ -164,6 +167,7 @@ cdef class Engine:
     cdef int* header_rules             # indices of header rules (kind SRC_HEADER)
     cdef int nheader_rules
     cdef bint any_baggage
+    cdef list ai_body_skip             # [target][start]: needles of the body rules left, or None (see _ai_ids_none)
 
     def __cinit__(self):
         cdef int t
@@ -227,6 +231,22 @@ cdef class Engine:
         memset(self.errors, 0, sizeof(self.errors))
         self.last_ts = 0
         rs = self.rules
+        self.ai_body_skip = []
+        for t in range(3):
+            row = []
+            for pos in range(len(rs.order[t]) + 1):
+                needles = []
+                for i in rs.order[t][pos:]:
+                    if not rs.http_rule_applies(i, True):
+                        continue
+                    # a body rule whose key part only a \\u escape can spell otherwise (see _ai_ids_none)
+                    nd = rs.needles[i]
+                    if rs.rules[i].source != "body" or any(c in nd[1:-1] for c in b'\\/"') or min(nd) < 32:
+                        needles = None
+                        break
+                    needles.append(nd)
+                row.append(tuple(needles) if needles is not None else None)
+            self.ai_body_skip.append(row)
         self.nrules = len(rs.rules)
         n = max(1, self.nrules)
         self.kind = <int*>calloc(n, sizeof(int))
@@ -1494,11 +1514,64 @@ cdef class Engine:
             self._recycle(req)
         return 0
 
+    cdef bint _ai_ids_none(self, Req* req) except -1:
+        """True when ``RuleSet.resolve`` is certain to find nothing for this AI request's open targets: only body rules
+        are left for them, and the body holds none of their first keys as JSON text (``"key"``), so no top-level key
+        of the decoded body is one of them (an empty or non-JSON body gives nothing either). The keys have no ``/``,
+        ``"``, ``\\`` or control character, so only a ``\\u`` escape could spell one otherwise: a body with ``\\u``
+        goes to Python. (Python itself skips the decoding only for bodies without any backslash; the answer is the
+        same, and chat prompts are full of ``\\n``.)"""
+        cdef int t
+        cdef bytes nd
+        cdef const char* body = req.body.p
+        cdef Py_ssize_t bn = req.body.n
+        cdef bint checked = False
+        for t in range(3):
+            if req.starts[t] < 0:
+                continue
+            needles = self.ai_body_skip[t][req.starts[t]]
+            if needles is None:
+                return False
+            if bn > 0:
+                if not checked:
+                    if find(body, bn, b"\\u", 2) >= 0:
+                        return False
+                    checked = True
+                for nd in needles:
+                    if find(body, bn, PyBytes_AS_STRING(nd), len(nd)) >= 0:
+                        return False
+        return True
+
     cdef int _http_call(self, Flow* fl, Req* req, int64_t ts, bint answered) except -1:
         cdef int64_t vals[9]
         cdef bytes provider = b""
         cdef bytes model = b""
+        cdef Usage u
+        cdef int pi, t
         memset(vals, 0, sizeof(vals))
+        if req.capture and req.ai and answered and self._ai_ids_none(req):
+            # AI call whose deferred rules cannot match: read a plain JSON usage body in C when that is certain to
+            # give what Slow.complete gives (usage_c says so, or we take the Python path below)
+            pi = provider_c(req.target.p, req.target.n, req.host.p, req.host.n)
+            if pi >= 0 and usage_c(req.resp_body.p, req.resp_body.n, req.ct.p, req.ct.n, req.ce.n, &u):
+                for t in range(3):
+                    if req.starts[t] >= 0:  # what _take_ids makes of RuleSet.resolve's (b"", -1)
+                        req.ids[t].n = 0
+                        req.rule[t] = -1
+                self.counters[C_AI] += 1
+                vals[0] = 1
+                vals[1] = 1 if req.status >= 500 else 0
+                vals[2] = req.bytes_in
+                vals[3] = req.bytes_out
+                vals[4] = ts - req.ts if ts > req.ts else 0
+                vals[5] = u.tokens[0]
+                vals[6] = u.tokens[1]
+                vals[7] = u.tokens[2]
+                vals[8] = u.tokens[3]
+                provider = _PROVIDERS[pi]
+                return self._agg(req.ts, fl, R_HTTP, req.op.p, req.op.n, req.host.p, req.host.n, req.ids, req.rule,
+                                 PyBytes_AS_STRING(provider), len(provider), req.resp_body.p + u.model_at,
+                                 u.model_len, vals)
         if req.capture:  # one call settles the deferred rules and reads the AI usage
             starts = None
             if req.starts[0] >= 0 or req.starts[1] >= 0 or req.starts[2] >= 0:
