@@ -12,6 +12,7 @@ import logging
 import ssl
 
 import nats
+import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
@@ -54,6 +55,8 @@ async def connect(cfg: NatsConfig, url: str, name: str) -> Client:
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
         "connect_timeout": 2,
+        # a drain on stop must not outlast the supervisor's patience (it waits 15 s) when the server is gone
+        "drain_timeout": 5,
     }
     try:
         tls = _tls_context(cfg)
@@ -133,3 +136,12 @@ async def ensure_consumer(js: JetStreamContext, stream: str, durable: str, ack_w
 async def publish_batch(js: JetStreamContext, subject: str, batch_id: str, payload: bytes) -> None:
     """Publish one batch with ``Nats-Msg-Id`` = batch id so the server drops a re-sent copy."""
     await js.publish(subject, payload, headers={"Nats-Msg-Id": batch_id})
+
+
+async def drain_or_close(nc: Client) -> None:
+    """Finish in-flight messages on stop; when the server is gone (draining raises), just close."""
+    try:
+        await nc.drain()
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        log.warning("could not drain the NATS connection, closing it", extra={"why": type(exc).__name__})
+        await nc.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ class ServiceContext:
         return {"ok": self.ready and not self.stopping.is_set(), "service": self.name, **self.health}
 
 
+#: How long a stopping service may take to finish in-flight work before it is cancelled (the supervisor waits 15 s).
+SHUTDOWN_GRACE_S = 10.0
+
 ServiceMain = Callable[[ServiceContext], Awaitable[None]]
 
 
@@ -51,12 +55,34 @@ async def _serve(ctx: ServiceContext, main: ServiceMain) -> None:
     port = await health.start()
     log.info("service starting", extra={"metrics_port": port})
     UP.labels(ctx.name).set(1)
+    task = asyncio.create_task(main(ctx), name=f"{ctx.name}-main")
+    stop = asyncio.create_task(ctx.stopping.wait(), name=f"{ctx.name}-stop")
     try:
-        await main(ctx)
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await _finish(task)
+        if not task.cancelled():
+            await task  # re-raises what the service raised (Unreachable, ConfigError: run_service reports them)
     finally:
+        stop.cancel()
         UP.labels(ctx.name).set(0)
         await health.stop()
         log.info("service stopped")
+
+
+async def _finish(task: asyncio.Task[None]) -> None:
+    """Give a stopping service ``SHUTDOWN_GRACE_S`` to finish its own way, then cancel it; if even that hangs (a
+    cleanup waiting on a server that is gone), leave at once: a service must never outlive its stop."""
+    done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_GRACE_S)
+    if done:
+        return
+    log.error("service did not stop within %.0f s; cancelling it", SHUTDOWN_GRACE_S)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    if not done:
+        log.error("service did not finish after cancellation; exiting")
+        logging.shutdown()
+        os._exit(1)
 
 
 def run_service(ctx: ServiceContext, main: ServiceMain) -> int:

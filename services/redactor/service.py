@@ -82,4 +82,4 @@ async def main(ctx: ServiceContext) -> None:
     try:
         await ctx.stopping.wait()
     finally:
-        await nc.drain()
+        await natsio.drain_or_close(nc)

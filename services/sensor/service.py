@@ -159,4 +159,4 @@ async def main(ctx: ServiceContext, replay_files: list[Path], print_bpf: bool = 
             await run_live(ctx, nc, print_programs=print_bpf)
         await ctx.stopping.wait()
     finally:
-        await nc.drain()
+        await natsio.drain_or_close(nc)
