@@ -5,11 +5,14 @@ is refused."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 
 from costmesh.common.config import Config
 from costmesh.native.sensor import Sensor
@@ -29,10 +32,7 @@ class LiveHarness:
         self.task: asyncio.Task | None = None
 
     async def start(self) -> LiveHarness:
-        try:
-            self.capture.open()
-        except BpfUnavailable as exc:
-            pytest.skip(f"live capture unavailable here: {exc}")
+        open_or_skip(self.capture)
         self.task = asyncio.create_task(self.capture.run(self._on_window, self.stopping), name="live-capture")
         return self
 
@@ -115,4 +115,48 @@ def requests_by_tenant(records, dst: str) -> Counter:
     for r in records:
         if r.dst == dst:
             out[r.tenant] += r.requests
+    return out
+
+
+def open_or_skip(capture: LiveCapture) -> None:
+    """Load the programs, or skip the test with the kernel's own words where BPF is refused."""
+    try:
+        capture.open()
+    except BpfUnavailable as exc:
+        pytest.skip(f"live capture unavailable here: {exc}")
+
+
+@contextlib.asynccontextmanager
+async def text_server(host: str, port: int, text: str) -> AsyncIterator[None]:
+    """An aiohttp server answering ``GET /`` with ``text``, stopped on exit."""
+
+    async def hello(_request: web.Request) -> web.Response:
+        return web.Response(text=text)
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def settled_flows(capture: LiveCapture) -> list:
+    """Swap the counter maps and read the retired one: every byte counted so far, once."""
+    capture.flip()
+    await asyncio.sleep(0.05)
+    return capture.collect_flows(0, 1)
+
+
+def per_direction(flows, ports: set[int]) -> dict[tuple[str, int, str, int], list[int]]:
+    """[bytes, packets] per flow direction touching one of ``ports``, shaped like ``RawCount.stop()``'s answer."""
+    out: dict[tuple[str, int, str, int], list[int]] = {}
+    for f in flows:
+        if {f.src_port, f.dst_port} & ports:
+            acc = out.setdefault((f.src_addr, f.src_port, f.dst_addr, f.dst_port), [0, 0])
+            acc[0] += f.bytes
+            acc[1] += f.packets
     return out

@@ -20,7 +20,7 @@ from costmesh.common.metrics import REGISTRY
 from costmesh.sensor import bpf
 from costmesh.sensor.live import LiveCapture, client_hello_sni, http_host
 
-from .ebpf_harness import LiveHarness, RawCount
+from .ebpf_harness import LiveHarness, RawCount, open_or_skip, per_direction, settled_flows, text_server
 
 
 class Recorder:
@@ -62,10 +62,7 @@ def test_program_text_inlines_the_header_and_replaces_placeholders():
 
 def test_record_layouts_match_the_header():
     cap = LiveCapture(Config(), "n", Recorder(), Recorder())
-    try:
-        cap.open()
-    except bpf.BpfUnavailable as exc:
-        pytest.skip(f"live capture unavailable here: {exc}")
+    open_or_skip(cap)
     try:
         assert ctypes.sizeof(cap.bpf[b"flows0"].Key) == bpf.FLOW_KEY.size
         assert ctypes.sizeof(cap.tls_bpf[b"scratch"].Leaf._type_) == bpf.TLS_EVENT_HEAD.size + 4096
@@ -148,43 +145,23 @@ async def test_full_ring_drops_counts_and_never_blocks_while_flows_count_every_b
     config.sensor.ring_block_kib = 4
     config.sensor.ring_blocks = 2
     cap = LiveCapture(config, "node-test", Recorder())
-    try:
-        cap.open()
-    except bpf.BpfUnavailable as exc:
-        pytest.skip(f"live capture unavailable here: {exc}")
+    open_or_skip(cap)
     count = RawCount({port}).start()
     try:
-        app = web.Application()
-
-        async def hello(_request: web.Request) -> web.Response:
-            return web.Response(text="y" * 700)
-
-        app.router.add_get("/", hello)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        async with aiohttp.ClientSession() as client:
+        async with text_server("127.0.0.1", port, "y" * 700), aiohttp.ClientSession() as client:
             for _ in range(200):  # nobody reads the ring meanwhile: it fills after a dozen frames
                 async with client.get(f"http://127.0.0.1:{port}/") as r:
                     assert r.status == 200
                     await r.read()
-        await runner.cleanup()
         await asyncio.sleep(0.5)
         truth = await count.stop()
-        cap.flip()
-        await asyncio.sleep(0.05)
-        flows = cap.collect_flows(0, 1)
+        flows = await settled_flows(cap)
         counters = cap.counters()
     finally:
         cap.close()
     assert counters.ring_drops > 0
     assert counters.ring_packets == counters.passed_packets >= 400  # every passed packet: queued or dropped
-    kernel: dict = {}
-    for f in flows:
-        if port in (f.src_port, f.dst_port):
-            acc = kernel.setdefault((f.src_addr, f.src_port, f.dst_addr, f.dst_port), [0, 0])
-            acc[0] += f.bytes
-            acc[1] += f.packets
+    kernel = per_direction(flows, {port})
     assert kernel == truth  # the bytes the ring dropped were counted all the same
     text = generate_latest(REGISTRY).decode()
     assert 'costmesh_sensor_ring_packets_total{interface="lo",outcome="dropped"}' in text
@@ -199,40 +176,20 @@ async def test_full_ring_drops_counts_and_never_blocks_while_flows_count_every_b
 async def test_ipv6_flows_are_counted_exactly():
     port = _free_port6()
     cap = LiveCapture(Config(), "node-test", Recorder())
-    try:
-        cap.open()
-    except bpf.BpfUnavailable as exc:
-        pytest.skip(f"live capture unavailable here: {exc}")
+    open_or_skip(cap)
     count = RawCount({port}).start()
     try:
-        app = web.Application()
-
-        async def hello(_request: web.Request) -> web.Response:
-            return web.Response(text="v6" * 100)
-
-        app.router.add_get("/", hello)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "::1", port).start()
-        async with aiohttp.ClientSession() as client:
+        async with text_server("::1", port, "v6" * 100), aiohttp.ClientSession() as client:
             for _ in range(5):
                 async with client.get(f"http://[::1]:{port}/") as r:
                     assert r.status == 200
                     await r.read()
-        await runner.cleanup()
         await asyncio.sleep(0.5)
         truth = await count.stop()
-        cap.flip()
-        await asyncio.sleep(0.05)
-        flows = cap.collect_flows(0, 1)
+        flows = await settled_flows(cap)
     finally:
         cap.close()
-    kernel: dict = {}
-    for f in flows:
-        if port in (f.src_port, f.dst_port):
-            acc = kernel.setdefault((f.src_addr, f.src_port, f.dst_addr, f.dst_port), [0, 0])
-            acc[0] += f.bytes
-            acc[1] += f.packets
+    kernel = per_direction(flows, {port})
     assert truth and {k[0] for k in truth} == {"::1"}
     assert kernel == truth
 
@@ -253,30 +210,16 @@ async def test_a_full_flow_table_still_counts_every_byte():
     config = Config()
     config.sensor.max_flows = 4
     cap = LiveCapture(config, "node-test", Recorder())
-    try:
-        cap.open()
-    except bpf.BpfUnavailable as exc:
-        pytest.skip(f"live capture unavailable here: {exc}")
+    open_or_skip(cap)
     count = RawCount({port}).start()
     try:
-        app = web.Application()
-
-        async def hello(_request: web.Request) -> web.Response:
-            return web.Response(text="z" * 300)
-
-        app.router.add_get("/", hello)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        for _ in range(8):  # a new connection each time
-            async with aiohttp.ClientSession() as client, client.get(f"http://127.0.0.1:{port}/") as r:
-                await r.read()
-        await runner.cleanup()
+        async with text_server("127.0.0.1", port, "z" * 300):
+            for _ in range(8):  # a new connection each time
+                async with aiohttp.ClientSession() as client, client.get(f"http://127.0.0.1:{port}/") as r:
+                    await r.read()
         await asyncio.sleep(0.5)
         truth = await count.stop()
-        cap.flip()
-        await asyncio.sleep(0.05)
-        flows = cap.collect_flows(0, 1)
+        flows = await settled_flows(cap)
         counters = cap.counters()
     finally:
         cap.close()
@@ -292,10 +235,7 @@ def test_without_any_probable_openssl_packets_are_still_captured():
     config.sensor.tls_libraries = ["/nonexistent/libssl.so.3"]
     config.sensor.tls_discover = False
     cap = LiveCapture(config, "n", Recorder(), Recorder())
-    try:
-        cap.open()
-    except bpf.BpfUnavailable as exc:
-        pytest.skip(f"live capture unavailable here: {exc}")
+    open_or_skip(cap)
     try:
         assert cap.tls_bpf is None and "no OpenSSL function could be probed" in cap.tls_error
         assert cap.rings and cap.bpf is not None

@@ -27,7 +27,7 @@ from aiohttp import web
 from costmesh.common.config import Config
 from costmesh.common.embedded import free_port
 
-from .ebpf_harness import LiveHarness, RawCount, requests_by_tenant
+from .ebpf_harness import LiveHarness, RawCount, per_direction, requests_by_tenant
 
 TENANTS = {"acme": 7, "globex": 4, "": 3}  # "" = requests without a tenant header
 
@@ -83,12 +83,7 @@ async def test_two_services_requests_per_tenant_and_bytes_per_flow(tmp_path):
     methods = {r.tenant_method for r in records if r.dst.endswith(f":{front_port}") and r.tenant}
     assert methods == {"header"}
 
-    kernel: dict[tuple[str, int, str, int], list[int]] = {}
-    for f in harness.flows():
-        if {f.src_port, f.dst_port} & {front_port, back_port}:
-            acc = kernel.setdefault((f.src_addr, f.src_port, f.dst_addr, f.dst_port), [0, 0])
-            acc[0] += f.bytes
-            acc[1] += f.packets
+    kernel = per_direction(harness.flows(), {front_port, back_port})
     assert truth, "the independent count saw nothing"
     assert kernel == truth
     # 2 connections at least (client → front, front → back), both directions.
