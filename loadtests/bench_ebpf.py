@@ -87,10 +87,10 @@ def serve(port: int, cert: str = "", key: str = "") -> None:
 
 
 class NullSink:
-    """Takes the frames and parses nothing: isolates the capture path (kernel filter, ring, AI marker, flows)."""
+    """Walks the ring and parses nothing: isolates the capture path (kernel filter, ring walk, AI marker, flows)."""
 
-    def feed_frames(self, frames) -> None:
-        pass
+    def feed_ring(self, ring, hellos, max_blocks: int) -> int:
+        return ring.feed(None, None, hellos, max_blocks)
 
     def drain(self) -> list:
         return []
@@ -109,7 +109,6 @@ def sense(port: int, parse: bool, tls_processes: str = "") -> None:
     config = Config()
     config.sensor.interfaces = ["lo"]
     config.sensor.tls_processes = [tls_processes] if tls_processes else []
-    config.sensor.tls_discover_s = 0.5  # wrk starts after the sensor: find it within half a second
     totals = {"requests": 0, "records": 0, "ring_drops": 0, "ring_packets": 0, "seen": 0, "passed": 0, "flows": 0}
     totals.update(tls_requests=0, tls_events=0, tls_lost=0)
 
@@ -302,7 +301,7 @@ def main() -> int:
             "\nthe ratio is what the uprobes cost the traced processes. TLS observed = wrk's requests paired with"
             "\ntheir responses from its plaintext (capture+parse). probed = every process (the default), or only"
             "\nprocesses named wrk (sensor.tls_processes): the server then takes no uprobe trap. wrk starts after the"
-            "\nsensor and is found by a /proc scan (every 0.5 s here): its first requests are not seen."
+            "\nsensor and is probed from its exec event (within about 20 ms): its very first requests may not be seen."
         )
     return 0
 

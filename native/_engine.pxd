@@ -76,3 +76,7 @@ cdef struct AggEntry:
     Py_ssize_t klen
     int64_t window
     int64_t vals[9]
+
+# One frame by pointer into an engine (a compiled ``Engine``): the live ring walk (``ring.pyx``) feeds frames from the
+# mapped ring without a bytes object per frame.
+cdef int feed_raw(object engine, int64_t ts, int linktype, const uint8_t* f, Py_ssize_t n) except -1

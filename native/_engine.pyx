@@ -1905,3 +1905,9 @@ cdef inline Py_ssize_t _pg_cap(int mtype, bint client, int state) noexcept nogil
     if mtype == 0x42:
         return 256
     return 0
+
+
+cdef int feed_raw(object engine, int64_t ts, int linktype, const uint8_t* f, Py_ssize_t n) except -1:
+    """``Engine.feed_frame`` without the bytes object: the frame is parsed (and what is kept, copied) before the caller
+    hands the memory back, so a pointer into the live ring is safe."""
+    return (<Engine>engine)._frame(ts, linktype, f, n)

@@ -17,8 +17,18 @@ from aiohttp import web
 from costmesh.common.config import Config
 from costmesh.native.sensor import Sensor
 from costmesh.sensor.bpf import BpfUnavailable
-from costmesh.sensor.live import LiveCapture, LiveWindow, SensorFrameSink
+from costmesh.sensor.live import FrameListSink, LiveCapture, LiveWindow, SensorFrameSink
 from costmesh.sensor.live_tls import TlsHttpSink
+
+
+class FrameRecorder(FrameListSink):
+    """A frame sink that keeps every frame, for tests about capture rather than parsing."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[int, bytes]] = []
+
+    def feed_frames(self, frames) -> None:
+        self.frames.extend(frames)
 
 
 class LiveHarness:

@@ -20,20 +20,7 @@ from costmesh.common.metrics import REGISTRY
 from costmesh.sensor import bpf
 from costmesh.sensor.live import LiveCapture, client_hello_sni, http_host
 
-from .ebpf_harness import LiveHarness, RawCount, open_or_skip, per_direction, settled_flows, text_server
-
-
-class Recorder:
-    """A frame sink that keeps every frame (the parsers are not what these tests are about)."""
-
-    def __init__(self) -> None:
-        self.frames: list[tuple[int, bytes]] = []
-
-    def feed_frames(self, batch):
-        self.frames.extend(batch)
-
-    def drain(self):
-        return []
+from .ebpf_harness import FrameRecorder, LiveHarness, RawCount, open_or_skip, per_direction, settled_flows, text_server
 
 
 def _segments(frames, port: int):
@@ -61,7 +48,7 @@ def test_program_text_inlines_the_header_and_replaces_placeholders():
 
 
 def test_record_layouts_match_the_header():
-    cap = LiveCapture(Config(), "n", Recorder(), Recorder())
+    cap = LiveCapture(Config(), "n", FrameRecorder(), FrameRecorder())
     open_or_skip(cap)
     try:
         assert ctypes.sizeof(cap.bpf[b"flows0"].Key) == bpf.FLOW_KEY.size
@@ -101,7 +88,7 @@ async def test_snaplen_cuts_and_ai_flows_get_whole_payloads():
     config.sensor.ai_ports = [ai_port]
     config.sensor.ai_hosts = [r"^ai\.test$"]
     harness = LiveHarness(config)
-    recorder = Recorder()
+    recorder = FrameRecorder()
     harness.capture.frames = recorder
     await harness.start()
 
@@ -144,7 +131,7 @@ async def test_full_ring_drops_counts_and_never_blocks_while_flows_count_every_b
     config = Config()
     config.sensor.ring_block_kib = 4
     config.sensor.ring_blocks = 2
-    cap = LiveCapture(config, "node-test", Recorder())
+    cap = LiveCapture(config, "node-test", FrameRecorder())
     open_or_skip(cap)
     count = RawCount({port}).start()
     try:
@@ -175,7 +162,7 @@ async def test_full_ring_drops_counts_and_never_blocks_while_flows_count_every_b
 
 async def test_ipv6_flows_are_counted_exactly():
     port = _free_port6()
-    cap = LiveCapture(Config(), "node-test", Recorder())
+    cap = LiveCapture(Config(), "node-test", FrameRecorder())
     open_or_skip(cap)
     count = RawCount({port}).start()
     try:
@@ -209,7 +196,7 @@ async def test_a_full_flow_table_still_counts_every_byte():
     port = free_port()
     config = Config()
     config.sensor.max_flows = 4
-    cap = LiveCapture(config, "node-test", Recorder())
+    cap = LiveCapture(config, "node-test", FrameRecorder())
     open_or_skip(cap)
     count = RawCount({port}).start()
     try:
@@ -234,7 +221,7 @@ def test_without_any_probable_openssl_packets_are_still_captured():
     config = Config()
     config.sensor.tls_libraries = ["/nonexistent/libssl.so.3"]
     config.sensor.tls_discover = False
-    cap = LiveCapture(config, "n", Recorder(), Recorder())
+    cap = LiveCapture(config, "n", FrameRecorder(), FrameRecorder())
     open_or_skip(cap)
     try:
         assert cap.tls_bpf is None and "no OpenSSL function could be probed" in cap.tls_error
@@ -264,7 +251,7 @@ async def test_payload_signatures_decide_what_passes_on_unwatched_ports():
         "junk": bytes(range(1, 40)),
     }
     harness = LiveHarness(Config())
-    recorder = Recorder()
+    recorder = FrameRecorder()
     harness.capture.frames = recorder
     await harness.start()
     received: list[bytes] = []

@@ -27,7 +27,7 @@ from aiohttp import web
 from costmesh.common.config import Config
 from costmesh.common.embedded import free_port
 
-from .ebpf_harness import LiveHarness, RawCount, per_direction, requests_by_tenant
+from .ebpf_harness import FrameRecorder, LiveHarness, RawCount, per_direction, requests_by_tenant
 
 TENANTS = {"acme": 7, "globex": 4, "": 3}  # "" = requests without a tenant header
 
@@ -99,17 +99,8 @@ async def test_postgres_queries_reach_the_parsers(postgres, tmp_path):
     port = int(postgres.dsn.rsplit(":", 1)[1].split("/")[0])
     config = Config()
     assert port not in config.sensor.postgres_ports
-    frames: list[tuple[int, bytes]] = []
     harness = LiveHarness(config)
-
-    class Recorder:
-        def feed_frames(self, batch):
-            frames.extend(batch)
-
-        def drain(self):
-            return []
-
-    harness.capture.frames = Recorder()
+    harness.capture.frames = recorder = FrameRecorder()
     await harness.start()
     conn = await asyncpg.connect(postgres.dsn)
     local_port = conn._transport.get_extra_info("sockname")[1]
@@ -121,7 +112,7 @@ async def test_postgres_queries_reach_the_parsers(postgres, tmp_path):
     await harness.stop()
 
     queries = 0
-    for _ts, frame in frames:
+    for _ts, frame in recorder.frames:
         ip = frame[14:]
         ihl = (ip[0] & 15) * 4
         tcp = ip[ihl:]
@@ -402,3 +393,67 @@ async def test_only_the_named_processes_are_probed(self_signed):
     mine = [r for r in harness.records() if r.src_workload == f"ai-agent[{agent}]"]
     assert sum(r.requests for r in mine) == 3
     assert sum(r.tokens_out for r in mine) == USAGE["completion_tokens"] * 3
+
+
+@pytest.mark.parametrize("mode", ["named process", "private libssl"])
+async def test_a_process_started_after_the_sensor_is_probed_at_once(self_signed, tmp_path, mode):
+    """A program started while the sensor runs is found from its exec event, not from the periodic /proc scan (set
+    to an hour here): by name (sensor.tls_processes; the name is the executable's, a symlink here), or, probing every
+    process, because it brings its own libssl.so.3 file. Its HTTPS calls are then captured like any other."""
+    import shutil
+
+    from .conftest import wait_for
+
+    cert, key = self_signed
+    port = free_port()
+    config = Config()
+    config.sensor.tls_discover_s = 3600
+    env = dict(os.environ)
+    program = tmp_path / "late-agent"
+    program.symlink_to(os.path.realpath(sys.executable))  # the process's name at exec: "late-agent"
+    if mode == "named process":
+        config.sensor.tls_processes = ["^late-agent$"]
+    else:
+        libdir = tmp_path / "lib"
+        libdir.mkdir()
+        shutil.copy2("/lib/x86_64-linux-gnu/libssl.so.3", libdir / "libssl.so.3")
+        env["LD_LIBRARY_PATH"] = str(libdir)
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("ebpf_ai_server.py")), str(cert), str(key), str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    client = None
+    try:
+        assert (await asyncio.to_thread(server.stdout.readline)).strip() == b"ready"
+        harness = await LiveHarness(config, tls=True).start()
+        client = subprocess.Popen(
+            [str(program), "-c", CLIENT, str(cert), f"https://127.0.0.1:{port}/v1/chat/completions"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        assert (await asyncio.to_thread(client.stdout.readline)).strip() == b"ready"
+
+        async def probed() -> bool:
+            if mode == "named process":
+                return bool(harness.capture._tls_pids.get(client.pid))
+            copy = os.stat(libdir / "libssl.so.3")
+            return (copy.st_dev, copy.st_ino) in {
+                (os.stat(p).st_dev, os.stat(p).st_ino) for p in harness.capture.tls_files
+            }
+
+        await wait_for(probed, timeout=5)
+        client.stdin.write(b"go\n")
+        client.stdin.flush()
+        assert (await asyncio.to_thread(client.stdout.readline)).strip() == b"done"
+        await harness.stop()
+    finally:
+        for proc in (client, server):
+            if proc is not None:
+                proc.stdin.close()
+                proc.wait(10)
+                proc.stdout.close()
+    mine = [r for r in harness.records() if r.src_workload.endswith(f"[{client.pid}]")]
+    assert sum(r.requests for r in mine) == 3
+    assert {r.model for r in mine} == {"gpt-copy"}

@@ -1,16 +1,27 @@
 """The TPACKET_V3 block walk: the Cython module and its pure-Python twin read the same synthetic ring (laid out as
 the kernel lays it: block descriptors, packet headers with tp_next_offset and tp_mac) identically, give blocks back,
-stop at a block still owned by the kernel, wrap around, and honour max_blocks."""
+stop at a block still owned by the kernel, wrap around, and honour max_blocks. Feeding an engine straight from the
+ring (by pointer, in the compiled walk) gives the engine exactly what feeding it the frames one by one gives, and both
+walks pick out the same frames as opening a connection (what the AI-flow marker reads)."""
 
 from __future__ import annotations
 
+import array
 import mmap
 import random
 import struct
+import sys
+from pathlib import Path
 
 import pytest
 
+from costmesh.common.config import Config
 from costmesh.native import ring_py
+from costmesh.native.sensor import Sensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+from make_demo_capture import build as demo_frames
+from make_demo_capture import frame as tcp_frame
 
 try:
     from costmesh.native import ring as ring_c
@@ -21,12 +32,12 @@ IMPLS = [pytest.param(ring_py, id="python")] + ([pytest.param(ring_c, id="cython
 BLOCK = 4096
 
 
-def make_ring(blocks: list[list[tuple[int, bytes]] | None]) -> mmap.mmap:
+def make_ring(blocks: list[list[tuple[int, bytes]] | None], block: int = BLOCK) -> mmap.mmap:
     """A ring of len(blocks) blocks; None = a block the kernel still owns. Frames get tp_mac = 66 (as the kernel
     aligns them) and a 16-byte gap after each, so the walk must follow tp_next_offset."""
-    ring = mmap.mmap(-1, BLOCK * len(blocks))
+    ring = mmap.mmap(-1, block * len(blocks))
     for b, frames in enumerate(blocks):
-        base = b * BLOCK
+        base = b * block
         if frames is None:
             continue
         off = 48
@@ -103,9 +114,113 @@ def test_cython_and_python_agree_byte_for_byte():
         assert a == b
 
 
-@pytest.mark.skipif(ring_c is None, reason="built without extensions")
-def test_cython_refuses_a_corrupt_block_instead_of_reading_past_it():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_corrupt_block_is_refused_instead_of_read_past(impl):
     ring = make_ring([[(1, b"x" * 10)]])
     struct.pack_into("=I", ring, 48 + 12, 10_000)  # tp_snaplen beyond the block
     with pytest.raises(ValueError, match="past the block end"):
-        ring_c.drain_blocks(ring, BLOCK, 1, 0, [])
+        impl.drain_blocks(ring, BLOCK, 1, 0, [])
+
+
+def packed(frames: list[tuple[int, bytes]], block: int = 1 << 16) -> tuple[mmap.mmap, int]:
+    """The frames laid out in as many ring blocks of ``block`` bytes as they need; returns the ring and its block
+    count."""
+    blocks: list[list[tuple[int, bytes]]] = [[]]
+    used = 48
+    for ts, f in frames:
+        need = (66 + len(f) + 16 + 15) & ~15
+        if used + need > block:
+            blocks.append([])
+            used = 48
+        blocks[-1].append((ts, f))
+        used += need
+    return make_ring(blocks, block), len(blocks)
+
+
+def engines():
+    """(walk, engine class) pairs: each walk with the compiled engine (by pointer in the compiled walk, by
+    ``feed_frame`` in the twin) and with the pure-Python engine."""
+    from costmesh.native import _engine_py
+
+    pairs = [pytest.param(ring_py, _engine_py.Engine, id="python-walk-python-engine")]
+    if ring_c is not None:
+        from costmesh.native import _engine
+
+        pairs += [
+            pytest.param(ring_c, _engine.Engine, id="cython-walk-cython-engine"),
+            pytest.param(ring_c, _engine_py.Engine, id="cython-walk-python-engine"),
+            pytest.param(ring_py, _engine.Engine, id="python-walk-cython-engine"),
+        ]
+    return pairs
+
+
+@pytest.mark.parametrize(("impl", "engine_cls"), engines())
+def test_feeding_an_engine_from_the_ring_equals_feeding_it_frame_by_frame(impl, engine_cls):
+    frames, truth = demo_frames()
+    ring, count = packed(frames)
+    direct = Sensor(Config(), "n", engine_cls=engine_cls)
+    for ts, f in frames:
+        direct.feed_frame(ts, 1, f)
+    walked = Sensor(Config(), "n", engine_cls=engine_cls)
+    taken, n, current = impl.feed_blocks(ring, 1 << 16, count, 0, walked.engine, None, None, None)
+    assert (taken, n, current) == (count, len(frames), 0)
+    assert walked.stats() == direct.stats()
+    calls = walked.drain(final=True)
+    assert calls == direct.drain(final=True)
+    by_tenant: dict[str, int] = {}
+    for c in calls:
+        by_tenant[c.tenant] = by_tenant.get(c.tenant, 0) + c.requests
+    assert by_tenant == truth["requests_by_tenant"]
+
+
+HELLO = bytes.fromhex("16030100") + b"\x01" * 60  # starts like a TLS handshake record
+
+
+def v6frame(sport: int, payload: bytes) -> bytes:
+    tcp = struct.pack("!HHIIBBHHH", sport, 443, 7, 0, 5 << 4, 0x18, 65535, 0, 0) + payload
+    src, dst = b"\x20\x01" + b"\0" * 13 + b"\x01", b"\xfe\x80" + b"\0" * 13 + b"\x02"
+    return b"\x02" * 12 + b"\x86\xdd" + struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, 64, src, dst) + tcp
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_walk_picks_out_the_first_opening_frame_of_each_connection(impl):
+    get = b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n"
+    first_a = tcp_frame("10.0.0.1", 40000, "10.0.0.2", 80, 1, 1, 0x18, get)
+    frames = [
+        (1, tcp_frame("10.0.0.1", 40000, "10.0.0.2", 80, 0, 0, 0x02)),  # SYN: no payload
+        (2, first_a),
+        (3, tcp_frame("10.0.0.2", 80, "10.0.0.1", 40000, 1, 60, 0x18, b"HTTP/1.1 200 OK\r\n\r\n")),  # a response
+        (4, tcp_frame("10.0.0.1", 40000, "10.0.0.2", 80, 60, 1, 0x18, get)),  # the same connection again
+        (5, tcp_frame("10.0.0.1", 40001, "10.0.0.2", 80, 1, 1, 0x18, b"POST /x HTTP/1.1\r\n\r\n")),  # another one
+        (6, v6frame(50000, HELLO)),  # IPv6 ClientHello
+        (7, v6frame(50000, HELLO)),  # retransmitted
+        (8, tcp_frame("10.0.0.1", 40002, "10.0.0.2", 80, 1, 1, 0x18, b"\x00garbage")),
+    ]
+    ring, count = packed(frames)
+    seen = array.array("Q", bytes(8 * 1024))
+    hellos: list[bytes] = []
+    out: list = []
+    assert impl.feed_blocks(ring, 1 << 16, count, 0, None, out, hellos, seen)[1] == len(frames)
+    assert out == frames
+    assert hellos == [first_a, frames[4][1], frames[5][1]]
+    with pytest.raises(ValueError, match="power-of-two"):
+        impl.feed_blocks(packed(frames)[0], 1 << 16, count, 0, None, None, [], array.array("Q", bytes(8 * 3)))
+
+
+@pytest.mark.skipif(ring_c is None, reason="built without extensions")
+def test_both_walks_pick_out_the_same_opening_frames_from_random_traffic():
+    rnd = random.Random(11)
+    print("seed 11")
+    frames = []
+    for i in range(3000):
+        port = 40000 + rnd.randrange(200)
+        payload = rnd.choice([b"", b"GET / HTTP/1.1\r\n\r\n", HELLO, b"PUT /a HTTP/1.1\r\n\r\n", rnd.randbytes(20)])
+        f = tcp_frame("10.0.0.1", port, "10.0.0.2", 80, i, 0, 0x18, payload)
+        frames.append((i, f if rnd.random() > 0.05 else f[: rnd.randrange(len(f))]))  # some cut short
+    results = []
+    for impl in (ring_py, ring_c):
+        ring, count = packed(frames)
+        hellos: list[bytes] = []
+        impl.feed_blocks(ring, 1 << 16, count, 0, None, None, hellos, array.array("Q", bytes(8 * 64)))
+        results.append(hellos)
+    assert results[0] == results[1] and 0 < len(results[0]) < len(frames)

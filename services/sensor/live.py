@@ -3,13 +3,14 @@ kernel flow counters polled every window into ``FlowVolume`` records, and (optio
 
 Reads: the interfaces of ``sensor.interfaces`` (through ``bpf/sensor.bpf.c``) and, with ``sensor.tls_capture``, the
 ``libssl.so.3`` calls of every process on the host (through ``bpf/tls.bpf.c``, see ``live_tls``).
-Emits: batches of ``(timestamp_us, frame)`` to a ``FrameSink`` and of ``TlsChunk`` to a ``TlsSink`` (the parsers), and
-per window a ``LiveWindow``: the sinks' ``ObservedCall`` records, the kernel's ``FlowVolume`` records, and counters.
+Emits: ring frames to a ``FrameSink`` (by pointer into the compiled engine) and batches of ``TlsChunk`` to a
+``TlsSink`` (the parsers), and per window a ``LiveWindow``: the sinks' ``ObservedCall`` records, the kernel's
+``FlowVolume`` records, and counters.
 
 The parsers are behind the two sink protocols so that this module does not know which parser runs: frames go to
-``SensorFrameSink``, the sensor's parsing core (``costmesh.native.sensor``, the same one capture replays use). A
-parser that learns that a flow is AI traffic (SNI, Host) calls ``LiveCapture.mark_ai_flow`` so the kernel passes
-that flow's whole payload.
+``SensorFrameSink``, the sensor's parsing core (``costmesh.native.sensor``, the same one capture replays use). The
+ring walk also picks out the frames that open a connection; ``AiFlowMarker`` reads their SNI or Host and calls
+``LiveCapture.mark_ai_flow``, so the kernel passes an AI flow's whole payload.
 
 Overload: the kernel never waits for user space. A full packet ring drops and the socket counts it; a full TLS ring
 buffer drops and the program counts it; a full flow table counts the bytes in a separate slot. All three are
@@ -38,6 +39,7 @@ from prometheus_client import Counter, Gauge
 from costmesh.common.config import Config
 from costmesh.common.metrics import REGISTRY
 from costmesh.common.schemas import FlowVolume, ObservedCall
+from costmesh.native import _net_py as net_py
 from costmesh.native.sensor import Sensor
 
 from . import bpf
@@ -80,19 +82,41 @@ CPU_SECONDS = Gauge(
 )
 
 
-#: The TLS program wakes the reader once per this many events; the reader also drains every TLS_POLL_S.
+#: The TLS program wakes the reader once per this many events; the reader also drains at every window's end.
 TLS_WAKEUP_EVERY = 64
-TLS_POLL_S = 0.1
+#: After a process starts (exec event), its maps are read for OpenSSL this long after (seconds; the dynamic loader
+#: maps libssl before main runs; a later dlopen is found by the periodic scan).
+EXEC_LOOKS_S = (0.02, 0.5)
+LINKTYPE_ETHERNET = 1
 
 
 class FrameSink(Protocol):
-    """A parser of link-layer frames (the minimal HTTP reader now, the Cython parsers later)."""
+    """A parser of link-layer frames: it takes them straight from a packet ring."""
 
-    def feed_frames(self, frames: Sequence[tuple[int, bytes]]) -> None:
-        """Parse a batch of ``(timestamp_us, frame)``; frames start at the Ethernet header, cut to the snap length."""
+    def feed_ring(self, ring: PacketRing, hellos: list[bytes] | None, max_blocks: int) -> int:
+        """Take the ring's ready blocks (``PacketRing.feed``; frames start at the Ethernet header, cut to the snap
+        length), appending the frames that open a connection to ``hellos``. Returns the number of frames."""
 
     def drain(self) -> list[ObservedCall]:
         """The records of every finished window, forgotten afterwards."""
+
+
+class FrameListSink:
+    """Base of frame sinks that want each frame as a Python object (``feed_frames`` gets ``(timestamp_us, frame)``
+    lists): recorders in tests, tools. The sensor itself uses ``SensorFrameSink``, which makes no object per frame."""
+
+    def feed_ring(self, ring: PacketRing, hellos: list[bytes] | None, max_blocks: int) -> int:
+        frames: list[tuple[int, bytes]] = []
+        n = ring.feed(None, frames, hellos, max_blocks)
+        if frames:
+            self.feed_frames(frames)
+        return n
+
+    def feed_frames(self, frames: Sequence[tuple[int, bytes]]) -> None:
+        raise NotImplementedError
+
+    def drain(self) -> list[ObservedCall]:
+        return []
 
 
 @dataclass(slots=True)
@@ -120,17 +144,14 @@ class TlsSink(Protocol):
 
 
 class SensorFrameSink:
-    """Live frames into the sensor's parsing core. Ring frames carry an Ethernet header (``lo`` included)."""
-
-    LINKTYPE_ETHERNET = 1
+    """Live frames into the sensor's parsing core, by pointer from the ring when the engine is compiled. Ring frames
+    carry an Ethernet header (``lo`` included)."""
 
     def __init__(self, sensor: Sensor) -> None:
         self.sensor = sensor
 
-    def feed_frames(self, frames: Sequence[tuple[int, bytes]]) -> None:
-        feed, linktype = self.sensor.feed_frame, self.LINKTYPE_ETHERNET
-        for ts_us, frame in frames:
-            feed(ts_us, linktype, frame)
+    def feed_ring(self, ring: PacketRing, hellos: list[bytes] | None, max_blocks: int) -> int:
+        return ring.feed(self.sensor.engine, None, hellos, max_blocks)
 
     def drain(self) -> list[ObservedCall]:
         return self.sensor.drain()
@@ -215,73 +236,59 @@ def http_host(payload: bytes) -> str:
 
 class AiFlowMarker:
     """Marks flows whose TLS SNI or HTTP Host matches ``sensor.ai_hosts`` as AI traffic, so that the kernel passes
-    their whole payload from then on. It looks only at segments that start like a ClientHello or a request.
-
-    The Cython parsers will know SNI and Host anyway; they can call ``LiveCapture.mark_ai_flow`` themselves and this
-    pre-pass can go.
+    their whole payload from then on. It reads only the frames that open a connection (the ring walk picks them out
+    in C: one per connection, not one per packet), IPv4 and IPv6.
     """
 
     def __init__(self, patterns: list[str], mark: Callable[[str, int, str, int], None]) -> None:
         self.patterns = [re.compile(p) for p in patterns]
         self.mark = mark
         self.marked: dict[tuple[str, int, str, int], int] = {}  # flow → windows since last seen
-        self.seen: set[bytes] = set()  # connections already looked at (addresses + ports, raw)
 
-    def inspect(self, frames: Sequence[tuple[int, bytes]]) -> None:
-        if not self.patterns:
-            return
-        seen = self.seen
-        for _ts, frame in frames:
-            if len(frame) < 54 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+    def inspect(self, hellos: Sequence[bytes]) -> None:
+        for frame in hellos:
+            r = net_py.decode(LINKTYPE_ETHERNET, frame)
+            if isinstance(r, int) or not r[7]:
                 continue
-            ihl = (frame[14] & 15) * 4
-            tcp = 14 + ihl
-            off = tcp + (frame[tcp + 12] >> 4) * 4
-            if len(frame) <= off or (frame[off] != 0x16 and frame[off] not in b"GPDO"):
-                continue  # only a ClientHello or a request names the destination (HEAD too rare to matter)
-            conn = frame[26:34] + frame[tcp : tcp + 4]
-            if conn in seen:
-                continue  # one look per connection: the first request or ClientHello names it
-            if len(seen) >= 65536:
-                seen.clear()
-            seen.add(conn)
-            payload = frame[off:]
+            _l4, src, dst, sport, dport, _flags, _seq, payload = r
             name = client_hello_sni(payload) if payload[0] == 0x16 else http_host(payload)
             if name and any(p.search(name) for p in self.patterns):
-                flow = (
-                    socket.inet_ntoa(frame[26:30]),
-                    int.from_bytes(frame[tcp : tcp + 2], "big"),
-                    socket.inet_ntoa(frame[30:34]),
-                    int.from_bytes(frame[tcp + 2 : tcp + 4], "big"),
-                )
+                flow = (_addr(src), sport, _addr(dst), dport)
                 if flow not in self.marked:
                     self.mark(*flow)
                 self.marked[flow] = 0
 
 
-def libssl_mappings(proc: str = "/proc", name: str = "libssl.so.3") -> list[tuple[int, str, str]]:
-    """``(pid, comm, path)`` of every process that has an OpenSSL library mapped; the path goes through the process's
-    root (``/proc/<pid>/root/...``), so that copies inside containers are reachable from the host."""
-    out: list[tuple[int, str, str]] = []
+def libssl_of(pid_dir: str, name: str = "libssl.so.3") -> tuple[str, str] | None:
+    """``(comm, path)`` when the process at ``pid_dir`` (``/proc/<pid>``) has an OpenSSL library mapped, else None;
+    the path goes through the process's root (``/proc/<pid>/root/...``), so that copies inside containers are
+    reachable from the host."""
     wanted = name.encode()
+    try:
+        with open(f"{pid_dir}/maps", "rb") as fh:
+            maps = fh.read()
+        if wanted not in maps:
+            return None
+        with open(f"{pid_dir}/comm", "rb") as fh:
+            comm = fh.read().strip().decode(errors="replace")
+    except OSError:
+        return None
+    for line in maps.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[5].split(b" (deleted)")[0].endswith(b"/" + wanted):
+            path = parts[5].decode(errors="replace").removesuffix(" (deleted)")
+            return comm, f"{pid_dir}/root{path}"
+    return None
+
+
+def libssl_mappings(proc: str = "/proc", name: str = "libssl.so.3") -> list[tuple[int, str, str]]:
+    """``(pid, comm, path)`` of every process that has an OpenSSL library mapped (see ``libssl_of``)."""
+    out: list[tuple[int, str, str]] = []
     for entry in os.scandir(proc):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"{entry.path}/maps", "rb") as fh:
-                maps = fh.read()
-            if wanted not in maps:
-                continue
-            with open(f"{entry.path}/comm", "rb") as fh:
-                comm = fh.read().strip().decode(errors="replace")
-        except OSError:
-            continue
-        for line in maps.splitlines():
-            parts = line.split(None, 5)
-            if len(parts) == 6 and parts[5].split(b" (deleted)")[0].endswith(b"/" + wanted):
-                path = parts[5].decode(errors="replace").removesuffix(" (deleted)")
-                out.append((int(entry.name), comm, f"{entry.path}/root{path}"))
-                break
+        if entry.name.isdigit():
+            found = libssl_of(entry.path, name)
+            if found:
+                out.append((int(entry.name), *found))
     return out
 
 
@@ -383,11 +390,11 @@ class LiveCapture:
         self.tls_error = ""
         self._gen = 0
         self._tables: list[_FlowTable] = []
-        self._pending_frames: list[tuple[int, bytes]] = []
         self._pending_tls: list[TlsChunk] = []
         self._counters = LiveCounters()
         self._mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._exec_looks: set[asyncio.TimerHandle] = set()
         self.ai_marker = AiFlowMarker(self.sensor_cfg.ai_hosts, self.mark_ai_flow)
 
     # ---- set-up -----------------------------------------------------------------------------------------------
@@ -463,10 +470,13 @@ class LiveCapture:
         self.tls_bpf = bpf.load(text)
         self._tls_files: dict[tuple[int, int], str] = {}
         self._tls_pids: dict[int, list[bytes]] = {}
+        self._tls_patterns = [re.compile(p) for p in self.sensor_cfg.tls_processes]
         attached = self.attach_tls_libraries()
         if not attached and not self._tls_files and not self.sensor_cfg.tls_processes:
             raise bpf.BpfUnavailable(f"no OpenSSL function could be probed in {self.sensor_cfg.tls_libraries}")
         self.tls_bpf[b"tls_events"].open_ring_buffer(self._on_tls_event)
+        if self.sensor_cfg.tls_discover or self.sensor_cfg.tls_processes:
+            self.tls_bpf[b"exec_events"].open_ring_buffer(self._on_exec)
         self._tls_scanned = time.monotonic()
 
     def attach_tls_libraries(self) -> int:
@@ -511,7 +521,7 @@ class LiveCapture:
         return [name for name in self.tls_bpf.uprobe_fds if name not in before]
 
     def _attach_tls_processes(self) -> int:
-        patterns = [re.compile(p) for p in self.sensor_cfg.tls_processes]
+        patterns = self._tls_patterns
         alive: dict[int, str] = {}
         for pid, comm, path in libssl_mappings():
             if any(p.search(comm) for p in patterns):
@@ -531,6 +541,51 @@ class LiveCapture:
         for key in [k for k in self._tls_files if k[0] == -1 and k[1] not in alive]:
             del self._tls_files[key]
         return new
+
+    def _on_exec(self, _ctx: Any, data: Any, size: int) -> int:
+        """A process started a program: look for its OpenSSL shortly (``EXEC_LOOKS_S``) instead of at the next scan.
+        With ``sensor.tls_processes`` only programs whose name matches are looked at."""
+        pid, comm = bpf.EXEC_EVENT.unpack(ct.string_at(data, bpf.EXEC_EVENT.size))
+        name = comm.split(b"\0", 1)[0].decode(errors="replace")
+        if self._loop is None or (self._tls_patterns and not any(p.search(name) for p in self._tls_patterns)):
+            return 0
+        self._look_later(pid, 0)
+        return 0
+
+    def _look_later(self, pid: int, attempt: int) -> None:
+        assert self._loop is not None
+        handle: asyncio.TimerHandle
+
+        def look() -> None:
+            self._exec_looks.discard(handle)
+            if not self._probe_started(pid) and attempt + 1 < len(EXEC_LOOKS_S):
+                self._look_later(pid, attempt + 1)
+
+        handle = self._loop.call_later(EXEC_LOOKS_S[attempt], look)
+        self._exec_looks.add(handle)
+
+    def _probe_started(self, pid: int) -> bool:
+        """Probe the OpenSSL of one started process if it is new to us; True when its libssl was found (probed now
+        or already)."""
+        found = libssl_of(f"/proc/{pid}")
+        if found is None:
+            return False
+        comm, path = found
+        if self.sensor_cfg.tls_processes:
+            if pid not in self._tls_pids and any(p.search(comm) for p in self._tls_patterns):
+                self._tls_pids[pid] = self._probe(path, pid)
+                self._tls_files[(-1, pid)] = path
+                log.info("probing OpenSSL of pid %d in %s (started after the sensor)", pid, path)
+            return True
+        try:
+            st = os.stat(path)
+        except OSError:
+            return True
+        if (st.st_dev, st.st_ino) not in self._tls_files:
+            self._tls_files[(st.st_dev, st.st_ino)] = path
+            if self._probe(path, -1):
+                log.info("probing OpenSSL in %s (started after the sensor)", path)
+        return True
 
     @property
     def tls_files(self) -> list[str]:
@@ -597,15 +652,14 @@ class LiveCapture:
         return 0
 
     def read_rings(self, max_blocks: int = 0) -> int:
-        """Take every ready block of every ring and hand the frames to the frame sink; returns frames read."""
-        frames = self._pending_frames
+        """Hand every ready block of every ring to the frame sink, then mark the AI flows the opening frames name;
+        returns frames read."""
+        hellos: list[bytes] | None = [] if self.ai_marker.patterns else None
+        n = 0
         for ring in self.rings:
-            ring.drain(frames, max_blocks)
-        n = len(frames)
-        if n:
-            self._pending_frames = []
-            self.ai_marker.inspect(frames)
-            self.frames.feed_frames(frames)
+            n += self.frames.feed_ring(ring, hellos, max_blocks)
+        if hellos:
+            self.ai_marker.inspect(hellos)
         return n
 
     def _tls_epoll_fd(self) -> int:
@@ -749,7 +803,7 @@ class LiveCapture:
         return LiveWindow(window_start_us, end_us, records, flows, counters)
 
     async def run(self, on_window: Callable[[LiveWindow], Awaitable[None]], stopping: asyncio.Event) -> None:
-        """Read rings when a block is handed over and TLS events when the program wakes us (or every TLS_POLL_S);
+        """Read rings when a block is handed over and TLS events when the program wakes us (and at each window's end);
         every window, hand a ``LiveWindow`` to ``on_window``.
 
         The first window starts when ``run`` starts; everything counted before (since ``open``) is in it too.
@@ -758,16 +812,8 @@ class LiveCapture:
         for ring in self.rings:
             loop.add_reader(ring.fileno(), self.read_rings, 64)
         tls_fd = self._tls_epoll_fd()
-        timer: asyncio.TimerHandle | None = None
         if tls_fd >= 0:
             loop.add_reader(tls_fd, self.read_tls)
-
-            def tls_tick() -> None:
-                nonlocal timer
-                self.read_tls()
-                timer = loop.call_later(TLS_POLL_S, tls_tick)
-
-            timer = loop.call_later(TLS_POLL_S, tls_tick)
         start = time.time_ns() // 1000
         next_window = time.monotonic() + self.sensor_cfg.window_s
         try:
@@ -784,6 +830,7 @@ class LiveCapture:
                 loop.remove_reader(ring.fileno())
             if tls_fd >= 0:
                 loop.remove_reader(tls_fd)
-            if timer is not None:
-                timer.cancel()
+            for handle in self._exec_looks:
+                handle.cancel()
+            self._exec_looks.clear()
             self._loop = None

@@ -3,8 +3,9 @@ blocks of a ring shared with user space, and user space takes whole blocks at a 
 
 Reads: one interface, through the eBPF socket filter whose fd is given (it decides what is copied and how much).
 The block walk is ``costmesh.native.ring`` (Cython) or its twin ``ring_py``.
-Emits: lists of ``(timestamp_us, frame)`` (``frame`` starts at the link-layer header) and the socket's counters
-(packets received, packets dropped because the ring was full: the kernel never waits for us, it drops and counts).
+Emits: frames (starting at the link-layer header) straight into the sensor's engine, or lists of ``(timestamp_us,
+frame)``; the frames that open a connection (for the AI-flow marker); and the socket's counters (packets received,
+packets dropped because the ring was full: the kernel never waits for us, it drops and counts).
 
 Set-up order matters: the filter is attached and the ring mapped before the socket is bound to the interface, so no
 unfiltered packet is ever queued.
@@ -12,6 +13,7 @@ unfiltered packet is ever queued.
 
 from __future__ import annotations
 
+import array
 import mmap
 import socket
 import struct
@@ -20,12 +22,12 @@ from dataclasses import dataclass
 from costmesh.native import NO_EXTENSIONS
 
 if NO_EXTENSIONS:
-    from costmesh.native.ring_py import drain_blocks
+    from costmesh.native.ring_py import feed_blocks
 else:
     try:
-        from costmesh.native.ring import drain_blocks
+        from costmesh.native.ring import feed_blocks
     except ImportError:  # built without extensions
-        from costmesh.native.ring_py import drain_blocks
+        from costmesh.native.ring_py import feed_blocks
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -34,6 +36,8 @@ PACKET_VERSION = 10
 TPACKET_V3 = 2
 SO_ATTACH_BPF = 50
 ETH_P_ALL = 0x0003
+#: Connections remembered per ring by the opening-frame check (direct-mapped; a power of two).
+SEEN_CONNECTIONS = 1 << 16
 
 _STATS_V3 = struct.Struct("=III")  # tp_packets, tp_drops, tp_freeze_q_cnt
 
@@ -58,6 +62,7 @@ class PacketRing:
         self.block_size = block_size
         self.block_count = block_count
         self.current = 0
+        self.seen = array.array("Q", bytes(8 * SEEN_CONNECTIONS))
         frame_size = 2048
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # protocol 0: nothing arrives before bind
         try:
@@ -86,14 +91,19 @@ class PacketRing:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def drain(self, out: list[tuple[int, bytes]], max_blocks: int = 0) -> int:
-        """Append the frames of every block the kernel has handed over to ``out`` and give the blocks back.
+    def feed(self, engine, out: list[tuple[int, bytes]] | None, hellos: list[bytes] | None, max_blocks: int = 0) -> int:
+        """Hand the frames of every block the kernel has handed over to ``engine`` (the sensor's parsing engine; the
+        compiled one takes them by pointer, with no Python object per frame) or, without one, append ``(timestamp_us,
+        frame)`` to ``out``; append to ``hellos`` the frames that open a connection (first request or ClientHello:
+        what names an AI flow). Gives the blocks back; returns the number of frames.
 
-        Returns the number of blocks taken. ``max_blocks`` > 0 bounds the work of one call (the rest stays for the
-        next one), so one busy interface cannot starve the event loop.
+        ``max_blocks`` > 0 bounds the work of one call (the rest stays for the next one), so one busy interface cannot
+        starve the event loop.
         """
-        taken, self.current = drain_blocks(self.map, self.block_size, self.block_count, self.current, out, max_blocks)
-        return taken
+        _taken, frames, self.current = feed_blocks(
+            self.map, self.block_size, self.block_count, self.current, engine, out, hellos, self.seen, max_blocks
+        )
+        return frames
 
     def stats(self) -> RingStats:
         """Packets queued and dropped since the last call (PACKET_STATISTICS resets on read)."""

@@ -26,6 +26,8 @@ HERE = Path(__file__).resolve().parent
 FLOW_KEY = struct.Struct("=16s16sHHBBH")
 #: struct tls_event without data[]: ts_ns, ssl, cgroup_id, pid, tid, len, offset, captured, direction, pad, comm.
 TLS_EVENT_HEAD = struct.Struct("=QQQIIIIIB3x16s")
+#: struct exec_event: pid, comm.
+EXEC_EVENT = struct.Struct("=I16s")
 
 STAT_SEEN_PACKETS = 0
 STAT_PASSED_PACKETS = 1

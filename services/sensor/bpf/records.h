@@ -61,4 +61,10 @@ struct tls_event {
     __u8 data[TLS_CHUNK];
 };
 
+/* A process started a new program (sched_process_exec): user space looks for its OpenSSL at once. */
+struct exec_event {
+    __u32 pid;        /* process (tgid) */
+    char comm[16];    /* the new program's name */
+};
+
 #endif

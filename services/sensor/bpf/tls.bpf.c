@@ -7,6 +7,9 @@
  * when it was cut. When the ring buffer is full the event is counted in stats[STAT_TLS_LOST] and the program goes on:
  * the traced process is never slowed by a slow reader.
  *
+ * Process starts (the sched_process_exec tracepoint) go to their own small ring buffer, so that user space probes a
+ * program started after the sensor at once rather than at its next /proc scan.
+ *
  * TLS_CHUNK is fixed in records.h. Placeholders: TLS_MAX_CHUNKS, TLS_WAKEUP_EVERY, TLS_RING_PAGES, FILTER_PID (0: every process).
  */
 #include <uapi/linux/ptrace.h>
@@ -25,6 +28,7 @@ BPF_RINGBUF_OUTPUT(tls_events, TLS_RING_PAGES);
 BPF_PERCPU_ARRAY(scratch, struct tls_event, 1);
 BPF_PERCPU_ARRAY(stats, u64, STAT_COUNT);
 BPF_PERCPU_ARRAY(unannounced, u64, 1); /* events written since the last wake-up of the reader, per CPU */
+BPF_RINGBUF_OUTPUT(exec_events, 8);
 
 static __always_inline void stat_add(u32 idx, u64 n) {
     u64 *v = stats.lookup(&idx);
@@ -70,8 +74,8 @@ static __always_inline int emit(struct pt_regs *ctx, struct ssl_call *call, u32 
             n = 0;
         }
         stat_add(STAT_TLS_EVENTS, 1);
-        /* Wake the reader once per TLS_WAKEUP_EVERY events (it also reads on a short timer): one wake-up per event
-         * would cost more than the event. */
+        /* Wake the reader once per TLS_WAKEUP_EVERY events (it also reads at every window's end): one wake-up per
+         * event would cost more than the event. */
         u64 flags = BPF_RB_NO_WAKEUP;
         u64 *pending = unannounced.lookup(&zero);
         if (pending && ++*pending >= TLS_WAKEUP_EVERY) {
@@ -156,4 +160,12 @@ int leave_read(struct pt_regs *ctx) {
     struct ssl_call c = *call;
     read_calls.delete(&id);
     return leave(ctx, &c, TLS_DIR_READ);
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    struct exec_event ev = {};
+    ev.pid = bpf_get_current_pid_tgid() >> 32;
+    bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
+    exec_events.ringbuf_output(&ev, sizeof(ev), 0); /* rare: one wake-up each is fine, and a lost one waits for the scan */
+    return 0;
 }
