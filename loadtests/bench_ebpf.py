@@ -96,14 +96,38 @@ class NullSink:
         return []
 
 
-def sense(port: int, parse: bool, tls_processes: str = "") -> None:
+def redactor(nats_url: str) -> None:
+    """A stand-in for the node's redactor: confirms every batch on ``costmesh.raw.bench`` (what the sensor waits for),
+    so the sensor pays its real sending cost; its own CPU is not the sensor's."""
+    import nats
+    import uvloop
+
+    async def main():
+        nc = await nats.connect(nats_url)
+
+        async def confirm(msg):
+            await msg.respond(b"ok")
+
+        await nc.subscribe("costmesh.raw.bench", cb=confirm)
+        await nc.flush()
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await nc.drain()
+
+    uvloop.run(main())
+
+
+def sense(port: int, parse: bool, tls_processes: str = "", nats_url: str = "") -> None:
     """Capture on lo until SIGTERM, then print one JSON line: requests observed on ``port``, drops, kernel counts.
-    With ``parse`` the frames go to the parser of the day (``costmesh.native.sensor.Sensor``), else to ``NullSink``."""
+    With ``parse`` the frames go to the parser of the day (``costmesh.native.sensor.Sensor``), else to ``NullSink``.
+    With ``nats_url`` every window's records and flows are sent as the live service sends them (``LiveBatchSender``,
+    confirmed request/reply), so the sensor's CPU includes encoding and sending."""
     import uvloop
 
     from costmesh.common.config import Config
     from costmesh.native.sensor import Sensor
     from costmesh.sensor.live import LiveCapture, SensorFrameSink
+    from costmesh.sensor.live_service import LiveBatchSender
     from costmesh.sensor.live_tls import TlsHttpSink
 
     config = Config()
@@ -133,11 +157,27 @@ def sense(port: int, parse: bool, tls_processes: str = "") -> None:
             totals["tls_events"] += c.tls_events
             totals["tls_lost"] += c.tls_lost
 
+        sender = None
+        if nats_url:
+            import nats
+
+            nc = await nats.connect(nats_url)
+            sender = LiveBatchSender(nc, "bench", config.sensor.batch_records)
+
+        async def on_window_sent(win):
+            await on_window(win)
+            if sender is not None and (win.records or win.flows):
+                totals["batches"] = totals.get("batches", 0) + await sender.send_window(
+                    win.records, win.flows, stopping
+                )
+
         print("ready", flush=True)
         try:
-            await capture.run(on_window, stopping)
+            await capture.run(on_window_sent, stopping)
         finally:
             capture.close()
+            if sender is not None:
+                await nc.close()
         print(json.dumps(totals), flush=True)
 
     uvloop.run(main())
@@ -146,9 +186,9 @@ def sense(port: int, parse: bool, tls_processes: str = "") -> None:
 # ---- parent -------------------------------------------------------------------------------------------------------
 
 
-def _child(role: str, port: int, *extra: str) -> subprocess.Popen:
+def _child(role: str, arg: int | str, *extra: str, stdin: int = subprocess.DEVNULL) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, str(HERE), f"--{role}", str(port), *extra], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+        [sys.executable, str(HERE), f"--{role}", str(arg), *extra], stdout=subprocess.PIPE, stdin=stdin
     )
     line = proc.stdout.readline()
     if line.strip() != b"ready":
@@ -195,9 +235,16 @@ def wrk(port: int, seconds: float, rate: int | None, scheme: str = "http") -> di
 
 
 def with_sensor(
-    port: int, seconds: float, rate: int | None, parse: bool, scheme: str = "http", tls_processes: str = ""
+    port: int,
+    seconds: float,
+    rate: int | None,
+    parse: bool,
+    scheme: str = "http",
+    tls_processes: str = "",
+    nats_url: str = "",
 ) -> tuple[dict, dict]:
     extra = ([] if parse else ["--no-parse"]) + (["--tls-processes", tls_processes] if tls_processes else [])
+    extra += ["--nats", nats_url] if nats_url else []
     sensor = _child("sense", port, *extra)
     try:
         ps = psutil.Process(sensor.pid)
@@ -225,33 +272,44 @@ def main() -> int:
     parser.add_argument("--sense", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--no-parse", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--tls-processes", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--nats", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--redactor", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.cert, args.key)
         return 0
+    if args.redactor:
+        redactor(args.redactor)
+        return 0
     if args.sense:
-        sense(args.sense, parse=not args.no_parse, tls_processes=args.tls_processes)
+        sense(args.sense, parse=not args.no_parse, tls_processes=args.tls_processes, nats_url=args.nats)
         return 0
     if os.geteuid() != 0:
         print("bench_ebpf: live capture needs root", file=sys.stderr)
         return 2
 
-    from costmesh.common.embedded import free_port
+    from costmesh.common.embedded import EmbeddedNats, free_port
 
     port = free_port()
-    server = _child("serve", port)
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     rows = []
-    try:
-        for rate in [int(r) for r in args.rates.split(",") if r] + [0]:
-            base = wrk(port, args.seconds, rate or None)
-            modes = [("capture", False), ("capture+parse", True)] if rate else [("capture+parse", True)]
-            for mode, parse in modes:
-                load, rep = with_sensor(port, args.seconds, rate or None, parse)
-                rows.append((rate, mode, base, load, rep))
-    finally:
-        server.kill()
-        server.wait()
+    with tempfile.TemporaryDirectory(prefix="bench-ebpf-nats-") as nats_dir:
+        nats = EmbeddedNats(Path(nats_dir)).start()
+        server = _child("serve", port)
+        confirmer = _child("redactor", nats.url, stdin=subprocess.PIPE)
+        try:
+            for rate in [int(r) for r in args.rates.split(",") if r] + [0]:
+                base = wrk(port, args.seconds, rate or None)
+                modes = [("capture", False, ""), ("capture+parse", True, ""), ("full sensor", True, nats.url)]
+                for mode, parse, url in modes if rate else modes[1:]:
+                    load, rep = with_sensor(port, args.seconds, rate or None, parse, nats_url=url)
+                    rows.append((rate, mode, base, load, rep))
+        finally:
+            server.kill()
+            server.wait()
+            confirmer.stdin.close()
+            confirmer.wait(10)
+            nats.stop()
     tls_rows = bench_tls(args) if args.tls_rates != "none" else []
 
     print()
@@ -275,7 +333,9 @@ def main() -> int:
     print(
         "\nratio = generator throughput with the sensor / alone (same run). capture = kernel filter, flow counters,"
         "\nrings, AI-flow marker and TLS probes, frames handed to a sink that parses nothing; capture+parse = the same"
-        "\nwith the sensor's parsing core (costmesh.native.sensor) behind the FrameSink seam. observed/done ="
+        "\nwith the sensor's parsing core (costmesh.native.sensor) behind the FrameSink seam; full sensor = that, and"
+        "\nevery window's records and flows sent as the live service sends them (LiveBatchSender, confirmed by a"
+        "\nstand-in redactor over a local nats-server). observed/done ="
         "\nrequests the sensor paired with their responses / requests wrk completed (wrk leaves out those in flight"
         "\nwhen it stops). @target = CPU per request × the target rate, as % of one core (wrk holds a rate only"
         "\nroughly). Targets: < 1% of one core at 5,000 req/s; zero ring drops at 20,000 req/s."
@@ -308,37 +368,15 @@ def main() -> int:
 
 def bench_tls(args: argparse.Namespace) -> list:
     """The HTTPS rows: the same comparison through the OpenSSL uprobes."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     from costmesh.common.embedded import free_port
 
+    sys.path.insert(0, str(HERE.parent.parent / "tests"))
+    from certs import server_chain
+
     folder = Path(tempfile.mkdtemp(prefix="bench-tls-"))
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .sign(key, hashes.SHA256())
-    )
-    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    cert, key = server_chain(folder)
     port = free_port()
-    server = _child("serve", port, "--cert", str(folder / "cert.pem"), "--key", str(folder / "key.pem"))
+    server = _child("serve", port, "--cert", str(cert), "--key", str(key))
     rows = []
     try:
         for rate in [int(r) for r in args.tls_rates.split(",") if r] + [0]:

@@ -10,8 +10,6 @@ The machine's ``lo`` is shared with other work: every check selects the flows of
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import json
 import os
 import ssl
@@ -27,6 +25,7 @@ from aiohttp import web
 from costmesh.common.config import Config
 from costmesh.common.embedded import free_port
 
+from .certs import server_chain
 from .ebpf_harness import FrameRecorder, LiveHarness, RawCount, per_direction, requests_by_tenant
 
 TENANTS = {"acme": 7, "globex": 4, "": 3}  # "" = requests without a tenant header
@@ -127,36 +126,7 @@ async def test_postgres_queries_reach_the_parsers(postgres, tmp_path):
 
 @pytest.fixture(scope="module")
 def self_signed(tmp_path_factory) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    folder = tmp_path_factory.mktemp("tls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
+    return server_chain(tmp_path_factory.mktemp("tls"))
 
 
 async def test_https_ai_call_plaintext_and_tokens_by_uprobe(self_signed):

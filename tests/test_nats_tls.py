@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
 import hashlib
-import ipaddress
 import json
 import os
 import socket
@@ -24,10 +22,6 @@ import msgspec
 import nats
 import nkeys
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from costmesh.common import natsio
 from costmesh.common.config import Config, NatsConfig, load_config
@@ -38,55 +32,8 @@ from costmesh.common.supervisor import Stack, http_json
 from costmesh.redactor import service as redactor_service
 from costmesh.sensor.service import BatchSender
 
+from .certs import make_pki
 from .conftest import DATA, wait_for
-
-
-def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _make_pki(folder: Path) -> tuple[Path, Path, Path]:
-    """A self-signed CA and a server certificate for localhost/127.0.0.1 signed by it: (ca, cert, key) files."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "costmesh test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(_pem(key))
-    return paths
 
 
 def _make_nkey(folder: Path, name: str) -> tuple[Path, str]:
@@ -100,7 +47,7 @@ def _make_nkey(folder: Path, name: str) -> tuple[Path, str]:
 
 @pytest.fixture
 def secure_nats(tmp_path: Path):
-    ca, cert, key = _make_pki(tmp_path)
+    ca, cert, key = make_pki(tmp_path)
     seed, public = _make_nkey(tmp_path, "node")
     server = EmbeddedNats(
         tmp_path / "nats",
@@ -265,7 +212,7 @@ def _creds(folder: Path, name: str, account: nkeys.KeyPair) -> Path:
 @pytest.fixture
 def jwt_nats(tmp_path: Path):
     """TLS and operator-mode auth: only users whose JWT an account of this operator signed may connect."""
-    ca, cert, key = _make_pki(tmp_path)
+    ca, cert, key = make_pki(tmp_path)
     _op_seed, operator = _keypair(nkeys.PREFIX_BYTE_OPERATOR)
     _sys_seed, system = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
     _acc_seed, account = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)

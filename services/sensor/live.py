@@ -77,6 +77,13 @@ FLOW_TABLE_FULL_BYTES = Counter(
     "Bytes counted while the kernel flow table was full (not attributed to a flow, still counted).",
     registry=REGISTRY,
 )
+EXEC_LOOKS = Counter(
+    "costmesh_sensor_exec_looks_total",
+    "Programs started while the sensor runs, looked at for OpenSSL at once (looked) or left to the periodic /proc "
+    "scan because too many started at once (skipped).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 CPU_SECONDS = Gauge(
     "costmesh_sensor_cpu_seconds", "CPU seconds (user + system) the sensor process has used.", registry=REGISTRY
 )
@@ -87,6 +94,9 @@ TLS_WAKEUP_EVERY = 64
 #: After a process starts (exec event), its maps are read for OpenSSL this long after (seconds; the dynamic loader
 #: maps libssl before main runs; a later dlopen is found by the periodic scan).
 EXEC_LOOKS_S = (0.02, 0.5)
+#: At most this many such looks per second (a build host may start hundreds of programs a second): past it, started
+#: programs wait for the periodic scan, and the skipped looks are counted.
+EXEC_LOOKS_PER_S = 20
 LINKTYPE_ETHERNET = 1
 
 
@@ -395,6 +405,7 @@ class LiveCapture:
         self._mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exec_looks: set[asyncio.TimerHandle] = set()
+        self._exec_budget = EXEC_LOOKS_PER_S * self.sensor_cfg.window_s
         self.ai_marker = AiFlowMarker(self.sensor_cfg.ai_hosts, self.mark_ai_flow)
 
     # ---- set-up -----------------------------------------------------------------------------------------------
@@ -549,6 +560,11 @@ class LiveCapture:
         name = comm.split(b"\0", 1)[0].decode(errors="replace")
         if self._loop is None or (self._tls_patterns and not any(p.search(name) for p in self._tls_patterns)):
             return 0
+        if self._exec_budget <= 0:
+            EXEC_LOOKS.labels("skipped").inc()
+            return 0
+        self._exec_budget -= 1
+        EXEC_LOOKS.labels("looked").inc()
         self._look_later(pid, 0)
         return 0
 
@@ -786,6 +802,7 @@ class LiveCapture:
         await asyncio.sleep(max(0.02, 2 * self.sensor_cfg.ring_retire_ms / 1000))
         self.read_rings()
         self.read_tls()
+        self._exec_budget = EXEC_LOOKS_PER_S * self.sensor_cfg.window_s
         flows = self.collect_flows(window_start_us, end_us)
         self._age_ai_flows(flows)
         rescan = self.tls_bpf is not None and self.sensor_cfg.tls_discover
