@@ -1,9 +1,13 @@
 """Kubernetes identity through lightkube against a local aiohttp server on 127.0.0.1 that answers with Kubernetes API
 responses (tests/data/k8s/): pod IPs and container ids resolve to owner workloads through ReplicaSets and Jobs, with
-namespace, labels and node zone; the pod list is paged; unknown owners and API errors degrade, never fail."""
+namespace, labels and node zone; the pod list is paged; unknown owners and API errors degrade, never fail. After one
+list, a watch keeps the snapshot current (pods added, changed and deleted), and an expired watch (410 Gone) brings a
+new list."""
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
 
 import pytest
@@ -13,15 +17,59 @@ from costmesh.common.config import Config
 from costmesh.sensor.identity import IdentityResolver
 from costmesh.sensor.identity_k8s import KubernetesIdentity
 
-from .conftest import DATA
+from .conftest import DATA, wait_for
 
 K8S = DATA / "k8s"
+
+
+def _pod(name: str, ip: str, container: str, resource_version: str) -> dict:
+    """A pod of the orders Deployment (as in pods-page1.json) under another name, IP and container id."""
+    pod = copy.deepcopy(json.loads((K8S / "pods-page1.json").read_text())["items"][0])
+    pod["metadata"].update(name=name, uid=f"uid-{name}", resourceVersion=resource_version)
+    pod["status"].update(podIP=ip, podIPs=[{"ip": ip}])
+    pod["status"]["containerStatuses"][0]["containerID"] = f"containerd://{container}"
+    pod["status"]["initContainerStatuses"] = []
+    return pod
+
+
+def _debug_pod() -> dict:
+    items = json.loads((K8S / "pods-page2.json").read_text())["items"]
+    return next(p for p in items if p["metadata"]["name"] == "debug")
+
+
+#: What successive watch requests stream: a pod added, the same pod moved to another IP, the bare debug pod deleted,
+#: then (resuming from the last version) 410 Gone, then (after a new list) nothing, held open.
+WATCHES = [
+    [
+        {"type": "ADDED", "object": _pod("orders-7d9f8c6b5-n3w", "10.244.3.7", "c0ffee00" * 8, "90211")},
+        {"type": "MODIFIED", "object": _pod("orders-7d9f8c6b5-n3w", "10.244.3.8", "c0ffee00" * 8, "90212")},
+        {
+            "type": "DELETED",
+            "object": {**_debug_pod(), "metadata": {**_debug_pod()["metadata"], "resourceVersion": "90213"}},
+        },
+    ],
+    [
+        {
+            "type": "ERROR",
+            "object": {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": "too old resource version: 90213 (95000)",
+                "reason": "Expired",
+                "code": 410,
+            },
+        }
+    ],
+]
 
 
 @pytest.fixture
 async def api_server():
     """Serves the recorded responses; records every request path+query so the test can see what was asked."""
     seen: list[str] = []
+    closing = asyncio.Event()
 
     def reply(obj: dict, status: int = 200) -> web.Response:
         # As the API server does: exactly "application/json" (lightkube reads error Status bodies only then).
@@ -34,7 +82,20 @@ async def api_server():
         seen.append(request.path_qs)
         if request.headers.get("Authorization") != "Bearer sensor-token":
             return reply({"kind": "Status", "apiVersion": "v1", "code": 401, "reason": "Unauthorized"}, 401)
+        if request.query.get("watch") == "true":
+            return await watch(request)
         return answer("pods-page2.json" if request.query.get("continue") else "pods-page1.json")
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        n = sum(1 for p in seen if "watch=true" in p) - 1
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        for event in WATCHES[n] if n < len(WATCHES) else []:
+            await resp.write(json.dumps(event).encode() + b"\n")
+        if n >= len(WATCHES):
+            await closing.wait()  # a watch with nothing to say stays open
+        await resp.write_eof()
+        return resp
 
     async def replicaset(request: web.Request) -> web.Response:
         seen.append(request.path_qs)
@@ -74,6 +135,7 @@ async def api_server():
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     yield f"http://127.0.0.1:{port}", seen
+    closing.set()
     await runner.cleanup()
 
 
@@ -122,3 +184,35 @@ async def test_a_missing_owner_degrades_to_the_replicaset(api_server, tmp_path):
     finally:
         await k8s.close()
     assert (kind, name) == ("ReplicaSet", "gone-123")
+
+
+async def test_a_watch_keeps_the_snapshot_current_and_an_expired_one_lists_again(api_server):
+    url, seen = api_server
+    k8s = KubernetesIdentity.for_server(url, token="sensor-token")
+    following = asyncio.create_task(k8s.follow(backoff_s=0.05))
+    try:
+
+        async def moved() -> bool:
+            return k8s.pod_of_ip("10.244.3.8") == "shop/orders"
+
+        await wait_for(moved, timeout=10)
+        # The pod added by the watch, then moved: only its current IP names it; the deleted bare pod is gone.
+        assert k8s.pod_of_ip("10.244.3.7") == "" and k8s.pod_of_container("c0ffee00" * 8) == "shop/orders"
+
+        async def listed_again() -> bool:
+            lists = [p for p in seen if p.startswith("/api/v1/pods") and "watch" not in p and "continue" not in p]
+            return len(lists) >= 2 and sum("watch=true" in p for p in seen) >= 3
+
+        await wait_for(listed_again, timeout=10)
+    finally:
+        following.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await following
+        await k8s.close()
+    watches = [p for p in seen if "watch=true" in p]
+    assert "resourceVersion=90210" in watches[0]  # the first watch starts where the list was made
+    assert "resourceVersion=90213" in watches[1]  # the server ended it: resumed from the last event seen
+    # After 410 Gone, a new list: the snapshot is the list's again (the debug pod is back, the watched pod gone).
+    assert k8s.pod_of_ip("10.244.2.99") == "default/debug"
+    assert k8s.pod_of_ip("10.244.3.8") == ""
+    assert k8s.pod_of_ip("10.244.1.17") == "shop/orders"

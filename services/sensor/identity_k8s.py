@@ -4,13 +4,16 @@ Reads: the Kubernetes API through lightkube (pods of the cluster, the ReplicaSet
 their zone label), in-cluster with the service account of the sensor's DaemonSet. Emits: ``PodIdentity`` entries
 and names ``"<namespace>/<workload>"`` for ``IdentityResolver``.
 
-Lookups are synchronous against a snapshot that ``refresh`` rebuilds (one pod list, then only the owners and nodes not
-seen before), so naming a flow never waits on the API server. Host-network pods share their node's IP, so they are
-found by container id only, never by IP.
+Lookups are synchronous against a snapshot, so naming a flow never waits on the API server. ``follow`` keeps it current
+the way Kubernetes controllers do: one pod list, then a watch from the list's resource version that applies each pod
+change as it comes (a re-list every few seconds would decode every pod of the cluster on every node). Owners and
+nodes are read once each. Host-network pods share their node's IP, so they are found by container id only, never by
+IP.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -21,6 +24,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.apps_v1 import ReplicaSet
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Node, Pod
+from lightkube.types import OnErrorAction, OnErrorResult
 
 from costmesh.common.metrics import ERRORS
 
@@ -53,6 +57,10 @@ class KubernetesIdentity:
     by_container: dict[str, PodIdentity] = field(default_factory=dict)
     _owners: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)  # (kind, ns, name) → owner
     _zones: dict[str, str] = field(default_factory=dict)
+    #: (namespace, pod) → the IPs and container ids it put in by_ip/by_container (so that a change removes them).
+    _keys: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = field(default_factory=dict)
+    #: The resource version of the last list: where the watch starts.
+    version: str = ""
 
     @classmethod
     def in_cluster(cls) -> KubernetesIdentity:
@@ -68,23 +76,72 @@ class KubernetesIdentity:
         await self.client.close()
 
     async def refresh(self) -> int:
-        """Rebuild the snapshot from one pod list; returns the number of pods."""
+        """Rebuild the snapshot from one pod list (swapped in whole: lookups meanwhile see the previous one); returns
+        the number of pods."""
         by_ip: dict[str, PodIdentity] = {}
         by_container: dict[str, PodIdentity] = {}
+        keys: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        pods = self.client.list(Pod, namespace="*")
         count = 0
-        async for pod in self.client.list(Pod, namespace="*"):
+        async for pod in pods:
             count += 1
-            ident = await self._identity(pod)
-            spec, status = pod.spec, pod.status
-            if status is not None:
-                if status.podIP and not (spec is not None and spec.hostNetwork):
-                    for ip in {status.podIP, *(p.ip for p in (status.podIPs or []))}:
-                        by_ip[ip] = ident
-                for cs in [*(status.containerStatuses or []), *(status.initContainerStatuses or [])]:
-                    if cs.containerID:
-                        by_container[cs.containerID.split("://", 1)[-1]] = ident
-        self.by_ip, self.by_container = by_ip, by_container
+            await self._add(pod, by_ip, by_container, keys)
+        self.by_ip, self.by_container, self._keys = by_ip, by_container, keys
+        self.version = pods.resourceVersion
         return count
+
+    async def follow(self, backoff_s: float = 1.0) -> None:
+        """Keep the snapshot current until cancelled: list, then watch from the list's version. lightkube resumes a
+        watch the server ends from the last version seen; an expired version (410 Gone) or an API server away
+        brings a new list after a back-off (doubling up to a minute). Errors are counted, never raised."""
+        delay = backoff_s
+        while True:
+            try:
+                await self.refresh()
+                delay = backoff_s
+                async for kind, pod in self.client.watch(
+                    Pod, namespace="*", resource_version=self.version, on_error=_relist_on_gone
+                ):
+                    await self.apply(kind, pod)
+            except (ApiError, HTTPError) as exc:
+                ERRORS.labels("sensor", "kubernetes_api").inc()
+                log.warning("kubernetes pod watch interrupted, listing again in %.1f s: %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+    async def apply(self, kind: str, pod: Pod) -> None:
+        """One watch event: the pod's previous entries go; unless it was deleted, its current ones come in."""
+        meta = pod.metadata
+        ips, containers = self._keys.pop((meta.namespace or "default", meta.name or ""), ((), ()))
+        for ip in ips:
+            self.by_ip.pop(ip, None)
+        for cid in containers:
+            self.by_container.pop(cid, None)
+        if kind != "DELETED":
+            await self._add(pod, self.by_ip, self.by_container, self._keys)
+
+    async def _add(
+        self,
+        pod: Pod,
+        by_ip: dict[str, PodIdentity],
+        by_container: dict[str, PodIdentity],
+        keys: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]],
+    ) -> None:
+        ident = await self._identity(pod)
+        spec, status = pod.spec, pod.status
+        ips: set[str] = set()
+        containers: list[str] = []
+        if status is not None:
+            if status.podIP and not (spec is not None and spec.hostNetwork):
+                ips = {status.podIP, *(p.ip for p in (status.podIPs or []))}
+            for cs in [*(status.containerStatuses or []), *(status.initContainerStatuses or [])]:
+                if cs.containerID:
+                    containers.append(cs.containerID.split("://", 1)[-1])
+        for ip in ips:
+            by_ip[ip] = ident
+        for cid in containers:
+            by_container[cid] = ident
+        keys[(ident.namespace, ident.pod)] = (tuple(sorted(ips)), tuple(containers))
 
     async def _identity(self, pod: Pod) -> PodIdentity:
         meta = pod.metadata
@@ -141,3 +198,12 @@ class KubernetesIdentity:
     def pod_of_container(self, container_id: str) -> str:
         ident = self.by_container.get(container_id)
         return ident.name if ident else ""
+
+
+def _relist_on_gone(exc: Exception, count: int) -> OnErrorResult:
+    """A watch whose version has expired (410 Gone) cannot be resumed without missing deletions: stop it, so that
+    ``follow`` lists again. Other errors are retried a few times, then they too bring a new list."""
+    if (isinstance(exc, ApiError) and exc.status.code == 410) or count > 3:
+        return OnErrorResult(OnErrorAction.RAISE)
+    ERRORS.labels("sensor", "kubernetes_api").inc()
+    return OnErrorResult(OnErrorAction.RETRY, sleep=min(2.0**count, 30.0))

@@ -124,12 +124,8 @@ async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> 
             ctx.health["flows_published"] = int(ctx.health.get("flows_published", 0)) + len(win.flows)
 
     async def _k8s_loop() -> None:
-        while k8s is not None:
-            try:
-                await k8s.refresh()
-            except Exception as exc:  # the API server being away must not stop the capture
-                log.warning("kubernetes identity refresh failed: %s", exc)
-            await asyncio.sleep(30)
+        if k8s is not None:
+            await k8s.follow()
 
     sending = asyncio.create_task(_send_loop(), name="live-send")
     refreshing = asyncio.create_task(_k8s_loop(), name="k8s-identity")
