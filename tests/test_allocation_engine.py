@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from costmesh.billing.allocate import Allocator, Target, split
 from costmesh.billing.model import CATEGORIES, CostLine, Usage, Window
-from costmesh.billing.money import largest_remainder
+from costmesh.common.money import largest_remainder
 
 HOUR = 3_600_000_000
 W = Window(0, HOUR)

@@ -19,8 +19,8 @@ from costmesh.billing.fast import allocate_columns, read_focus_columns, split_ro
 from costmesh.billing.focus import read_focus
 from costmesh.billing.mapping import Mapper
 from costmesh.billing.model import Usage
-from costmesh.billing.money import largest_remainder
 from costmesh.common.config import ResourceMapping
+from costmesh.common.money import largest_remainder
 
 
 @settings(max_examples=200, deadline=None)

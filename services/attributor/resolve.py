@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from costmesh.common.config import Config
+from costmesh.common.money import largest_remainder
 from costmesh.common.schemas import COUNTERS
 
 if TYPE_CHECKING:
@@ -46,24 +47,12 @@ Mix = dict[str, float]
 
 
 def split(total: int, weights: Mapping[str, int]) -> dict[str, int]:
-    """Split an integer by integer weights with largest remainders: the parts sum to ``total`` exactly.
-
-    Ties on the remainder go to the name that sorts first, so the result never depends on dict order.
-    """
-    wsum = sum(weights.values())
-    if total == 0 or wsum <= 0:
-        return {k: 0 for k in weights}
-    parts: dict[str, int] = {}
-    remainders: list[tuple[int, str]] = []
-    for name, w in weights.items():
-        q, r = divmod(total * w, wsum)
-        parts[name] = q
-        remainders.append((r, name))
-    left = total - sum(parts.values())
-    remainders.sort(key=lambda x: (-x[0], x[1]))
-    for _r, name in remainders[:left]:
-        parts[name] += 1
-    return parts
+    """Split an integer count by integer weights with largest remainders (``money.largest_remainder``, the same rule
+    that splits bills): the parts sum to ``total`` exactly, ties go to the name that sorts first."""
+    names = sorted(weights)
+    if total == 0 or sum(weights.values()) <= 0:
+        return dict.fromkeys(names, 0)
+    return dict(zip(names, largest_remainder(total, [weights[n] for n in names]), strict=True))
 
 
 def integer_weights(mix: Mix) -> dict[str, int]:

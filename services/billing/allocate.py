@@ -30,8 +30,9 @@ from fractions import Fraction
 
 import msgspec
 
+from costmesh.common.money import from_units, largest_remainder, scale_of, to_units
+
 from .model import DIRECT_METHODS, Allocation, Category, CostLine, ResourceKind, Usage, Window
-from .money import from_units, largest_remainder, scale_of, to_units
 
 #: ``price(provider, model, tokens_in, tokens_out, tokens_cached, tokens_reasoning) -> micro-units``; the shape of
 #: ``PriceTable.cost_micros`` (attributor issue), passed in so the engine does not depend on where prices come from.

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from costmesh.common.metrics import ERRORS
+from costmesh.common.money import MoneyError
 
 from .focus import FocusError, _csv_rows, _parquet_rows, _sniff, parse_money, parse_time, period_of
 from .model import CostLine, ImportProblem, ImportResult, Window
-from .money import MoneyError
 
 log = logging.getLogger(__name__)
 

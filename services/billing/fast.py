@@ -29,10 +29,11 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from costmesh.common.money import MICRO_SCALE, from_units, scale_of, to_units
+
 from .allocate import Allocator, Target
 from .mapping import Mapper, Unmatched
 from .model import Allocation, CostLine, Usage, Window
-from .money import MICRO_SCALE, from_units, scale_of, to_units
 
 _INT64_MAX = 2**63 - 1
 _Key = tuple[str, str, str, str]

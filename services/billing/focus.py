@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from costmesh.common.metrics import ERRORS
+from costmesh.common.money import MoneyError, parse_amount
 
 from .model import CostLine, ImportProblem, ImportResult, Window
-from .money import MoneyError, parse_amount
 
 log = logging.getLogger(__name__)
 

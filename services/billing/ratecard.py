@@ -14,11 +14,11 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
 from costmesh.common.config import Price, RateCard
+from costmesh.common.money import parse_amount
 
 from .allocate import PriceFn, Target
 from .focus import period_of
 from .model import CostLine, Usage, Window
-from .money import parse_amount
 
 _HOUR_US = 3_600_000_000
 

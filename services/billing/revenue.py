@@ -17,9 +17,9 @@ from pathlib import Path
 import msgspec
 
 from costmesh.common.metrics import ERRORS
+from costmesh.common.money import MoneyError, parse_amount
 
 from .model import ImportProblem
-from .money import MoneyError, parse_amount
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Exact money arithmetic: Decimal ↔ integer units, and largest-remainder splitting.
+"""Exact money arithmetic: Decimal ↔ integer units, and largest-remainder splitting (bills in billing, counts in the
+attributor: one rule for both).
 
 Bills carry amounts finer than a cent (FOCUS samples have 11 decimals), so a line is split in integer units of its own
 precision, at least micro-units: the parts then sum to the billed amount exactly, whatever it is. Pure functions.
