@@ -213,6 +213,19 @@ print("done", flush=True)
 """
 
 
+def _probes(capture, library: Path) -> bool:
+    """Whether the capture has uprobes on this very library file (same device and inode)."""
+    st = os.stat(library)
+    return (st.st_dev, st.st_ino) in {(os.stat(p).st_dev, os.stat(p).st_ino) for p in capture.tls_files}
+
+
+async def _calls_made(client: subprocess.Popen) -> None:
+    """Let a ``CLIENT`` process make its three calls, and wait until it has."""
+    client.stdin.write(b"go\n")
+    client.stdin.flush()
+    assert (await asyncio.to_thread(client.stdout.readline)).strip() == b"done"
+
+
 async def test_a_private_copy_of_libssl_is_found_and_probed(self_signed, tmp_path):
     """A process whose libssl.so.3 is its own file (as in a container image) is found through /proc/<pid>/maps
     and probed; its calls are captured like the host library's."""
@@ -242,12 +255,8 @@ async def test_a_private_copy_of_libssl_is_found_and_probed(self_signed, tmp_pat
         maps = Path(f"/proc/{client.pid}/maps").read_text()
         assert str(libdir / "libssl.so.3") in maps, "the client did not load the private copy"
         harness = await LiveHarness(Config(), tls=True).start()
-        copy = os.stat(libdir / "libssl.so.3")
-        probed = {(os.stat(p).st_dev, os.stat(p).st_ino) for p in harness.capture.tls_files}
-        assert (copy.st_dev, copy.st_ino) in probed
-        client.stdin.write(b"go\n")
-        client.stdin.flush()
-        assert (await asyncio.to_thread(client.stdout.readline)).strip() == b"done"
+        assert _probes(harness.capture, libdir / "libssl.so.3")
+        await _calls_made(client)
         await harness.stop()
     finally:
         for proc in (client, server):
@@ -408,15 +417,10 @@ async def test_a_process_started_after_the_sensor_is_probed_at_once(self_signed,
         async def probed() -> bool:
             if mode == "named process":
                 return bool(harness.capture._tls_pids.get(client.pid))
-            copy = os.stat(libdir / "libssl.so.3")
-            return (copy.st_dev, copy.st_ino) in {
-                (os.stat(p).st_dev, os.stat(p).st_ino) for p in harness.capture.tls_files
-            }
+            return _probes(harness.capture, libdir / "libssl.so.3")
 
         await wait_for(probed, timeout=5)
-        client.stdin.write(b"go\n")
-        client.stdin.flush()
-        assert (await asyncio.to_thread(client.stdout.readline)).strip() == b"done"
+        await _calls_made(client)
         await harness.stop()
     finally:
         for proc in (client, server):
