@@ -431,3 +431,30 @@ async def test_a_process_started_after_the_sensor_is_probed_at_once(self_signed,
     mine = [r for r in harness.records() if r.src_workload.endswith(f"[{client.pid}]")]
     assert sum(r.requests for r in mine) == 3
     assert {r.model for r in mine} == {"gpt-copy"}
+
+
+async def test_looks_at_started_programs_are_capped_and_the_rest_counted():
+    """A burst of program starts (a build) gets at most EXEC_LOOKS_PER_S looks per second; the others are counted as
+    skipped and left to the periodic scan."""
+    import ctypes
+
+    from costmesh.common.metrics import REGISTRY
+    from costmesh.sensor import bpf
+    from costmesh.sensor.live import EXEC_LOOKS_PER_S
+
+    def looks(outcome: str) -> float:
+        return REGISTRY.get_sample_value("costmesh_sensor_exec_looks_total", {"outcome": outcome}) or 0.0
+
+    harness = await LiveHarness(Config(), tls=True).start()
+    capture = harness.capture
+    try:
+        await asyncio.sleep(0.1)  # the capture loop is running (started programs are looked at from it)
+        capture._exec_budget = EXEC_LOOKS_PER_S  # as at the start of a window: the real events of this host aside
+        looked, skipped = looks("looked"), looks("skipped")
+        event = ctypes.create_string_buffer(bpf.EXEC_EVENT.pack(2**31 - 1, b"cc1"))  # a pid that does not exist
+        for _ in range(EXEC_LOOKS_PER_S + 7):
+            capture._on_exec(None, ctypes.addressof(event), bpf.EXEC_EVENT.size)
+        assert looks("looked") - looked == EXEC_LOOKS_PER_S
+        assert looks("skipped") - skipped == 7
+    finally:
+        await harness.stop()
