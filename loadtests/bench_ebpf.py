@@ -45,6 +45,7 @@ end
 %s
 """
 
+SERVER_NAME = "bench-server"  # the HTTP server's workload name (config), whatever the sensor's identity chain says
 RESPONSE = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
 
 
@@ -124,27 +125,30 @@ def sense(port: int, parse: bool, tls_processes: str = "", nats_url: str = "") -
     confirmed request/reply), so the sensor's CPU includes encoding and sending."""
     import uvloop
 
-    from costmesh.common.config import Config
+    from costmesh.common.config import Config, Workload
     from costmesh.native.sensor import Sensor
     from costmesh.sensor.live import LiveCapture, SensorFrameSink
-    from costmesh.sensor.live_service import LiveBatchSender
-    from costmesh.sensor.live_tls import TlsHttpSink
+    from costmesh.sensor.live_service import LiveBatchSender, build_capture
+    from costmesh.sensor.live_tls import TlsPlaintextSink
 
-    config = Config()
+    config = Config(workloads=[Workload(address="127.0.0.1", port=port, name=SERVER_NAME)])
     config.sensor.interfaces = ["lo"]
     config.sensor.tls_processes = [tls_processes] if tls_processes else []
     totals = {"requests": 0, "records": 0, "ring_drops": 0, "ring_packets": 0, "seen": 0, "passed": 0, "flows": 0}
     totals.update(tls_requests=0, tls_events=0, tls_lost=0)
 
     async def main():
-        frames = SensorFrameSink(Sensor(config, "bench")) if parse else NullSink()
-        capture = LiveCapture(config, "bench", frames, TlsHttpSink(config, "bench"))
+        if nats_url:  # the full sensor: built as the live service builds it (identity, TLS through the engine)
+            capture, _k8s = build_capture(config, "bench")
+        else:
+            frames = SensorFrameSink(Sensor(config, "bench")) if parse else NullSink()
+            capture = LiveCapture(config, "bench", frames, TlsPlaintextSink(config, "bench"))
         capture.open()
         stopping = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
 
         async def on_window(win):
-            totals["requests"] += sum(r.requests for r in win.records if r.dst.endswith(f":{port}"))
+            totals["requests"] += sum(r.requests for r in win.records if r.dst == SERVER_NAME)
             # HTTPS: the client side of the calls as the uprobes saw them in wrk (the server side is there too).
             totals["tls_requests"] += sum(r.requests for r in win.records if r.src_workload.startswith("wrk["))
             totals["records"] += len(win.records)

@@ -147,6 +147,7 @@ class Sensor:
         window_us: int | None = None,
         engine_cls: type | None = None,
         reader_cls: type | None = None,
+        name_of: Callable[[str, int], str] | None = None,
     ) -> None:
         self.config = config
         self.node = node
@@ -158,6 +159,9 @@ class Sensor:
         )
         self._workloads = [(ipaddress.ip_network(w.address, strict=False), w.port, w.name) for w in config.workloads]
         self._names: dict[tuple[bytes, int], str | None] = {}
+        #: Names endpoints the workloads table does not (live: Kubernetes pods, /proc processes); "" when unknown.
+        #: Asked again at every drain (pods come and go), never cached here.
+        self.name_of = name_of
 
     def feed_capture(
         self,
@@ -205,7 +209,10 @@ class Sensor:
                     found = name
                     break
             self._names[key] = found
-        return self._names[key]
+        found = self._names[key]
+        if found is None and self.name_of is not None:
+            return self.name_of(address_text(addr), port) or None
+        return found
 
     def _dst(self, addr: bytes, port: int, host: bytes) -> str:
         name = self._workload(addr, port)

@@ -18,7 +18,7 @@ from costmesh.common.config import Config
 from costmesh.native.sensor import Sensor
 from costmesh.sensor.bpf import BpfUnavailable
 from costmesh.sensor.live import FrameListSink, LiveCapture, LiveWindow, SensorFrameSink
-from costmesh.sensor.live_tls import TlsHttpSink
+from costmesh.sensor.live_tls import TlsPlaintextSink
 
 
 class FrameRecorder(FrameListSink):
@@ -35,7 +35,7 @@ class LiveHarness:
     def __init__(self, config: Config, *, tls: bool = False) -> None:
         self.config = config
         self.frame_sink = SensorFrameSink(Sensor(config, "node-test"))
-        self.tls_sink = TlsHttpSink(config, "node-test", keep_plaintext=1 << 20) if tls else None
+        self.tls_sink = TlsPlaintextSink(config, "node-test", keep_plaintext=1 << 20) if tls else None
         self.capture = LiveCapture(config, "node-test", self.frame_sink, self.tls_sink)
         self.windows: list[LiveWindow] = []
         self.stopping = asyncio.Event()

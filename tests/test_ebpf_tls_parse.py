@@ -1,14 +1,24 @@
-"""The interim TLS-plaintext parser (``live_tls``) on synthetic plaintext, without the kernel: streams split across
-calls and chunks, chunked and SSE bodies, the usage shapes it knows, cut calls, and forgetting idle connections.
+"""TLS plaintext through the sensor's own engine (``live_tls.TlsPlaintextSink``), without the kernel: every recorded
+AI conversation gives the same call over TLS as in plaintext on the wire; streams split across calls and chunks;
+the server side; a call cut by the chunk limit; connections of one process merged; idle connections forgotten.
 (The live uprobe path is tested in test_ebpf_live.py.)"""
 
 from __future__ import annotations
 
+import io
 import json
 
+import pytest
+
 from costmesh.common.config import Config
+from costmesh.sensor import live_tls
 from costmesh.sensor.live import TlsChunk
-from costmesh.sensor.live_tls import IDLE_US, TlsHttpSink, ai_usage
+from costmesh.sensor.live_tls import IDLE_US, TLS_CHUNK, TlsPlaintextSink
+
+from .test_native_parsers import BUILDS, conversation, pcap_bytes, run_capture
+from .test_sensor_ai import CASSETTES, _interactions, _wire
+
+T0 = 1_767_225_600_000_000
 
 
 def chunk(ts, direction, data, *, pid=7, ssl=0xABC, offset=0, length=None):
@@ -26,41 +36,37 @@ def chunk(ts, direction, data, *, pid=7, ssl=0xABC, offset=0, length=None):
     )
 
 
-def test_usage_shapes():
-    openai = {
-        "model": "gpt-4o",
-        "usage": {
-            "prompt_tokens": 10,
-            "completion_tokens": 4,
-            "prompt_tokens_details": {"cached_tokens": 2},
-            "completion_tokens_details": {"reasoning_tokens": 1},
-        },
-    }
-    u = ai_usage(json.dumps(openai).encode(), "application/json")
-    assert (u.tokens_in, u.tokens_out, u.tokens_cached, u.tokens_reasoning, u.model) == (10, 4, 2, 1, "gpt-4o")
-    anthropic = {"model": "claude-x", "usage": {"input_tokens": 20, "output_tokens": 5, "cache_read_input_tokens": 3}}
-    u = ai_usage(json.dumps(anthropic).encode())
-    assert (u.tokens_in, u.tokens_out, u.tokens_cached, u.model) == (20, 5, 3, "claude-x")
-    sse = (
-        b'data: {"model":"gpt-4o","choices":[{"delta":{"content":"hi"}}]}\n\n'
-        b'data: {"model":"gpt-4o","choices":[],"usage":{"prompt_tokens":8,"completion_tokens":2}}\n\n'
-        b"data: [DONE]\n\n"
-    )
-    u = ai_usage(sse, "text/event-stream")
-    assert (u.tokens_in, u.tokens_out, u.model) == (8, 2, "gpt-4o")
-    anthropic_sse = (
-        b'event: message_start\ndata: {"type":"message_start","message":{"model":"claude-x",'
-        b'"usage":{"input_tokens":30,"output_tokens":1}}}\n\n'
-        b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":17}}\n\n'
-    )
-    u = ai_usage(anthropic_sse, "text/event-stream")
-    assert (u.tokens_in, u.tokens_out, u.model) == (30, 17, "claude-x")
-    assert ai_usage(b'{"ok": true}', "application/json") is None
-    assert ai_usage(b"not json", "application/json") is None
+def call(ts: int, direction: str, data: bytes, **kw) -> list[TlsChunk]:
+    """One SSL call as the probe reports it: chunks of TLS_CHUNK bytes, each with its offset and the call's length."""
+    return [
+        chunk(ts, direction, data[i : i + TLS_CHUNK], offset=i, length=len(data), **kw)
+        for i in range(0, max(1, len(data)), TLS_CHUNK)
+    ]
+
+
+FIELDS = ("tenant", "operation", "provider", "model", "tokens_in", "tokens_out", "tokens_cached", "tokens_reasoning")
+
+
+@pytest.mark.parametrize("path", CASSETTES, ids=lambda p: p.name)
+def test_every_recorded_ai_conversation_gives_the_same_call_over_tls_as_in_plaintext(path):
+    for request, response in _interactions(path):
+        req, resp, _ctype = _wire(request, response)
+        plain, _stats, error = run_capture(BUILDS["cython"], io.BytesIO(pcap_bytes(conversation([(req, resp)]))))
+        assert error is None
+        sink = TlsPlaintextSink(Config(), "n")
+        sink.feed_tls(call(T0, "write", req) + call(T0 + 500, "read", resp))
+        (over_tls,) = sink.drain()
+        (on_wire,) = plain
+        assert {f: getattr(over_tls, f) for f in FIELDS} == {
+            f: on_wire.get(f, "" if f[0] != "t" else 0) for f in FIELDS
+        }
+        assert over_tls.tokens_in + over_tls.tokens_out > 0
+        assert (over_tls.src_workload, over_tls.dst) == ("agent[7]", on_wire["dst"])
+        assert sink.sensor.stats()["errors"] == {}
 
 
 def test_client_stream_split_across_calls_with_chunked_response():
-    sink = TlsHttpSink(Config(), "n")
+    sink = TlsPlaintextSink(Config(), "n")
     body = json.dumps({"model": "m", "user": "u1"}).encode()
     request = (
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nX-Tenant-ID: acme\r\n"
@@ -77,8 +83,8 @@ def test_client_stream_split_across_calls_with_chunked_response():
         + answer[10:]
         + b"\r\n0\r\n\r\n"
     )
-    sink.feed_tls([chunk(1_000_000, "write", request[:20]), chunk(1_000_100, "write", request[20:])])
-    sink.feed_tls([chunk(1_002_000, "read", response[:7]), chunk(1_002_500, "read", response[7:])])
+    sink.feed_tls(call(T0, "write", request[:20]) + call(T0 + 100, "write", request[20:]))
+    sink.feed_tls(call(T0 + 2000, "read", response[:7]) + call(T0 + 2500, "read", response[7:]))
     (rec,) = sink.drain()
     assert (rec.tenant, rec.tenant_method, rec.dst, rec.operation) == (
         "acme",
@@ -87,31 +93,49 @@ def test_client_stream_split_across_calls_with_chunked_response():
         "POST /v1/chat/completions",
     )
     assert (rec.requests, rec.tokens_in, rec.tokens_out, rec.provider, rec.model) == (1, 3, 9, "openai", "m")
-    assert rec.bytes_out == len(request) and rec.bytes_in == len(response) and rec.busy_us == 2000
-    assert rec.src_workload == "agent[7]"
+    assert rec.src_workload == "agent[7]" and rec.protocol == "http"
 
 
-def test_server_side_and_a_cut_call():
-    sink = TlsHttpSink(Config(), "n", max_chunks=2)
-    request = b"GET /health HTTP/1.1\r\nHost: svc\r\n\r\n"
-    sink.feed_tls([chunk(5, "read", request), chunk(6, "write", b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")])
+def test_server_side_is_named_by_the_process_and_its_caller_is_unknown():
+    sink = TlsPlaintextSink(Config(), "n", name_of_pid=lambda pid, _cg, comm: f"pod-of-{comm}-{pid}")
+    request = b"GET /health HTTP/1.1\r\nHost: svc\r\nX-Tenant-ID: globex\r\n\r\n"
+    sink.feed_tls(call(T0, "read", request) + call(T0 + 10, "write", b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"))
     (rec,) = sink.drain()
-    assert (rec.src_workload, rec.dst, rec.errors) == ("tls-client", "agent[7]", 1)
-    # A call longer than max_chunks × 4096 bytes leaves a gap: the stream starts over instead of misparsing.
-    big = b"POST /x HTTP/1.1\r\nContent-Length: 20000\r\n\r\n" + b"a" * 4000
-    sink.feed_tls(
-        [
-            chunk(7, "write", big[:4096], ssl=1, length=20044),
-            chunk(8, "write", b"b" * 4096, ssl=1, offset=4096, length=20044),
-        ]
-    )
-    assert sink.conns[(7, 1)].out == b""
-    assert sink.drain() == []
+    assert (rec.src_workload, rec.dst, rec.errors, rec.tenant) == ("tls-client", "pod-of-agent-7", 1, "globex")
+
+
+@pytest.mark.parametrize("filled", [True, False], ids=["gap filled", "gap too large"])
+def test_a_call_cut_by_the_chunk_limit_is_a_gap_and_the_next_call_is_still_read(filled, monkeypatch):
+    """The probe sends 2 × 4 KiB of a 20 kB upload. Filled with zeros, the upload is one call of its real size; too
+    large to fill, it is one call of the bytes captured (its answer still pairs with it), and the next call starts a
+    new made-up connection at its message head."""
+    if not filled:
+        monkeypatch.setattr(live_tls, "MAX_FILL", 1000)
+    sink = TlsPlaintextSink(Config(), "n", max_chunks=2)
+    big = b"POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: 20000\r\n\r\n" + b"a" * 20000
+    cut = [c for c in call(T0, "write", big) if c.offset < 2 * TLS_CHUNK]  # what the probe sends of it
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    after = b"GET /next HTTP/1.1\r\nHost: svc\r\nX-Tenant-ID: acme\r\n\r\n"
+    sink.feed_tls(cut + call(T0 + 10, "read", ok) + call(T0 + 20, "write", after) + call(T0 + 30, "read", ok))
+    calls = {r.operation: (r.tenant, r.requests, r.bytes_out) for r in sink.drain()}
+    assert calls["GET /next"] == ("acme", 1, len(after))
+    assert calls["POST /upload"] == ("", 1, len(big) if filled else 2 * TLS_CHUNK)
+    assert sink.sensor.stats()["counters"]["flows"] == (1 if filled else 2)
+
+
+def test_connections_of_one_process_to_one_host_make_one_record():
+    sink = TlsPlaintextSink(Config(), "n")
+    request = b"GET /v1/models HTTP/1.1\r\nHost: api.example\r\nX-Tenant-ID: acme\r\n\r\n"
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    for ssl in (1, 2, 3):
+        sink.feed_tls(call(T0 + ssl, "write", request, ssl=ssl) + call(T0 + 10 + ssl, "read", response, ssl=ssl))
+    (rec,) = sink.drain()
+    assert (rec.src_workload, rec.dst, rec.requests) == ("agent[7]", "api.example", 3)
 
 
 def test_idle_connections_are_forgotten():
-    sink = TlsHttpSink(Config(), "n")
-    sink.feed_tls([chunk(1, "write", b"GET / HTTP/1.1\r\n", ssl=1)])
-    sink.feed_tls([chunk(IDLE_US + 10, "write", b"GET / HTTP/1.1\r\n", ssl=2)])
+    sink = TlsPlaintextSink(Config(), "n")
+    sink.feed_tls(call(T0, "write", b"GET / HTTP/1.1\r\n", ssl=1))
+    sink.feed_tls(call(T0 + IDLE_US + 10, "write", b"GET / HTTP/1.1\r\n", ssl=2))
     sink.drain()
     assert list(sink.conns) == [(7, 2)]

@@ -424,6 +424,28 @@ def test_workload_names_from_config(build):
     assert (calls[0]["src_workload"], calls[0]["dst"]) == ("web", "orders")
 
 
+def test_live_identity_names_what_the_workloads_table_does_not(build):
+    """The live sensor's naming hook (Kubernetes pods, /proc processes) names endpoints after the workloads table,
+    which still wins where it matches; it is asked at every drain, so a name that changes (a pod replaced) shows."""
+    config = Config(workloads=[Workload(address="10.0.0.20", port=9999, name="not-this-port")])
+    names = {("10.0.0.20", 8080): "shop/orders", ("10.0.0.10", 0): "shop/web"}
+    s = sensor_for(build, config, name_of=lambda addr, port: names.get((addr, port), ""))
+    for ts, f in conversation([(REQ, RESP)]):
+        s.feed_frame(ts, 1, f)
+    (c,) = s.drain(final=True)
+    assert (c.src_workload, c.dst) == ("shop/web", "shop/orders")
+    names[("10.0.0.20", 8080)] = "shop/orders-v2"
+    for ts, f in conversation([(REQ, RESP)], sport=40001):
+        s.feed_frame(ts + 5_000_000, 1, f)
+    (c,) = s.drain(final=True)
+    assert c.dst == "shop/orders-v2"
+    config.workloads.append(Workload(address="10.0.0.20", port=8080, name="orders"))
+    s = sensor_for(build, config, name_of=lambda addr, port: names.get((addr, port), ""))
+    for ts, f in conversation([(REQ, RESP)]):
+        s.feed_frame(ts, 1, f)
+    assert s.drain(final=True)[0].dst == "orders"
+
+
 def test_windows_drain_incrementally(build):
     s = sensor_for(build)
     frames = conversation([(REQ, RESP)])

@@ -211,7 +211,7 @@ class IdentityResolver:
             found = self.pod_of_ip(addr, port)
             if found:
                 return found
-        if self.proc is not None:
+        if self.proc is not None and port:  # port 0: any port of the address (a call's source), no one socket
             info = self.proc.owner(addr, port)
             if info is not None:
                 if info.container_id and self.pod_of_container is not None:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
@@ -29,8 +30,11 @@ from costmesh.native.sensor import Sensor
 from .bpf import BpfUnavailable
 from .identity import IdentityResolver, ProcIdentity
 from .live import LiveCapture, LiveWindow, SensorFrameSink
-from .live_tls import TlsHttpSink
+from .live_tls import TlsPlaintextSink
 from .service import BatchSender
+
+if TYPE_CHECKING:
+    from .identity_k8s import KubernetesIdentity
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +74,12 @@ def _use_kubernetes(config: Config) -> bool:
     return mode == "kubernetes" or (mode == "auto" and bool(os.environ.get("KUBERNETES_SERVICE_HOST")))
 
 
-async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> None:
-    """Capture until ``ctx.stopping``; without BPF (not root, old kernel, no headers) log why and idle."""
-    config, node = ctx.config, ctx.config.node_name()
+def build_capture(
+    config: Config, node: str, *, print_programs: bool = False
+) -> tuple[LiveCapture, KubernetesIdentity | None]:
+    """The live capture as the sensor runs it: frames and TLS plaintext into the parsing engine, every endpoint and
+    process named by the identity chain (workloads table, Kubernetes, /proc). Returns the capture (not opened) and the
+    Kubernetes identity to follow (None off Kubernetes). The benchmark builds its sensor with this too."""
     window_us = int(config.sensor.window_s * 1_000_000)
     k8s = None
     pod_of_ip = pod_of_container = None
@@ -83,11 +90,18 @@ async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> 
         pod_of_ip, pod_of_container = k8s.pod_of_ip, k8s.pod_of_container
     proc = ProcIdentity() if config.sensor.identity != "static" else None
     identity = IdentityResolver(config, proc=proc, pod_of_ip=pod_of_ip, pod_of_container=pod_of_container)
-    frames = SensorFrameSink(Sensor(config, node, window_us))
-    tls = TlsHttpSink(
+    frames = SensorFrameSink(Sensor(config, node, window_us, name_of=identity.name))
+    tls = TlsPlaintextSink(
         config, node, window_us=window_us, name_of_pid=identity.name_of_pid, max_chunks=config.sensor.tls_max_chunks
     )
     capture = LiveCapture(config, node, frames, tls, name_of=identity.name, print_programs=print_programs)
+    return capture, k8s
+
+
+async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> None:
+    """Capture until ``ctx.stopping``; without BPF (not root, old kernel, no headers) log why and idle."""
+    config, node = ctx.config, ctx.config.node_name()
+    capture, k8s = build_capture(config, node, print_programs=print_programs)
     try:
         capture.open()
     except BpfUnavailable as exc:

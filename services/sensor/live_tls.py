@@ -1,172 +1,85 @@
-"""TLS plaintext (from the OpenSSL uprobes) → HTTP calls with tenant, model and token usage, per window.
+"""TLS plaintext (from the OpenSSL uprobes) through the sensor's own parsing engine.
 
-Reads: ``TlsChunk`` batches from ``LiveCapture`` (one per SSL_read/SSL_write call or part of one), per process and
-SSL connection. Emits: ``ObservedCall`` records (protocol ``http``, ``dst`` the Host header, ``operation``
-``"METHOD /path"`` as seen) with ``tokens_*``, ``provider`` and ``model`` read from the response's ``usage`` object.
+Reads: ``TlsChunk`` batches from ``LiveCapture`` (one per SSL_read/SSL_write call, or part of one), per process and
+SSL connection. Emits: ``ObservedCall`` records made by the same engine as captured frames, so an HTTPS call is
+parsed exactly like a plaintext one: HTTP/1.1 (keep-alive, chunked, SSE, gzip), PostgreSQL when a client speaks it
+over TLS, AI usage of every provider, the extraction rules, folded ids in paths.
 
-This is the interim TLS parser of the live-capture work: the Cython HTTP and AI parsers of the issue "Sensor hot
-path" take its place behind the same ``TlsSink`` protocol. It understands HTTP/1.1 with Content-Length or chunked
-bodies, JSON and SSE (streamed) responses, and the usage shapes of OpenAI (chat completions and responses) and
-Anthropic. ``ai_usage`` is the small helper the AI parser replaces.
-
-Which side of a connection the process is on is read from the first bytes: a process that writes a request is the
-client, one that reads a request is the server; either way requests and responses are paired in order.
+How: each SSL connection's two plaintext streams are handed to the engine as the two directions of a TCP connection
+between two made-up IPv6 addresses, ``fd63::/16`` for the process's end and ``fd64::/16`` for its peer, with the pid
+and the SSL* inside them, and sequence numbers that follow each stream. Bytes the probe did not capture (a call
+longer than its chunk limit, a short copy, a lost event) are a gap: up to ``MAX_FILL`` bytes it is filled with zeros
+so that the message framing holds (the call is still counted); a larger one ends the made-up connection and the next
+one starts at the next message head. The engine tells client from server
+by who sends the request. The process's end is named by ``name_of_pid`` (pod, container or ``comm[pid]``) through
+the engine's naming hook; a peer the process called is named by the request's Host header, as any destination is;
+a peer that called the process is ``tls-client`` (plaintext does not say who it is).
 """
 
 from __future__ import annotations
 
-import json
-import logging
+import ipaddress
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from costmesh.common.config import Config
 from costmesh.common.metrics import ERRORS
-from costmesh.common.schemas import ObservedCall
+from costmesh.common.schemas import COUNTERS, ObservedCall
+from costmesh.native.sensor import Sensor
 
 from .live import TlsChunk
 
-log = logging.getLogger(__name__)
-
 TLS_CHUNK = 4096  # records.h
-_METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"PATCH ", b"HEAD ", b"OPTIONS ")
-_MAX_STREAM = 8 << 20  # a stream buffering more than this without a complete message is dropped
+LINKTYPE_RAW = 101
 IDLE_US = 300_000_000  # a TLS connection without plaintext for 5 minutes is forgotten (SSL* pointers get reused)
+PEER_CALLER = "tls-client"
+PEER_UNNAMED = "tls"
+_ME, _PEER = b"\xfd\x63\x00\x00", b"\xfd\x64\x00\x00"
+_PEER_TEXT = "fd64:"  # every peer end in text (this sink's engine sees made-up addresses only)
+_ME_PORT, _PEER_PORT = 1, 2
+_IP6 = struct.Struct("!IHBB16s16s")
+_TCP = struct.Struct("!HHIIBBHHH")
+_PSH_ACK = 0x18
+#: A gap up to this many bytes is filled with zeros (framing kept); a larger one waits for the next message head.
+MAX_FILL = 1 << 20
+_FILL_SEGMENT = 32768
+_HEADS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"PATCH ", b"HEAD ", b"OPTIONS ", b"HTTP/1.")
+
+
+def _text(addr: bytes) -> str:
+    return str(ipaddress.IPv6Address(addr))
 
 
 @dataclass(slots=True)
-class Usage:
-    """Tokens of one AI call, as the provider's response reports them."""
+class _Stream:
+    """One direction of one SSL connection, as a TCP sequence space: ``next`` is where the next call starts, ``base``
+    where the current one started (a chunk's bytes sit at ``base + offset``), ``fed`` how far the engine has it."""
 
-    tokens_in: int = 0
-    tokens_out: int = 0
-    tokens_cached: int = 0
-    tokens_reasoning: int = 0
-    model: str = ""
-
-
-def _usage_of(obj: dict) -> Usage | None:
-    usage = obj.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    u = Usage(model=str(obj.get("model") or ""))
-    if "prompt_tokens" in usage or "completion_tokens" in usage:  # OpenAI chat completions
-        u.tokens_in = int(usage.get("prompt_tokens") or 0)
-        u.tokens_out = int(usage.get("completion_tokens") or 0)
-        u.tokens_cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-        u.tokens_reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
-    else:  # OpenAI responses API and Anthropic messages
-        u.tokens_in = int(usage.get("input_tokens") or 0)
-        u.tokens_out = int(usage.get("output_tokens") or 0)
-        u.tokens_cached = int(
-            (usage.get("input_tokens_details") or {}).get("cached_tokens") or usage.get("cache_read_input_tokens") or 0
-        )
-        u.tokens_reasoning = int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0)
-    return u
-
-
-def ai_usage(body: bytes, content_type: str = "") -> Usage | None:
-    """The token usage in an AI response body (JSON, or SSE whose events carry ``usage``); ``None`` when absent."""
-    if b'"usage"' not in body:
-        return None
-    if "text/event-stream" in content_type or body.lstrip().startswith(b"data:") or body.startswith(b"event:"):
-        found: Usage | None = None
-        model = ""
-        for line in body.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if not payload or payload == b"[DONE]":
-                continue
-            try:
-                obj = json.loads(payload)
-            except ValueError:
-                continue
-            if not isinstance(obj, dict):
-                continue
-            inner = obj.get("response") if isinstance(obj.get("response"), dict) else obj.get("message")
-            for candidate in (obj, inner if isinstance(inner, dict) else {}):
-                model = str(candidate.get("model") or model)
-                u = _usage_of(candidate)
-                if u is not None:
-                    if found is not None and u.tokens_in == 0:  # Anthropic message_delta: output only
-                        found.tokens_out = u.tokens_out or found.tokens_out
-                    else:
-                        found = u
-        if found is not None:
-            found.model = found.model or model
-        return found
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        return None
-    return _usage_of(obj) if isinstance(obj, dict) else None
+    next: int = 1
+    base: int = 1
+    fed: int = 1
+    waiting: bool = False  # after a gap too large to fill: nothing is fed until a call starts with a message head
 
 
 @dataclass(slots=True)
-class HttpMessage:
-    start: bytes
-    headers: dict[bytes, bytes]
-    body: bytes
-    ts_us: int
-    size: int
-
-
-def _take_message(buf: bytearray, ts_us: int) -> HttpMessage | None:
-    """Remove and return one complete HTTP/1.x message from the front of ``buf``; ``None`` until it is complete."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    lines = bytes(buf[:end]).split(b"\r\n")
-    headers: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    pos = end + 4
-    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-        body = bytearray()
-        while True:
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                return None
-            try:
-                size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
-            except ValueError:
-                raise ValueError("bad chunk size") from None
-            if len(buf) < eol + 2 + size + 2:
-                return None
-            body += buf[eol + 2 : eol + 2 + size]
-            pos = eol + 2 + size + 2
-            if size == 0:
-                break
-        data = bytes(body)
-    else:
-        length = int(headers.get(b"content-length", b"0") or 0)
-        if len(buf) < pos + length:
-            return None
-        data = bytes(buf[pos : pos + length])
-        pos += length
-    del buf[:pos]
-    return HttpMessage(lines[0], headers, data, ts_us, pos)
-
-
-@dataclass
 class _Conn:
-    role: str = ""  # "client" (writes requests) or "server" (reads requests)
-    out: bytearray = field(default_factory=bytearray)  # written by the process
-    inp: bytearray = field(default_factory=bytearray)  # read by the process
-    out_ts: int = 0
-    inp_ts: int = 0
-    requests: list[HttpMessage] = field(default_factory=list)
-    last_us: int = 0  # last plaintext seen: connections idle for IDLE_US are forgotten
+    me: bytes
+    peer: bytes
+    pid: int
+    cgroup_id: int
+    comm: str
+    out: _Stream = field(default_factory=_Stream)  # written by the process
+    inp: _Stream = field(default_factory=_Stream)  # read by the process
+    gen: int = 0  # made-up TCP connection number: a new one after a gap that cannot be filled
+    last_us: int = 0
 
 
 PidNamer = Callable[[int, int, str], str]
 
 
-class TlsHttpSink:
-    """Assembles per-connection plaintext streams, parses HTTP/1.1 from them and aggregates calls per window."""
+class TlsPlaintextSink:
+    """Feeds per-connection plaintext streams to a ``Sensor`` of its own and names the ends of its records."""
 
     def __init__(
         self,
@@ -178,181 +91,107 @@ class TlsHttpSink:
         max_chunks: int = 16,
         keep_plaintext: int = 0,
     ) -> None:
-        self.config = config
-        self.node = node
-        self.window_us = window_us
+        self.sensor = Sensor(config, node, window_us, name_of=self._name_of_end)
         self.name_of_pid = name_of_pid or (lambda pid, _cg, comm: f"{comm}[{pid}]")
         self.max_chunks = max_chunks
         self.conns: dict[tuple[int, int], _Conn] = {}
-        self.totals: dict[tuple, list[int]] = {}
+        #: The process's made-up end in text → its connection (for the engine's naming hook).
+        self._ends: dict[str, _Conn] = {}
         #: With keep_plaintext > 0, the first bytes of each (pid, ssl, direction) stream, for inspection and tests.
         self.keep_plaintext = keep_plaintext
         self.plaintext: dict[tuple[int, int, str], bytearray] = {}
         self._latest_us = 0
 
+    def _open(self, c: TlsChunk) -> _Conn:
+        tail = (c.pid & 0xFFFFFFFF).to_bytes(4, "big") + (c.ssl & (2**64 - 1)).to_bytes(8, "big")
+        conn = _Conn(me=_ME + tail, peer=_PEER + tail, pid=c.pid, cgroup_id=c.cgroup_id, comm=c.comm)
+        self.conns[(c.pid, c.ssl)] = conn
+        self._ends[_text(conn.me)] = conn
+        return conn
+
+    def _name_of_end(self, addr: str, _port: int) -> str:
+        """The engine's naming hook: the process's end is a workload (so it is the destination when the process
+        serves, whatever Host the request names); a peer is not (the Host header names it as a destination)."""
+        conn = self._ends.get(addr)
+        return self.name_of_pid(conn.pid, conn.cgroup_id, conn.comm) if conn is not None else ""
+
     def feed_tls(self, chunks: Sequence[TlsChunk]) -> None:
         for c in chunks:
-            conn = self.conns.setdefault((c.pid, c.ssl), _Conn())
+            conn = self.conns.get((c.pid, c.ssl)) or self._open(c)
             conn.last_us = c.ts_us
             self._latest_us = max(self._latest_us, c.ts_us)
             if self.keep_plaintext:
                 kept = self.plaintext.setdefault((c.pid, c.ssl, c.direction), bytearray())
                 if len(kept) < self.keep_plaintext:
                     kept += c.data[: self.keep_plaintext - len(kept)]
-            buf = conn.out if c.direction == "write" else conn.inp
-            want = min(TLS_CHUNK, c.length - c.offset)
-            cut = len(c.data) < want or (
-                c.offset == (self.max_chunks - 1) * TLS_CHUNK and c.offset + len(c.data) < c.length
-            )
-            if cut:
-                ERRORS.labels("sensor", "tls_truncated").inc()
-                buf.clear()  # the stream has a gap: start again at the next message
+            written = c.direction == "write"
+            st = conn.out if written else conn.inp
+            if c.offset == 0:  # a new call: it starts where the previous one ended, whatever was captured of it
+                st.base, st.next = st.next, st.next + c.length
+            pos = st.base + c.offset
+            if not c.data:
                 continue
-            if not buf:
-                if c.direction == "write":
-                    conn.out_ts = c.ts_us
-                else:
-                    conn.inp_ts = c.ts_us
-            buf += c.data
-            if not conn.role:
-                if conn.out.startswith(_METHODS):
-                    conn.role = "client"
-                elif conn.inp.startswith(_METHODS):
-                    conn.role = "server"
-            try:
-                self._parse(c.pid, c.cgroup_id, c.comm, conn)
-            except ValueError as exc:
-                ERRORS.labels("sensor", "tls_http").inc()
-                log.debug("unparseable TLS plaintext of pid %d: %s", c.pid, exc)
-                conn.out.clear()
-                conn.inp.clear()
-                conn.requests.clear()
-            if len(buf) > _MAX_STREAM:
-                ERRORS.labels("sensor", "tls_http").inc()
-                buf.clear()
+            if st.waiting:
+                if c.offset or not c.data.startswith(_HEADS):
+                    continue
+                st.waiting, st.fed = False, pos
+            elif pos > st.fed:  # bytes never captured: a call cut at the chunk limit, a short copy, a lost event
+                ERRORS.labels("sensor", "tls_gap").inc()
+                if pos - st.fed <= MAX_FILL:
+                    self._fill(c.ts_us, conn, written, st, pos)
+                else:  # too much to fill: the next message head starts a new made-up connection
+                    conn.gen += 1
+                    conn.out.waiting = conn.inp.waiting = True
+                    if c.offset or not c.data.startswith(_HEADS):
+                        continue
+                    st.waiting, st.fed = False, pos
+            self._segment(c.ts_us, conn, written, pos, c.data)
+            st.fed = max(st.fed, pos + len(c.data))
+            last = c.offset + TLS_CHUNK >= c.length or c.offset >= (self.max_chunks - 1) * TLS_CHUNK
+            if last and st.fed < st.next:  # the call's end was not captured: fill it now, before the other side
+                ERRORS.labels("sensor", "tls_gap").inc()
+                if st.next - st.fed <= MAX_FILL:
+                    self._fill(c.ts_us, conn, written, st, st.next)
 
-    def _parse(self, pid: int, cgroup_id: int, comm: str, conn: _Conn) -> None:
-        if not conn.role:
-            return
-        req_buf, resp_buf = (conn.out, conn.inp) if conn.role == "client" else (conn.inp, conn.out)
-        req_ts, resp_ts = (conn.out_ts, conn.inp_ts) if conn.role == "client" else (conn.inp_ts, conn.out_ts)
-        while req_buf.startswith(_METHODS):
-            msg = _take_message(req_buf, req_ts)
-            if msg is None:
-                break
-            conn.requests.append(msg)
-        while conn.requests and resp_buf.startswith(b"HTTP/1."):
-            msg = _take_message(resp_buf, resp_ts)
-            if msg is None:
-                break
-            self._call(pid, cgroup_id, comm, conn.role, conn.requests.pop(0), msg)
+    def _fill(self, ts_us: int, conn: _Conn, written: bool, st: _Stream, pos: int) -> None:
+        """Zeros in place of bytes the probe did not capture, so the engine keeps the message framing (a body of
+        known length stays a body); what they hide (tokens in a cut response, say) is lost, and counted as a gap."""
+        while st.fed < pos:
+            n = min(pos - st.fed, _FILL_SEGMENT)
+            self._segment(ts_us, conn, written, st.fed, bytes(n))
+            st.fed += n
 
-    def _ids(self, req: HttpMessage) -> dict[str, tuple[str, str, str]]:
-        found: dict[str, tuple[str, str, str]] = {}
-        body_obj: object = None
-        for rule in self.config.rules:
-            if rule.target in found:
-                continue
-            if rule.source == "header":
-                value = req.headers.get(rule.key.lower().encode())
-                if value:
-                    found[rule.target] = (value.decode("latin-1"), rule.name or f"header:{rule.key}", "header")
-            elif rule.source == "baggage":
-                for item in req.headers.get(b"baggage", b"").decode("latin-1").split(","):
-                    k, _, v = item.strip().partition("=")
-                    if k == rule.key and v:
-                        found[rule.target] = (v.split(";")[0], rule.name or f"baggage:{rule.key}", "baggage")
-            elif rule.source == "body" and req.body:
-                if body_obj is None:
-                    try:
-                        body_obj = json.loads(req.body)
-                    except ValueError:
-                        body_obj = {}
-                value: object = body_obj
-                for part in rule.key.split("."):
-                    value = value.get(part) if isinstance(value, dict) else None
-                if isinstance(value, str | int) and value != "":
-                    found[rule.target] = (str(value), rule.name or f"body:{rule.key}", "body")
-        return found
-
-    def _call(self, pid: int, cgroup_id: int, comm: str, role: str, req: HttpMessage, resp: HttpMessage) -> None:
-        method, _, rest = req.start.partition(b" ")
-        target = rest.rpartition(b" ")[0] or rest
-        host = req.headers.get(b"host", b"").decode("latin-1")
-        try:
-            status = int(resp.start[9:12])
-        except ValueError:
-            status = 0
-        usage = ai_usage(resp.body, resp.headers.get(b"content-type", b"").decode("latin-1"))
-        provider = ""
-        if usage is not None:
-            provider = "anthropic" if "anthropic" in host else "openai" if "openai" in host else "openai-compatible"
-        ids = self._ids(req)
-        me = self.name_of_pid(pid, cgroup_id, comm)
-        # Plaintext does not say who the peer is: a client's peer is named by the Host header; a server's caller is
-        # not known from plaintext alone, so it stays "tls-client".
-        src, dst = (me, host or "tls") if role == "client" else ("tls-client", me)
-        tenant, rule, method_name = ids.get("tenant", ("", "", "unallocated"))
-        window = req.ts_us - req.ts_us % self.window_us
-        key = (
-            window,
-            src,
-            dst,
-            f"{method.decode('latin-1')} {target.decode('latin-1')}",
-            tenant,
-            rule,
-            method_name,
-            ids.get("feature", ("", "", ""))[0],
-            ids.get("agent", ("", "", ""))[0],
-            provider,
-            usage.model if usage else "",
-        )
-        acc = self.totals.setdefault(key, [0] * 9)
-        acc[0] += 1
-        acc[1] += status >= 500
-        acc[2] += resp.size
-        acc[3] += req.size
-        acc[4] += max(0, resp.ts_us - req.ts_us)
-        if usage is not None:
-            acc[5] += usage.tokens_in
-            acc[6] += usage.tokens_out
-            acc[7] += usage.tokens_cached
-            acc[8] += usage.tokens_reasoning
+    def _segment(self, ts_us: int, conn: _Conn, written: bool, pos: int, data: bytes) -> None:
+        me_port, peer_port = (2 * conn.gen + _ME_PORT) & 0xFFFF, (2 * conn.gen + _PEER_PORT) & 0xFFFF
+        if written:
+            src, dst, sport, dport, ack = conn.me, conn.peer, me_port, peer_port, conn.inp.fed
+        else:
+            src, dst, sport, dport, ack = conn.peer, conn.me, peer_port, me_port, conn.out.fed
+        tcp = _TCP.pack(sport, dport, pos & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, _PSH_ACK, 65535, 0, 0)
+        ip = _IP6.pack(6 << 28, len(tcp) + len(data), 6, 64, src, dst)
+        self.sensor.feed_frame(ts_us, LINKTYPE_RAW, ip + tcp + data)
 
     def drain(self) -> list[ObservedCall]:
-        """The calls aggregated so far, forgotten afterwards; also forgets connections idle for ``IDLE_US``."""
+        """The records of the windows the engine closed, with the made-up ends named, records that name the same
+        ends merged; connections idle for ``IDLE_US`` are forgotten."""
+        merged: dict[tuple, ObservedCall] = {}
+        for r in self.sensor.drain():
+            if r.src_workload.startswith(_PEER_TEXT):
+                r.src_workload = PEER_CALLER
+            if r.dst.startswith("[" + _PEER_TEXT):
+                r.dst = PEER_UNNAMED
+            key = (r.window_start_us, r.src_workload, r.dst, r.protocol, r.operation, r.tenant, r.tenant_method)
+            key += (r.tenant_rule, r.feature, r.agent, r.provider, r.model)
+            same = merged.get(key)
+            if same is None:
+                merged[key] = r
+            else:
+                for name in COUNTERS:
+                    setattr(same, name, getattr(same, name) + getattr(r, name))
+        self._forget_idle()
+        return list(merged.values())
+
+    def _forget_idle(self) -> None:
         horizon = self._latest_us - IDLE_US
         for key in [k for k, conn in self.conns.items() if conn.last_us < horizon]:
-            del self.conns[key]
-        out = []
-        for key, acc in sorted(self.totals.items()):
-            window, src, dst, op, tenant, rule, method, feature, agent, provider, model = key
-            out.append(
-                ObservedCall(
-                    window_start_us=window,
-                    window_end_us=window + self.window_us,
-                    node=self.node,
-                    src_workload=src,
-                    dst=dst,
-                    protocol="http",
-                    operation=op,
-                    tenant=tenant,
-                    tenant_method=method,
-                    tenant_rule=rule,
-                    feature=feature,
-                    agent=agent,
-                    requests=acc[0],
-                    errors=acc[1],
-                    bytes_in=acc[2],
-                    bytes_out=acc[3],
-                    busy_us=acc[4],
-                    tokens_in=acc[5],
-                    tokens_out=acc[6],
-                    tokens_cached=acc[7],
-                    tokens_reasoning=acc[8],
-                    provider=provider,
-                    model=model,
-                )
-            )
-        self.totals.clear()
-        return out
+            self._ends.pop(_text(self.conns.pop(key).me), None)
