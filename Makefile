@@ -5,7 +5,7 @@ deps:
 	@scripts/bootstrap.sh
 
 demo: deps
-	.venv/bin/costmesh demo --capture tests/data/demo_tenants.pcap
+	.venv/bin/costmesh demo --capture tests/data/demo_tenants.pcap --config tests/data/demo/costmesh.toml
 
 test: deps
 	.venv/bin/ruff check .

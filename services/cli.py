@@ -177,6 +177,10 @@ def _run_service(args: argparse.Namespace, config: Config) -> int:
 
 
 def _demo(args: argparse.Namespace, config: Config) -> int:
+    """Replay the capture through the whole pipeline and print consumption per tenant; when the config names bills,
+    also wait for an allocation run that saw all of it and print cost and margin per customer (``/v1/pnl``)."""
+    from costmesh.billing.report import from_api_pnl
+    from costmesh.billing.report import render_table as render_chargeback
     from costmesh.common.embedded import free_port
     from costmesh.common.supervisor import Stack, http_json
 
@@ -199,9 +203,24 @@ def _demo(args: argparse.Namespace, config: Config) -> int:
                     return 1
                 time.sleep(0.2)
             rows = http_json(base + "/v1/usage?group_by=tenant")["rows"]
+            pnls = []
+            if config.billing.sources:
+                # The run going on now may have read the store before the last batch: wait for the one after it.
+                runs = int(stack.health("billing").get("allocation_runs", 0))
+                while (billing := stack.health("billing")).get("allocation_runs", 0) < runs + 2:
+                    if time.monotonic() > end:
+                        print("costmesh: demo timed out waiting for the allocation run", file=sys.stderr)
+                        return 1
+                    time.sleep(0.2)
+                pnls = [http_json(f"{base}/v1/pnl?period={period}") for period in billing.get("periods", [])]
         finally:
             stack.stop()
     print(render_table(rows, ["tenant", "requests", "errors", "bytes_in", "bytes_out", "busy_us"]))
+    for pnl in pnls:
+        print()
+        print(
+            render_chargeback(from_api_pnl(pnl), note="Amounts rounded to cents here; GET /v1/pnl gives them exactly.")
+        )
     return 0
 
 

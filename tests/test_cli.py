@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from costmesh.cli import SERVICES
+from costmesh.common.config import load_config
 from costmesh.common.embedded import free_port
 
 from .conftest import DATA, processes_marked
@@ -64,18 +65,50 @@ def test_service_without_urls_says_what_is_missing():
     assert result.returncode == 2 and "no NATS URL" in result.stderr
 
 
-def test_demo_prints_tenants_and_leaves_nothing_running():
+def test_demo_prints_tenants_then_cost_and_margin_and_leaves_nothing_running():
+    """``make demo``: usage per tenant equals the capture's ground truth; cost and margin per customer, through the
+    deployed billing service and /v1/pnl, equal the offline ``costmesh report`` of the same bill, capture and revenue
+    to the cent, and reconcile with the bill; nothing is left running."""
+    from decimal import Decimal
+
+    from costmesh.billing.report import build_report
+
+    demo = DATA / "demo"
     mark = uuid.uuid4().hex
     result = _run(
         "demo",
         "--capture",
         str(DATA / "demo_tenants.pcap"),
+        "--config",
+        str(demo / "costmesh.toml"),
         timeout=120,
         env={**os.environ, "COSTMESH_TEST_MARK": mark},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    usage, chargeback = result.stdout.split("\n\n", 1)
     truth = json.loads((DATA / "demo_tenants.truth.json").read_text())["requests_by_tenant"]
-    table = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()[2:]}
+    table = {line.split()[0]: int(line.split()[1]) for line in usage.splitlines()[2:]}
     assert table == {(t or "(none)"): n for t, n in truth.items()}
+
+    head, *lines = chargeback.strip().splitlines()
+    assert head == "Chargeback 2026-01 in USD: billed 15.75, 3 customer(s), unallocated 2.66"
+    printed = {
+        cells[0]: (Decimal(cells[1]), Decimal(cells[2]), Decimal(cells[8]))
+        for cells in (line.split() for line in lines[3 : lines.index("", 1)])
+        if not cells[0].startswith("(")
+    }
+    config = load_config(demo / "costmesh.toml")
+    offline = build_report(
+        sorted((demo / "bills").iterdir()),
+        config,
+        captures=[DATA / "demo_tenants.pcap"],
+        revenue_file=demo / "revenue.csv",
+    )
+    cent = Decimal("0.01")
+    assert printed == {
+        name: tuple(Decimal(c[k]).quantize(cent) for k in ("revenue", "cost", "margin"))
+        for name, c in offline["customers"].items()
+    }
+    assert sum(cost for _r, cost, _m in printed.values()) + Decimal("2.66") == Decimal("15.75")
     leftovers = processes_marked(mark)
     assert not leftovers, f"demo left processes running: {[p.cmdline()[:3] for p in leftovers]}"

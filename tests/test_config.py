@@ -91,3 +91,20 @@ def test_secret_from_environment(monkeypatch):
     monkeypatch.delenv("COSTMESH_TEST_SECRET")
     with pytest.raises(ConfigError, match="COSTMESH_TEST_SECRET is not set"):
         resolve_secret("COSTMESH_TEST_SECRET", "postgres.dsn_env")
+
+
+def test_file_paths_are_relative_to_the_config_file(tmp_path):
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "costmesh.toml"
+    path.write_text(
+        '[nats]\ntls_ca_file = "certs/ca.pem"\ncreds_file = "/etc/costmesh/node.creds"\n'
+        '[billing]\nrevenue_files = ["revenue.csv"]\n'
+        '[[billing.sources]]\nname = "local"\npath = "../bills"\n'
+        '[[billing.sources]]\nname = "cur"\nkind = "s3"\nbucket = "b"\nprefix = "exports"\n'
+    )
+    config = load_config(path)
+    assert config.nats.tls_ca_file == str(tmp_path / "conf" / "certs" / "ca.pem")
+    assert config.nats.creds_file == "/etc/costmesh/node.creds"  # absolute: as written
+    assert config.billing.revenue_files == [str(tmp_path / "conf" / "revenue.csv")]
+    assert config.billing.sources[0].path == str(tmp_path / "conf" / "../bills")
+    assert config.billing.sources[1].prefix == "exports" and config.billing.sources[1].path == ""

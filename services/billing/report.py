@@ -172,7 +172,35 @@ def render_csv(report: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-def render_table(report: dict[str, Any]) -> str:
+def from_api_pnl(pnl: dict[str, Any]) -> dict[str, Any]:
+    """The report's structure from the API's ``GET /v1/pnl`` answer, so that the deployed pipeline's P&L prints with
+    the same table (``costmesh demo``). The API does not say how many lines matched nothing: ``unmatched_lines`` is
+    None."""
+    customers = {
+        c["customer"]: {k: c[k] for k in ("revenue", "cost", "by_category", "margin", "margin_pct")}
+        for c in pnl["customers"]
+    }
+    rest = pnl["unallocated_by_category"]
+    by_category = {
+        k: _s(sum((Decimal(c["by_category"][k]) for c in customers.values()), Decimal(rest.get(k) or 0)))
+        for k in CATEGORIES
+    }
+    return {
+        "period": pnl["period"],
+        "currency": pnl["currency"],
+        "billed": pnl["billed"],
+        "customers": customers,
+        "unallocated": pnl["unallocated"],
+        "unallocated_by_category": {k: rest.get(k) or "0" for k in ("platform", "unallocated")},
+        "by_category": by_category,
+        "revenue": pnl["revenue"],
+        "unmatched_lines": None,
+    }
+
+
+def render_table(
+    report: dict[str, Any], note: str = "Amounts rounded to cents here; --format json or csv gives them exactly."
+) -> str:
     def cents(text: str) -> str:
         if text in ("", None):
             return ""
@@ -180,9 +208,10 @@ def render_table(report: dict[str, Any]) -> str:
 
     head = (
         f"Chargeback {report['period'] or '(no lines)'} in {report['currency']}: billed {cents(report['billed'])}, "
-        f"{len(report['customers'])} customer(s), unallocated {cents(report['unallocated'])}, "
-        f"{report['unmatched_lines']} line(s) matched no observed resource"
+        f"{len(report['customers'])} customer(s), unallocated {cents(report['unallocated'])}"
     )
+    if report["unmatched_lines"] is not None:
+        head += f", {report['unmatched_lines']} line(s) matched no observed resource"
     body = [[r[0], *(cents(v) if i < 8 else v for i, v in enumerate(r[1:]))] for r in _rows(report)]
     for row in body:
         row[-1] = f"{row[-1]}%" if row[-1] else ""
@@ -198,7 +227,7 @@ def render_table(report: dict[str, Any]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append("")
-    lines.append("Amounts rounded to cents here; --format json or csv gives them exactly.")
+    lines.append(note)
     return "\n".join(lines)
 
 

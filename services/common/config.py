@@ -338,7 +338,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read: {exc.strerror}") from exc
     try:
-        return msgspec.toml.decode(raw, type=Config)
+        config = msgspec.toml.decode(raw, type=Config)
     except msgspec.ValidationError as exc:
         text = str(exc)
         key = _key_of(text)
@@ -346,6 +346,24 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         raise ConfigError(f"{file}: key {key or '(top level)'}: {reason}") from exc
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+    _paths_relative_to(config, file.parent)
+    return config
+
+
+def _paths_relative_to(config: Config, base: Path) -> None:
+    """File paths in the config are relative to the config file (as in most tools), not to wherever the command
+    runs; absolute paths stay as they are."""
+
+    def resolve(value: str) -> str:
+        return str(base / value) if value and not Path(value).is_absolute() else value
+
+    nats = config.nats
+    for name in ("creds_file", "nkey_seed_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
+        setattr(nats, name, resolve(getattr(nats, name)))
+    for source in config.billing.sources:
+        if source.kind == "folder":
+            source.path = resolve(source.path)
+    config.billing.revenue_files = [resolve(p) for p in config.billing.revenue_files]
 
 
 def resolve_secret(env_name: str, what: str) -> str:
