@@ -38,9 +38,17 @@ async def _serve(app: web.Application, port: int) -> web.AppRunner:
     return runner
 
 
+def _parsed_requests() -> float:
+    from costmesh.common.metrics import REGISTRY
+
+    labels = {"source": "frames", "counter": "http_requests"}
+    return REGISTRY.get_sample_value("costmesh_sensor_parsed_total", labels) or 0.0
+
+
 async def test_two_services_requests_per_tenant_and_bytes_per_flow(tmp_path):
     front_port, back_port = free_port(), free_port()
     config = Config()
+    parsed_before = _parsed_requests()
     harness = await LiveHarness(config).start()
     dump = RawCount({front_port, back_port}).start()
 
@@ -88,6 +96,8 @@ async def test_two_services_requests_per_tenant_and_bytes_per_flow(tmp_path):
     # 2 connections at least (client → front, front → back), both directions.
     assert len(kernel) >= 4
     assert sum(w.counters.ring_drops for w in harness.windows) == 0
+    # What the engine counted is exported each window (other loopback traffic of the host may add to it).
+    assert _parsed_requests() - parsed_before >= 2 * sum(TENANTS.values())
 
 
 async def test_postgres_queries_reach_the_parsers(postgres, tmp_path):

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from prometheus_client import Counter, Gauge
 
 from costmesh.common.config import Config
-from costmesh.common.metrics import REGISTRY
+from costmesh.common.metrics import ERRORS, REGISTRY
 from costmesh.common.schemas import FlowVolume, ObservedCall
 from costmesh.native import _net_py as net_py
 from costmesh.native.sensor import Sensor
@@ -82,6 +82,13 @@ EXEC_LOOKS = Counter(
     "Programs started while the sensor runs, looked at for OpenSSL at once (looked) or left to the periodic /proc "
     "scan because too many started at once (skipped).",
     ["outcome"],
+    registry=REGISTRY,
+)
+PARSED = Counter(
+    "costmesh_sensor_parsed_total",
+    "What the parsing engine counted (frames, flows, http_requests, pg_queries, ai_calls, tcp_gaps...), by source "
+    "(frames from the rings, tls plaintext from the uprobes). Malformed input: costmesh_input_errors_total by kind.",
+    ["source", "counter"],
     registry=REGISTRY,
 )
 CPU_SECONDS = Gauge(
@@ -153,18 +160,44 @@ class TlsSink(Protocol):
     def drain(self) -> list[ObservedCall]: ...
 
 
+class ParserMetrics:
+    """Exports what an engine counted since the last call (it counts in C, cheaply; this runs once per window):
+    parse errors by kind to ``costmesh_input_errors_total``, everything else to ``costmesh_sensor_parsed_total``."""
+
+    def __init__(self, sensor: Sensor, source: str) -> None:
+        self.sensor = sensor
+        self.source = source
+        self.last: dict[str, int] = {}
+
+    def export(self) -> None:
+        stats = self.sensor.stats()
+        for prefix, values in (("error:", stats["errors"]), ("", stats["counters"])):
+            for name, value in values.items():
+                key = prefix + name
+                grown = value - self.last.get(key, 0)
+                if grown > 0:
+                    self.last[key] = value
+                    if prefix:
+                        ERRORS.labels("sensor", name).inc(grown)
+                    else:
+                        PARSED.labels(self.source, name).inc(grown)
+
+
 class SensorFrameSink:
     """Live frames into the sensor's parsing core, by pointer from the ring when the engine is compiled. Ring frames
     carry an Ethernet header (``lo`` included)."""
 
     def __init__(self, sensor: Sensor) -> None:
         self.sensor = sensor
+        self.metrics = ParserMetrics(sensor, "frames")
 
     def feed_ring(self, ring: PacketRing, hellos: list[bytes] | None, max_blocks: int) -> int:
         return ring.feed(self.sensor.engine, None, hellos, max_blocks)
 
     def drain(self) -> list[ObservedCall]:
-        return self.sensor.drain()
+        records = self.sensor.drain()
+        self.metrics.export()
+        return records
 
 
 @dataclass

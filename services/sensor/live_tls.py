@@ -28,7 +28,7 @@ from costmesh.common.metrics import ERRORS
 from costmesh.common.schemas import COUNTERS, ObservedCall
 from costmesh.native.sensor import Sensor
 
-from .live import TlsChunk
+from .live import ParserMetrics, TlsChunk
 
 TLS_CHUNK = 4096  # records.h
 LINKTYPE_RAW = 101
@@ -92,6 +92,7 @@ class TlsPlaintextSink:
         keep_plaintext: int = 0,
     ) -> None:
         self.sensor = Sensor(config, node, window_us, name_of=self._name_of_end)
+        self.metrics = ParserMetrics(self.sensor, "tls")
         self.name_of_pid = name_of_pid or (lambda pid, _cg, comm: f"{comm}[{pid}]")
         self.max_chunks = max_chunks
         self.conns: dict[tuple[int, int], _Conn] = {}
@@ -189,6 +190,7 @@ class TlsPlaintextSink:
                 for name in COUNTERS:
                     setattr(same, name, getattr(same, name) + getattr(r, name))
         self._forget_idle()
+        self.metrics.export()
         return list(merged.values())
 
     def _forget_idle(self) -> None:

@@ -81,7 +81,7 @@ class BatchSender:
 def replay(path: Path, sensor: Sensor, on_records=None) -> list[ObservedCall]:
     """Run one capture through the parser; a broken file keeps what was read before the break. Closed windows go to
     ``on_records`` while the file is read (bounded memory); the rest is returned. Parse errors are counted by kind in
-    ``costmesh_errors_total``."""
+    ``costmesh_input_errors_total``."""
     try:
         sensor.feed_capture(path, on_records)
     except CaptureError as exc:
