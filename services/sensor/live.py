@@ -31,6 +31,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -438,6 +439,7 @@ class LiveCapture:
         self._mono_to_wall_ns = time.time_ns() - time.monotonic_ns()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exec_looks: set[asyncio.TimerHandle] = set()
+        self._detacher: ThreadPoolExecutor | None = None
         self._exec_budget = EXEC_LOOKS_PER_S * self.sensor_cfg.window_s
         self.ai_marker = AiFlowMarker(self.sensor_cfg.ai_hosts, self.mark_ai_flow)
 
@@ -571,9 +573,7 @@ class LiveCapture:
             if any(p.search(comm) for p in patterns):
                 alive[pid] = path
         for pid in [pid for pid in self._tls_pids if pid not in alive]:
-            for name in self._tls_pids.pop(pid):
-                with contextlib.suppress(Exception):
-                    self.tls_bpf.detach_uprobe_event(name)
+            self._detach_probes(self._tls_pids.pop(pid))
         new = 0
         for pid, path in alive.items():
             if pid not in self._tls_pids:
@@ -649,10 +649,37 @@ class LiveCapture:
         for ring in self.rings:
             ring.close()
         self.rings = []
+        if self.tls_bpf is not None:
+            self._detach_probes(list(self.tls_bpf.uprobe_fds))
+        if self._detacher is not None:
+            self._detacher.shutdown(wait=True)  # every probe is gone before close returns
+            self._detacher = None
         for prog in (self.tls_bpf, self.bpf):
             if prog is not None:
                 prog.cleanup()
         self.bpf = self.tls_bpf = None
+
+    def _detach_probes(self, names: list[bytes]) -> None:
+        """Detach uprobes without holding up the loop: closing a uprobe's perf event waits for the kernel (about
+        0.1 s each here), so the closes run on worker threads (ctypes lets go of the GIL), several at once. The
+        names leave bcc's table at once, so nothing is detached twice."""
+        from bcc.libbcc import lib
+
+        prog = self.tls_bpf
+        taken = [(name, prog.uprobe_fds[name]) for name in names if name in prog.uprobe_fds]
+        for name, _fd in taken:
+            prog._del_uprobe_fd(name)
+
+        def detach(item: tuple[bytes, int]) -> None:
+            name, fd = item
+            if lib.bpf_close_perf_event_fd(fd) < 0 or lib.bpf_detach_uprobe(name) < 0:
+                log.warning("cannot detach uprobe %s", name.decode(errors="replace"))
+
+        if taken:
+            if self._detacher is None:
+                self._detacher = ThreadPoolExecutor(max_workers=8, thread_name_prefix="uprobe-detach")
+            for item in taken:
+                self._detacher.submit(detach, item)
 
     # ---- AI flows ---------------------------------------------------------------------------------------------
 
