@@ -110,6 +110,8 @@ def feed_blocks(object ring, Py_ssize_t block_size, Py_ssize_t block_count, Py_s
             mac = (<uint16_t *>(pkt + 24))[0]
             if off + mac + snaplen > block_size:
                 raise ValueError(f"ring block {current}: frame past the block end")
+            if next_off < 28 and i + 1 < count:
+                raise ValueError(f"ring block {current}: packet chain does not advance")
             ts = (<int64_t>sec) * 1000000 + nsec // 1000
             if hellos is not None and _opens(pkt + mac, snaplen, seen):
                 hellos.append(PyBytes_FromStringAndSize(<char *>pkt + mac, snaplen))

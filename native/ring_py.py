@@ -62,12 +62,14 @@ def feed_blocks(
         if not status & TP_STATUS_USER:
             break
         off = first
-        for _ in range(count):
+        for i in range(count):
             if off + 28 > block_size:
                 raise ValueError(f"ring block {current}: packet header past the block end")
             next_off, sec, nsec, snaplen, _wire, _st, mac = unpack_pkt(ring, base + off)
             if off + mac + snaplen > block_size:
                 raise ValueError(f"ring block {current}: frame past the block end")
+            if next_off < 28 and i + 1 < count:
+                raise ValueError(f"ring block {current}: packet chain does not advance")
             start = base + off + mac
             frame = bytes(ring[start : start + snaplen])
             ts = sec * 1_000_000 + nsec // 1000

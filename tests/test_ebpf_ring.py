@@ -224,3 +224,28 @@ def test_both_walks_pick_out_the_same_opening_frames_from_random_traffic():
         impl.feed_blocks(ring, 1 << 16, count, 0, None, None, hellos, array.array("Q", bytes(8 * 64)))
         results.append(hellos)
     assert results[0] == results[1] and 0 < len(results[0]) < len(frames)
+
+
+def test_random_blocks_are_walked_or_refused_never_read_past_or_looped():
+    """Blocks of random bytes marked as handed over (the kernel never writes them, a bug or a hostile writer might):
+    both walks either read frames that lie inside the block or refuse with ValueError, and agree on which."""
+    rnd = random.Random(5)
+    print("seed 5")
+    impls = [ring_py] + ([ring_c] if ring_c else [])
+    refused = 0
+    for _ in range(300):
+        block = bytearray(rnd.randbytes(BLOCK))
+        struct.pack_into("=III", block, 8, 1, rnd.choice([0, 1, 2, 5, 200, 2**32 - 1]), rnd.randrange(0, 200))
+        outcomes = []
+        for impl in impls:
+            ring = mmap.mmap(-1, BLOCK)
+            ring[:] = bytes(block)
+            out: list = []
+            try:
+                impl.drain_blocks(ring, BLOCK, 1, 0, out)
+                outcomes.append(("read", out))
+            except ValueError as exc:
+                outcomes.append(("refused", str(exc)))
+        assert all(o == outcomes[0] for o in outcomes)
+        refused += outcomes[0][0] == "refused"
+    assert 0 < refused < 300
