@@ -249,3 +249,28 @@ def test_random_blocks_are_walked_or_refused_never_read_past_or_looped():
         assert all(o == outcomes[0] for o in outcomes)
         refused += outcomes[0][0] == "refused"
     assert 0 < refused < 300
+
+
+def test_the_live_ring_counts_a_bad_block_gives_it_back_and_reads_on():
+    """``PacketRing.feed`` (the live reader): a block that would be read past its end is counted
+    (costmesh_input_errors_total{kind="ring_block"}), handed back to the kernel, and the blocks after it are read."""
+    from costmesh.common.metrics import REGISTRY
+    from costmesh.sensor.live_ring import SEEN_CONNECTIONS, PacketRing
+
+    def bad_blocks() -> float:
+        labels = {"service": "sensor", "kind": "ring_block"}
+        return REGISTRY.get_sample_value("costmesh_input_errors_total", labels) or 0.0
+
+    blocks = sample(21)[:3]
+    ring = make_ring(blocks)
+    struct.pack_into("=I", ring, BLOCK + 48 + 12, 10_000)  # block 1's first frame runs past the block
+    live = PacketRing.__new__(PacketRing)  # the reader alone, on a synthetic ring (no socket needed)
+    live.ifname, live.map, live.block_size, live.block_count, live.current = "test0", ring, BLOCK, 3, 0
+    live.seen = array.array("Q", bytes(8 * SEEN_CONNECTIONS))
+    before = bad_blocks()
+    out: list = []
+    assert live.feed(None, out, None) == len(blocks[0]) + len(blocks[2])
+    assert out == blocks[0] + blocks[2]
+    assert bad_blocks() - before == 1
+    assert all(struct.unpack_from("=I", ring, b * BLOCK + 8)[0] == 0 for b in range(3))
+    assert live.current == 0

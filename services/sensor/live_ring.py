@@ -14,11 +14,13 @@ unfiltered packet is ever queued.
 from __future__ import annotations
 
 import array
+import logging
 import mmap
 import socket
 import struct
 from dataclasses import dataclass
 
+from costmesh.common.metrics import ERRORS
 from costmesh.native import NO_EXTENSIONS
 
 if NO_EXTENSIONS:
@@ -28,6 +30,8 @@ else:
         from costmesh.native.ring import feed_blocks
     except ImportError:  # built without extensions
         from costmesh.native.ring_py import feed_blocks
+
+log = logging.getLogger(__name__)
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -100,9 +104,23 @@ class PacketRing:
         ``max_blocks`` > 0 bounds the work of one call (the rest stays for the next one), so one busy interface cannot
         starve the event loop.
         """
-        _taken, frames, self.current = feed_blocks(
-            self.map, self.block_size, self.block_count, self.current, engine, out, hellos, self.seen, max_blocks
-        )
+        frames = blocks = 0
+        while not max_blocks or blocks < max_blocks:
+            try:  # a block at a time (a block holds up to a MiB of frames): a bad one is then exactly this one
+                taken, n, self.current = feed_blocks(
+                    self.map, self.block_size, self.block_count, self.current, engine, out, hellos, self.seen, 1
+                )
+            except ValueError as exc:  # a block the kernel would never write: count it, give it back, go on
+                ERRORS.labels("sensor", "ring_block").inc()
+                log.error("%s: %s", self.ifname, exc)
+                struct.pack_into("=I", self.map, self.current * self.block_size + 8, 0)
+                self.current = (self.current + 1) % self.block_count
+                blocks += 1
+                continue
+            if not taken:
+                break
+            frames += n
+            blocks += 1
         return frames
 
     def stats(self) -> RingStats:
