@@ -683,25 +683,28 @@ class LiveCapture:
 
     # ---- AI flows ---------------------------------------------------------------------------------------------
 
-    def mark_ai_flow(self, src: str, sport: int, dst: str, dport: int) -> None:
-        """Have the kernel pass the whole payload of this TCP connection (both directions) from now on."""
+    def _ai_flow_keys(self, src: str, sport: int, dst: str, dport: int) -> tuple[Any, list[Any]]:
+        """The ``ai_flows`` map and its keys for both directions of one TCP connection."""
         table = self.bpf[b"ai_flows"]
         a, b = _raw_addr(src), _raw_addr(dst)
+        keys = []
         for s, sp, d, dp in ((a, sport, b, dport), (b, dport, a, sport)):
             key = table.Key()
             ct.memmove(key.saddr, s, 16)
             ct.memmove(key.daddr, d, 16)
             key.sport, key.dport = sp, dp
+            keys.append(key)
+        return table, keys
+
+    def mark_ai_flow(self, src: str, sport: int, dst: str, dport: int) -> None:
+        """Have the kernel pass the whole payload of this TCP connection (both directions) from now on."""
+        table, keys = self._ai_flow_keys(src, sport, dst, dport)
+        for key in keys:
             table[key] = table.Leaf(1)
 
     def forget_ai_flow(self, src: str, sport: int, dst: str, dport: int) -> None:
-        table = self.bpf[b"ai_flows"]
-        a, b = _raw_addr(src), _raw_addr(dst)
-        for s, sp, d, dp in ((a, sport, b, dport), (b, dport, a, sport)):
-            key = table.Key()
-            ct.memmove(key.saddr, s, 16)
-            ct.memmove(key.daddr, d, 16)
-            key.sport, key.dport = sp, dp
+        table, keys = self._ai_flow_keys(src, sport, dst, dport)
+        for key in keys:
             with contextlib.suppress(KeyError):
                 del table[key]
 
