@@ -208,9 +208,8 @@ async def test_ai_cost_per_tenant_is_served_minutes_after_the_call(fresh_dsn):
         await conn.close()
 
 
-def test_adaptive_fold_folds_only_while_it_pays():
-    from costmesh.attributor.apply import plain_rows, staging_rows
-    from costmesh.attributor.service import AdaptiveFold
+def test_staging_rows_fold_per_window_and_key():
+    from costmesh.attributor.apply import staging_rows
 
     same = [CallBatch(batch_id=str(i), node="n", seq=i, records=[call(tenant="t", requests=1)] * 50) for i in range(4)]
     spread = [
@@ -219,10 +218,4 @@ def test_adaptive_fold_folds_only_while_it_pays():
     ]
     folded = staging_rows(same)
     assert len(folded) == 1 and folded[0][9] == 200  # 200 records of one key and window: one row, requests summed
-    assert len(plain_rows(same)) == 200
-    fold = AdaptiveFold()
-    assert len(fold.rows(same)) == 1 and fold.folding
-    assert len(fold.rows(spread)) == 200 and not fold.folding  # nothing folded: stop paying for it
-    for _ in range(AdaptiveFold.PROBE_EVERY):
-        assert len(fold.rows(same)) == 200  # sent as they are, PostgreSQL folds them
-    assert len(fold.rows(same)) == 1 and fold.folding  # the probe finds folding pays again
+    assert len(staging_rows(spread)) == 200  # nothing to fold: one row per record

@@ -10,15 +10,15 @@ records of batches whose id was new go on to be written, and all of it commits o
 (JetStream redelivery after a crash, a copy re-sent after the server's de-duplication window) finds its id and changes
 nothing. The caller acknowledges the messages only after the commit.
 
-Why it is fast: records are turned into tuples by one C-level ``attrgetter`` (no per-field Python code), sent with
-COPY into a temporary staging table, and folded into each target by one ``INSERT ... SELECT ... GROUP BY ... ON
-CONFLICT DO UPDATE`` — the per-minute aggregation happens inside PostgreSQL, not row by row.
+Why it is fast: the records of a whole group are summed per (window, key) straight from the msgpack payloads in C
+(``costmesh.native.fold``: no Python object per record), sent with COPY into a temporary staging table, and folded
+into each target by ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` statements sent together in one round
+trip -- the per-minute aggregation happens inside PostgreSQL, not row by row.
 """
 
 from __future__ import annotations
 
 import operator
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +26,7 @@ import asyncpg
 
 from costmesh.common.prices import PriceTable
 from costmesh.common.schemas import COUNTERS, CallBatch, ObservedCall
+from costmesh.native.fold import Folder
 
 #: The staging columns, in COPY order; one ``attrgetter`` turns a record into this tuple at C speed.
 STAGING_COLUMNS: tuple[str, ...] = (
@@ -40,7 +41,6 @@ STAGING_COLUMNS: tuple[str, ...] = (
     "operation",
     *COUNTERS,
 )
-_as_row = operator.attrgetter(*STAGING_COLUMNS)
 
 #: Protocols whose destination is a topic or queue: kept as producer → topic → consumer in the graph.
 QUEUE_PROTOCOLS = ("kafka", "amqp", "nats")
@@ -189,6 +189,9 @@ INSERT INTO dirty_minutes AS d (minute) SELECT DISTINCT to_timestamp(m * 60) FRO
 ON CONFLICT (minute) DO UPDATE SET gen = d.gen + 1
 """
 
+#: Every statement after the COPY, in order, as one simple-protocol message: one round trip per group.
+MERGE_ALL = ";\n".join((FILL_AGG, MERGE_CONSUMPTION, FILL_EDGES, MERGE_EDGES, MERGE_NODES, MERGE_QUEUES, MARK_DIRTY))
+
 _RECORD_IDS = """
 WITH ins AS (
     INSERT INTO applied_batches (batch_id, node, seq, records)
@@ -257,31 +260,19 @@ async def prepare(conn: asyncpg.Connection) -> None:
     await conn.execute(CREATE_STAGING)
 
 
-_key_of = operator.attrgetter(*STAGING_COLUMNS[:9])
-_values_of = operator.attrgetter(*STAGING_COLUMNS[9:])
-
-
-def plain_rows(batches: Sequence[CallBatch]) -> list[tuple]:
-    """The records of ``batches`` as staging tuples, one per record (PostgreSQL does all the folding)."""
-    rows: list[tuple] = []
-    for b in batches:
-        rows.extend(map(_as_row, b.records))
-    return rows
-
-
 def staging_rows(batches: Sequence[CallBatch]) -> list[tuple]:
-    """The records of ``batches`` as staging tuples, summed per (window, key).
+    """The records of ``batches`` as staging tuples, summed per (window, key), in order of first appearance.
 
-    Records of one key and window arrive from many nodes and batches; folding them here (C-level getters, one dict
-    append per record) sends PostgreSQL a fraction of the rows to copy and aggregate. The consumer builds them
-    while the previous group is still being written.
+    Records of one key and window arrive from many nodes and batches; folding them here sends PostgreSQL a fraction
+    of the rows to copy and aggregate. A batch that still holds its payload (``fold.BatchRef``) is folded straight
+    from the msgpack bytes in C (``costmesh.native.fold``); decoded records are folded into the same rows.
     """
-    groups: defaultdict[tuple, list[tuple]] = defaultdict(list)
+    folder = Folder()
     for b in batches:
-        records = b.records
-        for key, values in zip(map(_key_of, records), map(_values_of, records), strict=True):
-            groups[key].append(values)
-    return [key + (vs[0] if len(vs) == 1 else tuple(map(sum, zip(*vs, strict=True)))) for key, vs in groups.items()]
+        payload = getattr(b, "payload", None)
+        if payload is None or folder.add(payload) is None:
+            folder.add_records(b.records)
+    return folder.rows()
 
 
 async def apply_batches(
@@ -292,7 +283,8 @@ async def apply_batches(
 ) -> Applied:
     """Apply a group of batches in one transaction; batches applied before (or repeated in the group) change nothing.
 
-    ``prepared`` may hold ``staging_rows(batches)``, built ahead of time; it is used when every batch turns out new.
+    ``prepared`` may hold ``staging_rows(batches)``, built ahead of time; it is used only when every batch turns out
+    new and none is repeated in the group (otherwise the rows are folded again from the new batches alone).
     ``batches`` may also be ``fold.BatchRef``s (identity and size known, records decoded only when needed). The
     connection must have been ``prepare``d. Raises what asyncpg raises; on any error nothing was written.
     """
@@ -312,7 +304,7 @@ async def apply_batches(
         costs: list[AiCost] = []
         new = [b for batch_id, b in unique.items() if batch_id in fresh]
         records = sum(_count(b) for b in new)
-        rows = prepared if prepared is not None and len(new) == len(unique) else staging_rows(new)
+        rows = prepared if prepared is not None and len(new) == len(batches) else staging_rows(new)
         for b in new:
             flag = getattr(b, "has_tokens", None)  # known without decoding for a BatchRef
             if flag if flag is not None else _has_tokens(b.records):
@@ -321,13 +313,7 @@ async def apply_batches(
                 costs.extend(more_costs)
         if rows:
             await conn.copy_records_to_table("staging_calls", records=rows, columns=STAGING_COLUMNS)
-            await conn.execute(FILL_AGG)
-            await conn.execute(MERGE_CONSUMPTION)
-            await conn.execute(FILL_EDGES)
-            await conn.execute(MERGE_EDGES)
-            await conn.execute(MERGE_NODES)
-            await conn.execute(MERGE_QUEUES)
-            await conn.execute(MARK_DIRTY)
+            await conn.execute(MERGE_ALL)
         if ai:
             await conn.executemany(
                 "INSERT INTO staging_ai VALUES (to_timestamp($1::bigint / 1000000), $2, $3, $4, $5, $6, $7, $8, $9, "

@@ -1,0 +1,69 @@
+"""Pure-Python twin of ``_fold.pyx``: the same ``Folder`` interface and rows, built from msgspec's decode.
+
+``COSTMESH_NO_EXTENSIONS=1`` selects this one; the fold tests run both and require the same rows. Unlike the compiled
+fold it has no fast path to fall out of: ``add`` answers whenever ``Codec.decode_batch`` accepts the payload.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+
+import msgspec
+
+from costmesh.common.schemas import COUNTERS, Codec, ObservedCall
+
+_KEY = (
+    "window_start_us",
+    "tenant",
+    "tenant_method",
+    "feature",
+    "agent",
+    "src_workload",
+    "dst",
+    "protocol",
+    "operation",
+)
+_key_of = operator.attrgetter(*_KEY)
+_values_of = operator.attrgetter(*COUNTERS)
+_codec = Codec()
+
+
+class Folder:
+    """Accumulates staging rows over the payloads (and decoded records) of one group."""
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple, list[int]] = {}
+        self.records = 0
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def add(self, payload: bytes) -> tuple[str, str, int, int, bool] | None:
+        try:
+            batch = _codec.decode_batch(payload)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            return None
+        if batch.flows:
+            return None  # as the compiled fold: the caller decodes it (and sees the flows) itself
+        self.add_records(batch.records)
+        has_tokens = any(r.tokens_in or r.tokens_out or r.tokens_cached or r.tokens_reasoning for r in batch.records)
+        return (batch.batch_id, batch.node, batch.seq, len(batch.records), has_tokens)
+
+    def add_many(self, payloads: list[bytes]) -> list[tuple[str, str, int, int, bool] | None]:
+        return [self.add(p) for p in payloads]
+
+    def add_records(self, records: Iterable[ObservedCall]) -> None:
+        groups = self._groups
+        for r in records:
+            key = _key_of(r)
+            sums = groups.get(key)
+            if sums is None:
+                groups[key] = list(_values_of(r))
+            else:
+                for i, v in enumerate(_values_of(r)):
+                    sums[i] += v
+            self.records += 1
+
+    def rows(self) -> list[tuple]:
+        return [key + tuple(sums) for key, sums in self._groups.items()]

@@ -1,0 +1,220 @@
+"""The attributor's fold of call batches (compiled ``_fold`` and its twin ``_fold_py``): wherever ``add`` answers, the
+batch identity and the rows equal what msgspec's decode of the same payload gives, folded in Python; where it cannot
+be sure it declines (``None``) and adds nothing, and ``fold_group`` then decodes with msgspec, so the group's rows are
+always the reference rows. Checked on hand-made edge cases, generated batches and damaged payloads (hypothesis)."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from costmesh.attributor.apply import STAGING_COLUMNS, staging_rows
+from costmesh.attributor.fold import BatchRef, Meta, fold_group
+from costmesh.common.schemas import COUNTERS, CallBatch, Codec, ObservedCall
+from costmesh.native import _fold_py
+
+try:
+    from costmesh.native import _fold
+except ImportError as exc:  # the compiled build is part of the product: its absence is a failure, not a skip
+    raise ImportError("compiled costmesh.native._fold missing: run `make deps`") from exc
+
+FOLDERS = {"cython": _fold.Folder, "python": _fold_py.Folder}
+CODEC = Codec()
+RAW = msgspec.msgpack.Encoder()
+PROTOCOLS = ["http", "postgres", "tls", "dns", "kafka", "redis", "mongodb", "amqp", "nats", "tcp", "udp"]
+METHODS = ["header", "baggage", "jwt", "query", "path", "body", "db", "sni", "host", "trace", "propagated", "platform"]
+
+
+def reference(payloads: list[bytes]) -> tuple[list, list[tuple]]:
+    """Per payload (batch_id, node, seq, n, has_tokens) or None when msgspec refuses it; the rows folded in Python."""
+    metas, sums = [], {}
+    for p in payloads:
+        try:
+            b = CODEC.decode_batch(p)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+            metas.append(None)
+            continue
+        toks = any(r.tokens_in or r.tokens_out or r.tokens_cached or r.tokens_reasoning for r in b.records)
+        metas.append((b.batch_id, b.node, b.seq, len(b.records), toks))
+        for r in b.records:
+            key = tuple(getattr(r, c) for c in STAGING_COLUMNS[:9])
+            acc = sums.setdefault(key, [0] * len(COUNTERS))
+            for i, c in enumerate(COUNTERS):
+                acc[i] += getattr(r, c)
+    return metas, [k + tuple(v) for k, v in sums.items()]
+
+
+def rec(**kw) -> dict:
+    base = dict(window_start_us=60_000_000, window_end_us=61_000_000, node="n1", src_workload="api", dst="db:5432")
+    base["protocol"] = "postgres"
+    return base | kw
+
+
+def batch(records: list[dict], **kw) -> bytes:
+    return RAW.encode({"type": "call_batch", "batch_id": "b1", "node": "n1", "seq": 7, "records": records} | kw)
+
+
+def check(payloads: list[bytes]) -> None:
+    """Every build: answers equal the reference, declines add nothing, ``fold_group`` rows equal the reference."""
+    metas, rows = reference(payloads)
+    for name, cls in FOLDERS.items():
+        folder = cls()
+        accepted = []
+        for p, want in zip(payloads, metas, strict=True):
+            got = folder.add(p)
+            if got is not None:
+                assert want is not None, f"{name} accepted a payload msgspec refuses: {p!r}"
+                assert got == want, name
+                accepted.append(p)
+        assert sorted(folder.rows()) == sorted(reference(accepted)[1]), name
+    folded = fold_group(payloads)
+    for m, want in zip(folded.metas, metas, strict=True):
+        assert isinstance(m, str) == (want is None)
+        if want is not None:
+            assert m == Meta(*want)
+    assert sorted(folded.rows) == sorted(rows)
+    assert folded.records == sum(m[3] for m in metas if m is not None)
+
+
+def test_folds_per_window_and_key_in_order_of_first_appearance():
+    payloads = [
+        batch([rec(tenant="a", requests=1, busy_us=5), rec(tenant="b", requests=2), rec(tenant="a", requests=3)]),
+        batch([rec(tenant="b", requests=4, tokens_in=9, provider="openai", model="m")], batch_id="b2"),
+        batch([rec(tenant="a", requests=1, window_start_us=120_000_000, window_end_us=121_000_000)], batch_id="b3"),
+    ]
+    for cls in FOLDERS.values():
+        folder = cls()
+        assert [m[-1] for m in folder.add_many(payloads)] == [False, True, False]
+        rows = folder.rows()
+        assert [(r[0], r[1], r[9], r[13], r[14]) for r in rows] == [
+            (60_000_000, "a", 4, 5, 0),
+            (60_000_000, "b", 6, 0, 9),
+            (120_000_000, "a", 1, 0, 0),
+        ]
+        assert rows[0][2] == "unallocated" and rows[0][1:9] == (
+            "a",
+            "unallocated",
+            "",
+            "",
+            "api",
+            "db:5432",
+            "postgres",
+            "",
+        )
+        assert folder.records == 5 and len(folder) == 3
+    check(payloads)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        batch([rec(extra_field=1)]),  # a newer contract's field: msgspec skips it, the compiled fold declines
+        batch([rec()], flows=[]),
+        batch([rec(requests=2**64 - 1), rec(requests=5)]),  # beyond int64: exact in the slow path
+        batch([rec(requests=-(2**63)), rec(requests=-1)]),
+        batch([rec(requests=True)]),
+        batch([rec(requests=1.5)]),
+        batch([rec(protocol="gopher")]),
+        batch([rec(tenant_method="guess")]),
+        batch([rec(tenant=None)]),
+        batch([{k: v for k, v in rec().items() if k != "dst"}]),
+        batch([rec()], v=2),
+        batch([rec()], type="alert"),
+        batch([rec()]) + b"\x00",
+        batch([rec()])[:-3],
+        batch([rec(tenant="zürich-ü€𝄞")]),
+        batch([]),
+        RAW.encode({"batch_id": "b", "node": "n", "seq": 1}),
+        RAW.encode({"type": "call_batch", "batch_id": "b", "node": "n"}),
+        RAW.encode([1, 2, 3]),
+        b"",
+    ],
+)
+def test_edge_cases_equal_msgspec(payload):
+    check([payload, batch([rec(tenant="other")], batch_id="ok")])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"\xff\xfe\xfd\xfc", b"\xed\xa0\x80Z", b"\xc0\xafZZ", b"\xf4\x90\x80\x80", b"\xe2\x82ZZ", b"Z\xf0\x9f\x98"],
+)
+def test_invalid_utf8_declined(bad):
+    for field in ("tenant", "dst", "node", "model"):
+        payload = batch([rec(**{field: "ZZZZ"})])
+        payload = payload.replace(b"ZZZZ", bad)
+        check([payload])
+        assert _fold.Folder().add(payload) is None
+
+
+def test_duplicate_field_last_wins_in_msgspec_and_is_declined():
+    one = RAW.encode(rec(tenant="first"))
+    assert one[0] == 0x87  # a map of 7 fields: one more, "tenant" again
+    dup = b"\x88" + one[1:] + RAW.encode("tenant") + RAW.encode("second")
+    payload = b"\x85" + b"".join(
+        RAW.encode(x) for x in ("type", "call_batch", "batch_id", "b", "node", "n", "seq", 1, "records")
+    )
+    payload += b"\x91" + dup
+    assert CODEC.decode_batch(payload).records[0].tenant == "second"
+    assert _fold.Folder().add(payload) is None
+    check([payload])
+
+
+def test_records_and_payloads_fold_into_the_same_rows():
+    records = [ObservedCall(**rec(tenant=f"t{i % 3}", requests=i, bytes_out=2**63 - 1)) for i in range(10)]
+    payload = CODEC.encode(CallBatch(batch_id="x", node="n", seq=1, records=records))
+    for cls in FOLDERS.values():
+        a, b = cls(), cls()
+        a.add(payload)
+        b.add_records(records)
+        assert a.rows() == b.rows()
+        assert a.rows()[0][12] == 4 * (2**63 - 1)  # 128-bit sums: the exact Python value
+
+
+def test_staging_rows_equal_for_refs_and_batches():
+    records = [ObservedCall(**rec(tenant=f"t{i % 4}", requests=1)) for i in range(40)]
+    batches = [CallBatch(batch_id=f"b{i}", node="n", seq=i, records=records) for i in range(3)]
+    refs = [BatchRef(Meta(b.batch_id, b.node, b.seq, len(b.records), False), CODEC.encode(b)) for b in batches]
+    assert staging_rows(refs) == staging_rows(batches)
+    assert [r[9] for r in staging_rows(refs)] == [30] * 4
+
+
+_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+_int = st.one_of(st.integers(0, 200), st.integers(-(2**63), 2**64 - 1))
+
+
+@st.composite
+def payloads(draw) -> bytes:
+    records = []
+    for _ in range(draw(st.integers(0, 6))):
+        r = rec(
+            window_start_us=draw(st.sampled_from([0, 60_000_000, 61_000_000])),
+            tenant=draw(st.sampled_from(["", "a", "b"]) | _text),
+            src_workload=draw(st.sampled_from(["api", "web"])),
+            protocol=draw(st.sampled_from(PROTOCOLS)),
+        )
+        if draw(st.booleans()):
+            r["tenant_method"] = draw(st.sampled_from(METHODS))
+        for c in draw(st.lists(st.sampled_from(COUNTERS), max_size=4, unique=True)):
+            r[c] = draw(_int)
+        if draw(st.integers(0, 9)) == 0:
+            r["operation"] = draw(_text)
+        records.append(r)
+    body = batch(records, batch_id=draw(_text), seq=draw(st.integers(0, 2**40)))
+    if draw(st.integers(0, 4)) == 0 and body:  # a damaged payload now and then
+        i = draw(st.integers(0, len(body) - 1))
+        body = body[:i] + bytes([draw(st.integers(0, 255))]) + body[i + 1 :]
+    return body
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(payloads(), min_size=1, max_size=4))
+def test_generated_payloads_equal_msgspec(group):
+    check(group)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_wrong(body):
+    check([body])
