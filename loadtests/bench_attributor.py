@@ -28,15 +28,27 @@ import nats
 from nats.errors import TimeoutError as NatsTimeout
 
 from costmesh.attributor import service
-from costmesh.attributor.apply import STAGING_COLUMNS
 from costmesh.attributor.synth import generate
 from costmesh.common import natsio
 from costmesh.common.config import AttributorConfig, Config, NatsConfig
 from costmesh.common.embedded import EmbeddedNats, EmbeddedPostgres
 from costmesh.common.runtime import ServiceContext
-from costmesh.common.schemas import Codec
+from costmesh.common.schemas import COUNTERS, Codec
 
 TARGET = 300_000
+#: One row per record for the COPY baseline: the record's key and counters, as a plain ingest would store them.
+RECORD_COLUMNS = (
+    "window_start_us",
+    "tenant",
+    "tenant_method",
+    "feature",
+    "agent",
+    "src_workload",
+    "dst",
+    "protocol",
+    "operation",
+    *COUNTERS,
+)
 
 
 async def publish(js, batches) -> float:
@@ -67,7 +79,7 @@ async def raw_consume(js, stream: str, n_batches: int, fetch: int) -> float:
 
 async def raw_copy(dsn: str, batches) -> tuple[float, int]:
     codec = Codec()
-    as_row = operator.attrgetter(*STAGING_COLUMNS)
+    as_row = operator.attrgetter(*RECORD_COLUMNS)
     rows = [as_row(r) for _bid, data in batches for r in codec.decode_batch(data).records]
     conn = await asyncpg.connect(dsn)
     try:
@@ -79,7 +91,7 @@ async def raw_copy(dsn: str, batches) -> tuple[float, int]:
         )
         start = time.perf_counter()
         for i in range(0, len(rows), 32_000):
-            await conn.copy_records_to_table("copy_baseline", records=rows[i : i + 32_000], columns=STAGING_COLUMNS)
+            await conn.copy_records_to_table("copy_baseline", records=rows[i : i + 32_000], columns=RECORD_COLUMNS)
         return time.perf_counter() - start, len(rows)
     finally:
         await conn.close()

@@ -3,8 +3,9 @@ Python object per record.
 
 Reads: encoded ``CallBatch`` payloads as the redactor publishes them (msgpack maps, ``costmesh.common.schemas``).
 Emits: per payload its identity (batch id, node, seq, record count, whether any record carries tokens), and on
-``rows()`` the staging tuples of every payload added, summed per (window, tenant, method, feature, agent, source,
-destination, protocol, operation) -- what ``apply.staging_rows`` computes from decoded batches, in the same order.
+``rows()`` the ``staging_agg`` rows of every payload added: per minute (``window_start_us / 60_000_000``, truncated as
+PostgreSQL divides bigints), tenant, method, feature, agent, source, destination, protocol and operation (kept for
+queue protocols only, where it names the topic), the sums of the nine counters and the first and last window start.
 
 Why: decoding ~500 records per batch into ``ObservedCall`` objects and folding them in a dict cost the attributor
 ~3 CPU-s per million records, more than PostgreSQL spends writing them. Here the records are read in place (key
@@ -101,6 +102,11 @@ for _i in range(NPROTO):
 cdef Py_ssize_t METHOD_LEN[NMETHOD]
 for _i in range(NMETHOD):
     METHOD_LEN[_i] = len(<bytes>METHODS[_i])
+# 1 + index in PROTOCOLS of the queue protocols (apply.QUEUE_PROTOCOLS)
+DEF QUEUE_KAFKA = 5
+DEF QUEUE_AMQP = 8
+DEF QUEUE_NATS = 9
+QUEUE_PROTOCOLS = ("kafka", "amqp", "nats")
 cdef const char* UNALLOCATED = b"unallocated"
 cdef const char* EMPTY = b""
 
@@ -124,13 +130,16 @@ cdef struct Slice:
 
 cdef struct Rec:
     int64_t window
+    int64_t minute
     Slice key[NKEY]
     int64_t count[NCOUNT]
 
 
 cdef struct Entry:
     uint64_t hash
-    int64_t window
+    int64_t minute
+    int64_t first
+    int64_t last
     Slice key[NKEY]
     i128 sums[NCOUNT]
 
@@ -337,10 +346,11 @@ cdef inline int is_name(Slice s, const char* name, Py_ssize_t n) noexcept nogil:
 
 
 cdef int one_of(Slice s, const char** names, const Py_ssize_t* lens, int count) noexcept nogil:
+    """1 + the index of ``s`` in ``names``, or 0."""
     cdef int i
     for i in range(count):
         if is_name(s, names[i], lens[i]):
-            return 1
+            return i + 1
     return 0
 
 
@@ -349,7 +359,7 @@ cdef int parse_record(Cursor* c, Rec* r, int* has_tokens) noexcept nogil:
     cdef Py_ssize_t n, i
     cdef Slice name, s
     cdef uint32_t seen = 0
-    cdef int f, hint = 0, k
+    cdef int f, hint = 0, k, proto = 0
     cdef int64_t v
     if read_map(c, &n):
         return -1
@@ -388,8 +398,10 @@ cdef int parse_record(Cursor* c, Rec* r, int* has_tokens) noexcept nogil:
                 return -1
             if not valid_utf8(<const uint8_t*>s.p, s.n):
                 return -1
-            if f == F_PROTO and not one_of(s, PROTOCOLS, PROTOCOL_LEN, NPROTO):
-                return -1
+            if f == F_PROTO:
+                proto = one_of(s, PROTOCOLS, PROTOCOL_LEN, NPROTO)
+                if not proto:
+                    return -1
             if f == F_METHOD and not one_of(s, METHODS, METHOD_LEN, NMETHOD):
                 return -1
             if KEY_OF[f] >= 0:
@@ -397,6 +409,10 @@ cdef int parse_record(Cursor* c, Rec* r, int* has_tokens) noexcept nogil:
     # required: window_start_us, window_end_us, node, src_workload, dst, protocol
     if (seen & 0x7e) != 0x7e:
         return -1
+    r.minute = r.window / 60000000  # C truncates toward zero, as PostgreSQL's bigint division does
+    if not (proto == QUEUE_KAFKA or proto == QUEUE_AMQP or proto == QUEUE_NATS):
+        r.key[7].p = EMPTY  # the operation is kept for queue calls only (the topic); elsewhere it is not a key
+        r.key[7].n = 0
     for k in range(5, NCOUNT):
         if r.count[k]:
             has_tokens[0] = 1
@@ -413,7 +429,7 @@ cdef inline uint64_t mix(uint64_t h) noexcept nogil:
 
 
 cdef uint64_t hash_rec(Rec* r) noexcept nogil:
-    cdef uint64_t h = mix(<uint64_t>r.window ^ <uint64_t>0x9e3779b97f4a7c15)
+    cdef uint64_t h = mix(<uint64_t>r.minute ^ <uint64_t>0x9e3779b97f4a7c15)
     cdef uint64_t w
     cdef Py_ssize_t i, n
     cdef const char* p
@@ -438,7 +454,7 @@ cdef uint64_t hash_rec(Rec* r) noexcept nogil:
 
 cdef inline int same_key(Entry* e, Rec* r) noexcept nogil:
     cdef int k
-    if e.window != r.window:
+    if e.minute != r.minute:
         return 0
     for k in range(NKEY):
         if e.key[k].n != r.key[k].n or not eq(e.key[k].p, r.key[k].p, r.key[k].n):
@@ -583,6 +599,10 @@ cdef class Folder:
             if e.hash == h and same_key(e, r):
                 for k in range(NCOUNT):
                     e.sums[k] += r.count[k]
+                if r.window < e.first:
+                    e.first = r.window
+                if r.window > e.last:
+                    e.last = r.window
                 return 0
             j = (j + 1) & (self.n_slots - 1)
         if self.n_entries == self.cap_entries:
@@ -594,7 +614,9 @@ cdef class Folder:
             self.cap_entries *= 2
         e = &self.entries[self.n_entries]
         e.hash = h
-        e.window = r.window
+        e.minute = r.minute
+        e.first = r.window
+        e.last = r.window
         for k in range(NKEY):
             e.key[k] = r.key[k]
         for k in range(NCOUNT):
@@ -643,9 +665,10 @@ cdef class Folder:
         cdef object value
         for rec in records:
             r.window = rec.window_start_us
+            r.minute = r.window / 60000000
             fields = (
                 rec.tenant, rec.tenant_method, rec.feature, rec.agent, rec.src_workload, rec.dst, rec.protocol,
-                rec.operation,
+                rec.operation if rec.protocol in QUEUE_PROTOCOLS else "",
             )
             for k in range(NKEY):
                 b = (<str>fields[k]).encode()
@@ -696,17 +719,19 @@ cdef class Folder:
         return NULL
 
     def rows(self) -> list:
-        """The staging tuples, one per (window, key), in order of first appearance."""
+        """The ``staging_agg`` tuples, one per (minute, key), in order of first appearance."""
         cdef Py_ssize_t i
         cdef int k
         cdef Entry* e
         out = []
         for i in range(self.n_entries):
             e = &self.entries[i]
-            row = [e.window]
+            row = [e.minute]
             for k in range(NKEY):
                 row.append(PyUnicode_DecodeUTF8(e.key[k].p, e.key[k].n, NULL))
             for k in range(NCOUNT):
                 row.append(to_int(e.sums[k]))
+            row.append(e.first)
+            row.append(e.last)
             out.append(tuple(row))
         return out

@@ -13,24 +13,21 @@ import msgspec
 
 from costmesh.common.schemas import COUNTERS, Codec, ObservedCall
 
-_KEY = (
-    "window_start_us",
-    "tenant",
-    "tenant_method",
-    "feature",
-    "agent",
-    "src_workload",
-    "dst",
-    "protocol",
-    "operation",
-)
-_key_of = operator.attrgetter(*_KEY)
+#: Protocols whose operation (the topic) is part of the key; elsewhere the operation is not kept.
+QUEUE_PROTOCOLS = ("kafka", "amqp", "nats")
+_MINUTE_US = 60_000_000
 _values_of = operator.attrgetter(*COUNTERS)
 _codec = Codec()
 
 
+def minute_of(window_start_us: int) -> int:
+    """``window_start_us / 60000000`` as PostgreSQL divides bigints (truncated toward zero)."""
+    q = abs(window_start_us) // _MINUTE_US
+    return q if window_start_us >= 0 else -q
+
+
 class Folder:
-    """Accumulates staging rows over the payloads (and decoded records) of one group."""
+    """Accumulates ``staging_agg`` rows over the payloads (and decoded records) of one group."""
 
     def __init__(self) -> None:
         self._groups: dict[tuple, list[int]] = {}
@@ -56,14 +53,27 @@ class Folder:
     def add_records(self, records: Iterable[ObservedCall]) -> None:
         groups = self._groups
         for r in records:
-            key = _key_of(r)
-            sums = groups.get(key)
-            if sums is None:
-                groups[key] = list(_values_of(r))
+            key = (
+                minute_of(r.window_start_us),
+                r.tenant,
+                r.tenant_method,
+                r.feature,
+                r.agent,
+                r.src_workload,
+                r.dst,
+                r.protocol,
+                r.operation if r.protocol in QUEUE_PROTOCOLS else "",
+            )
+            acc = groups.get(key)
+            w = r.window_start_us
+            if acc is None:
+                groups[key] = [*_values_of(r), w, w]
             else:
                 for i, v in enumerate(_values_of(r)):
-                    sums[i] += v
+                    acc[i] += v
+                acc[-2] = min(acc[-2], w)
+                acc[-1] = max(acc[-1], w)
             self.records += 1
 
     def rows(self) -> list[tuple]:
-        return [key + tuple(sums) for key, sums in self._groups.items()]
+        return [key + tuple(acc) for key, acc in self._groups.items()]

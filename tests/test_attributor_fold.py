@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from costmesh.attributor.apply import STAGING_COLUMNS, staging_rows
+from costmesh.attributor.apply import AGG_COLUMNS, QUEUE_PROTOCOLS, staging_rows
 from costmesh.attributor.fold import BatchRef, Meta, fold_group
 from costmesh.common.schemas import COUNTERS, CallBatch, Codec, ObservedCall
 from costmesh.native import _fold_py
@@ -39,10 +39,14 @@ def reference(payloads: list[bytes]) -> tuple[list, list[tuple]]:
         toks = any(r.tokens_in or r.tokens_out or r.tokens_cached or r.tokens_reasoning for r in b.records)
         metas.append((b.batch_id, b.node, b.seq, len(b.records), toks))
         for r in b.records:
-            key = tuple(getattr(r, c) for c in STAGING_COLUMNS[:9])
-            acc = sums.setdefault(key, [0] * len(COUNTERS))
+            w = r.window_start_us
+            minute = int(w / 60_000_000) if abs(w) < 2**52 else (abs(w) // 60_000_000) * (1 if w >= 0 else -1)
+            op = r.operation if r.protocol in QUEUE_PROTOCOLS else ""
+            key = (minute, *(getattr(r, c) for c in AGG_COLUMNS[1:8]), op)
+            acc = sums.setdefault(key, [0] * len(COUNTERS) + [w, w])
             for i, c in enumerate(COUNTERS):
                 acc[i] += getattr(r, c)
+            acc[-2], acc[-1] = min(acc[-2], w), max(acc[-1], w)
     return metas, [k + tuple(v) for k, v in sums.items()]
 
 
@@ -88,10 +92,10 @@ def test_folds_per_window_and_key_in_order_of_first_appearance():
         folder = cls()
         assert [m[-1] for m in folder.add_many(payloads)] == [False, True, False]
         rows = folder.rows()
-        assert [(r[0], r[1], r[9], r[13], r[14]) for r in rows] == [
-            (60_000_000, "a", 4, 5, 0),
-            (60_000_000, "b", 6, 0, 9),
-            (120_000_000, "a", 1, 0, 0),
+        assert [(r[0], r[1], r[9], r[13], r[14], r[18], r[19]) for r in rows] == [
+            (1, "a", 4, 5, 0, 60_000_000, 60_000_000),
+            (1, "b", 6, 0, 9, 60_000_000, 60_000_000),
+            (2, "a", 1, 0, 0, 120_000_000, 120_000_000),
         ]
         assert rows[0][2] == "unallocated" and rows[0][1:9] == (
             "a",
@@ -161,6 +165,42 @@ def test_duplicate_field_last_wins_in_msgspec_and_is_declined():
     check([payload])
 
 
+def test_one_row_per_minute_with_first_and_last_window_and_the_topic_of_queue_calls_only():
+    payloads = [
+        batch(
+            [
+                rec(window_start_us=61_000_000, operation="SELECT 1", requests=1),
+                rec(window_start_us=119_000_000, operation="SELECT 2", requests=2),
+                rec(window_start_us=62_000_000, protocol="kafka", operation="produce orders", requests=4),
+                rec(window_start_us=63_000_000, protocol="kafka", operation="produce refunds", requests=8),
+                rec(window_start_us=-61_000_000, requests=16),  # truncated toward zero, as PostgreSQL divides
+            ]
+        )
+    ]
+    for cls in FOLDERS.values():
+        folder = cls()
+        folder.add_many(payloads)
+        rows = folder.rows()
+        assert [(r[0], r[7], r[8], r[9], r[18], r[19]) for r in rows] == [
+            (1, "postgres", "", 3, 61_000_000, 119_000_000),
+            (1, "kafka", "produce orders", 4, 62_000_000, 62_000_000),
+            (1, "kafka", "produce refunds", 8, 63_000_000, 63_000_000),
+            (-1, "postgres", "", 16, -61_000_000, -61_000_000),
+        ]
+    check(payloads)
+
+
+def test_queue_protocols_agree():
+    assert QUEUE_PROTOCOLS == _fold.QUEUE_PROTOCOLS == _fold_py.QUEUE_PROTOCOLS
+
+
+def test_window_beyond_int64_is_malformed():
+    payload = batch([rec(window_start_us=2**64 - 1)])
+    assert CODEC.decode_batch(payload).records[0].window_start_us == 2**64 - 1  # msgspec takes it
+    assert _fold.Folder().add(payload) is None
+    assert "64-bit" in fold_group([payload]).metas[0]
+
+
 def test_records_and_payloads_fold_into_the_same_rows():
     records = [ObservedCall(**rec(tenant=f"t{i % 3}", requests=i, bytes_out=2**63 - 1)) for i in range(10)]
     payload = CODEC.encode(CallBatch(batch_id="x", node="n", seq=1, records=records))
@@ -189,7 +229,7 @@ def payloads(draw) -> bytes:
     records = []
     for _ in range(draw(st.integers(0, 6))):
         r = rec(
-            window_start_us=draw(st.sampled_from([0, 60_000_000, 61_000_000])),
+            window_start_us=draw(st.sampled_from([0, 60_000_000, 61_000_000, -1, -60_000_001])),
             tenant=draw(st.sampled_from(["", "a", "b"]) | _text),
             src_workload=draw(st.sampled_from(["api", "web"])),
             protocol=draw(st.sampled_from(PROTOCOLS)),

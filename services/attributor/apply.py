@@ -28,9 +28,10 @@ from costmesh.common.prices import PriceTable
 from costmesh.common.schemas import COUNTERS, CallBatch, ObservedCall
 from costmesh.native.fold import Folder
 
-#: The staging columns, in COPY order; one ``attrgetter`` turns a record into this tuple at C speed.
-STAGING_COLUMNS: tuple[str, ...] = (
-    "window_start_us",
+#: The columns of ``staging_agg``, in COPY order: what ``costmesh.native.fold`` emits per (minute, key), the operation
+#: kept for queue calls only (it names the topic), the counters summed, the first and last window start.
+AGG_COLUMNS: tuple[str, ...] = (
+    "m",
     "tenant",
     "tenant_method",
     "feature",
@@ -40,6 +41,8 @@ STAGING_COLUMNS: tuple[str, ...] = (
     "protocol",
     "operation",
     *COUNTERS,
+    "first_us",
+    "last_us",
 )
 
 #: Protocols whose destination is a topic or queue: kept as producer → topic → consumer in the graph.
@@ -48,13 +51,6 @@ QUEUE_PROTOCOLS = ("kafka", "amqp", "nats")
 CREATE_STAGING = """
 SET temp_buffers = '256MB';
 SET work_mem = '256MB';
-CREATE TEMP TABLE IF NOT EXISTS staging_calls (
-    window_start_us bigint NOT NULL, tenant text NOT NULL, tenant_method text NOT NULL, feature text NOT NULL,
-    agent text NOT NULL, src_workload text NOT NULL, dst text NOT NULL, protocol text NOT NULL, operation text NOT NULL,
-    requests bigint NOT NULL, errors bigint NOT NULL, bytes_in bigint NOT NULL, bytes_out bigint NOT NULL,
-    busy_us bigint NOT NULL, tokens_in bigint NOT NULL, tokens_out bigint NOT NULL, tokens_cached bigint NOT NULL,
-    tokens_reasoning bigint NOT NULL
-) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS staging_agg (
     m bigint NOT NULL, tenant text NOT NULL, tenant_method text NOT NULL, feature text NOT NULL, agent text NOT NULL,
     src_workload text NOT NULL, dst text NOT NULL, protocol text NOT NULL, operation text NOT NULL,
@@ -75,20 +71,8 @@ CREATE TEMP TABLE IF NOT EXISTS staging_ai (
 ) ON COMMIT DELETE ROWS;
 """
 
-_MINUTE_SQL = "to_timestamp((window_start_us - window_start_us % 60000000) / 1000000)"
-
 _MEASURES = COUNTERS
 _KEY = ("minute", "tenant", "tenant_method", "feature", "agent", "src_workload", "dst", "protocol")
-
-#: The only pass over the raw records: per minute and full key (plus the operation of queue calls, which names the
-#: topic). Every statement after it reads this much smaller table.
-FILL_AGG = f"""
-INSERT INTO staging_agg
-SELECT window_start_us / 60000000, tenant, tenant_method, feature, agent, src_workload, dst, protocol,
-    CASE WHEN protocol IN {QUEUE_PROTOCOLS!r} THEN operation ELSE '' END,
-    {", ".join(f"sum({m})" for m in _MEASURES)}, min(window_start_us), max(window_start_us)
-FROM staging_calls GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
-"""
 
 MERGE_CONSUMPTION = f"""
 INSERT INTO consumption_minute AS c ({", ".join(_KEY)}, {", ".join(_MEASURES)})
@@ -190,7 +174,7 @@ ON CONFLICT (minute) DO UPDATE SET gen = d.gen + 1
 """
 
 #: Every statement after the COPY, in order, as one simple-protocol message: one round trip per group.
-MERGE_ALL = ";\n".join((FILL_AGG, MERGE_CONSUMPTION, FILL_EDGES, MERGE_EDGES, MERGE_NODES, MERGE_QUEUES, MARK_DIRTY))
+MERGE_ALL = ";\n".join((MERGE_CONSUMPTION, FILL_EDGES, MERGE_EDGES, MERGE_NODES, MERGE_QUEUES, MARK_DIRTY))
 
 _RECORD_IDS = """
 WITH ins AS (
@@ -261,11 +245,12 @@ async def prepare(conn: asyncpg.Connection) -> None:
 
 
 def staging_rows(batches: Sequence[CallBatch]) -> list[tuple]:
-    """The records of ``batches`` as staging tuples, summed per (window, key), in order of first appearance.
+    """The records of ``batches`` as ``staging_agg`` tuples (``AGG_COLUMNS``), summed per (minute, key), in order of
+    first appearance.
 
-    Records of one key and window arrive from many nodes and batches; folding them here sends PostgreSQL a fraction
-    of the rows to copy and aggregate. A batch that still holds its payload (``fold.BatchRef``) is folded straight
-    from the msgpack bytes in C (``costmesh.native.fold``); decoded records are folded into the same rows.
+    Records of one key and minute arrive from many nodes, batches and windows; folding them here sends PostgreSQL a
+    fraction of the rows to copy and aggregate. A batch that still holds its payload (``fold.BatchRef``) is folded
+    straight from the msgpack bytes in C (``costmesh.native.fold``); decoded records are folded into the same rows.
     """
     folder = Folder()
     for b in batches:
@@ -312,7 +297,7 @@ async def apply_batches(
                 ai.extend(more_rows)
                 costs.extend(more_costs)
         if rows:
-            await conn.copy_records_to_table("staging_calls", records=rows, columns=STAGING_COLUMNS)
+            await conn.copy_records_to_table("staging_agg", records=rows, columns=AGG_COLUMNS)
             await conn.execute(MERGE_ALL)
         if ai:
             await conn.executemany(

@@ -2,9 +2,9 @@
 worker processes (``attributor.fold_processes``).
 
 Reads: the raw message payloads of one fetched group. Emits a ``FoldedGroup``: per message either the batch's
-identity and size or why it could not be decoded, plus the staging rows of the whole group, summed per window and key
-(``costmesh.native.fold``). The consumer keeps the payloads: the rare batch it needs in full (one seen before, one with
-AI tokens to price) it decodes itself, on demand (``BatchRef``).
+identity and size or why it could not be decoded, plus the ``staging_agg`` rows of the whole group, summed per
+minute and key (``costmesh.native.fold``). The consumer keeps the payloads: the rare batch it needs in full (one seen
+before, one with AI tokens to price) it decodes itself, on demand (``BatchRef``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from costmesh.native.fold import Folder
 
 _codec: Codec | None = None
 _PR_SET_PDEATHSIG = 1
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
 def _the_codec() -> Codec:
@@ -69,6 +70,9 @@ def fold_group(payloads: list[bytes]) -> FoldedGroup:
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
             # msgspec raises UnicodeDecodeError (not DecodeError) for a string that is not UTF-8
             out.metas.append(str(exc))
+            continue
+        if any(not (_I64_MIN <= r.window_start_us <= _I64_MAX) for r in b.records):
+            out.metas.append("window_start_us beyond a 64-bit integer (PostgreSQL bigint)")
             continue
         folder.add_records(b.records)
         has_tokens = any(r.tokens_in or r.tokens_out or r.tokens_cached or r.tokens_reasoning for r in b.records)
