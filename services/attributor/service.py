@@ -180,8 +180,9 @@ MAX_ACK_PENDING = 4096
 
 
 def fetch_size(cfg) -> int:
-    """Messages per fetch, capped so that every group in the pipeline (folding, two queued, being written, being
-    acknowledged) fits in ``MAX_ACK_PENDING``; past it the server stops delivering and the pipeline stalls."""
+    """Messages per fetch, capped so that every group in the pipeline (folding, one queued, being written, being
+    acknowledged, and one of margin) fits in ``MAX_ACK_PENDING``; past it the server stops delivering and the
+    pipeline stalls. The same bound limits memory: at most that many groups of payloads are held at once."""
     in_pipeline = max(cfg.attributor.fold_processes, 1) + 4
     return max(1, min(cfg.attributor.fetch_batch, MAX_ACK_PENDING // in_pipeline))
 
@@ -222,9 +223,10 @@ async def main(ctx: ServiceContext) -> None:
     upkeep = asyncio.create_task(maintenance_loop(ctx), name="attributor-maintenance")
     alerts = asyncio.create_task(detector_loop(ctx, nc), name="attributor-detector")
     ctx.ready = True
-    # Two stages: the feeder fetches, decodes and builds staging rows for the next group while the writer's
-    # transaction for the current group runs in PostgreSQL (the two use different cores).
-    groups: asyncio.Queue[Prepared] = asyncio.Queue(maxsize=2)
+    # A pipeline: the feeder fetches the next group and folds it (in a thread, without the GIL) while the writer's
+    # transaction for the current group runs in PostgreSQL and the previous group is acknowledged. One folded group
+    # waits at most: a deeper queue only held more payloads in memory, it did not add throughput.
+    groups: asyncio.Queue[Prepared] = asyncio.Queue(maxsize=1)
     folders: Executor = (
         ProcessPoolExecutor(
             cfg.attributor.fold_processes,
