@@ -14,8 +14,8 @@ without the GIL, so a thread can fold one group while the event loop talks to NA
 
 Correctness first: ``add`` answers only when the result is certain to equal msgspec's decode of the same payload
 (``Codec.decode_batch``). On anything unusual -- a field it does not know (a newer contract), a duplicate field, a
-``flows`` list, a value of another msgpack type, an integer beyond int64, invalid UTF-8, a protocol or method outside
-the contract's Literal, trailing bytes -- it returns ``None`` and adds nothing; the caller then decodes the payload with
+``flows`` list, a value of another msgpack type, an integer beyond int64, invalid UTF-8 or a NUL in a string, a
+protocol or method outside the contract's Literal, trailing bytes -- it returns ``None`` and adds nothing; the caller then decodes the payload with
 msgspec (which raises the precise error, or succeeds and the records are added with ``add_records``). Sums are kept in
 128 bits, so they equal Python's unbounded sums for any group that fits in memory.
 """
@@ -284,17 +284,23 @@ cdef inline int read_array(Cursor* c, Py_ssize_t* out) noexcept nogil:
 
 
 cdef int valid_utf8(const uint8_t* s, Py_ssize_t n) noexcept nogil:
-    """1 when ``s`` is strict UTF-8 as CPython decodes it (no overlongs, no surrogates, nothing past U+10FFFF)."""
+    """1 when ``s`` is strict UTF-8 as CPython decodes it (no overlongs, no surrogates, nothing past U+10FFFF) and
+    holds no NUL, which PostgreSQL text cannot store (msgspec takes it; ``fold_group`` then refuses the batch)."""
     cdef Py_ssize_t i = 0
     cdef uint8_t b, b1
     cdef uint64_t w
     while i < n:
         if i + 8 <= n:
             memcpy(&w, s + i, 8)
-            if (w & <uint64_t>0x8080808080808080) == 0:
+            # all ASCII, and no zero byte (the classic "has a zero byte" test)
+            if (w & <uint64_t>0x8080808080808080) == 0 and (
+                ((w - <uint64_t>0x0101010101010101) & ~w & <uint64_t>0x8080808080808080) == 0
+            ):
                 i += 8
                 continue
         b = s[i]
+        if b == 0:
+            return 0
         if b < 0x80:
             i += 1
         elif 0xc2 <= b <= 0xdf:

@@ -26,6 +26,16 @@ def minute_of(window_start_us: int) -> int:
     return q if window_start_us >= 0 else -q
 
 
+_STR_FIELDS = tuple(f.name for f in msgspec.structs.fields(ObservedCall) if f.type is str)
+
+
+def holds_nul(batch) -> bool:
+    """Whether any string of the batch holds a NUL, which PostgreSQL text cannot store."""
+    if "\x00" in batch.batch_id or "\x00" in batch.node:
+        return True
+    return any("\x00" in getattr(r, f) for r in batch.records for f in _STR_FIELDS)
+
+
 class Folder:
     """Accumulates ``staging_agg`` rows over the payloads (and decoded records) of one group."""
 
@@ -41,8 +51,8 @@ class Folder:
             batch = _codec.decode_batch(payload)
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
             return None
-        if batch.flows:
-            return None  # as the compiled fold: the caller decodes it (and sees the flows) itself
+        if batch.flows or holds_nul(batch):
+            return None  # as the compiled fold: the caller decodes it itself (and sees the flows, or refuses the NUL)
         self.add_records(batch.records)
         has_tokens = any(r.tokens_in or r.tokens_out or r.tokens_cached or r.tokens_reasoning for r in batch.records)
         return (batch.batch_id, batch.node, batch.seq, len(batch.records), has_tokens)

@@ -14,6 +14,7 @@ from costmesh.attributor.apply import AGG_COLUMNS, QUEUE_PROTOCOLS, staging_rows
 from costmesh.attributor.fold import BatchRef, Meta, fold_group
 from costmesh.common.schemas import COUNTERS, CallBatch, Codec, ObservedCall
 from costmesh.native import _fold_py
+from costmesh.native._fold_py import holds_nul
 
 try:
     from costmesh.native import _fold
@@ -35,6 +36,9 @@ def reference(payloads: list[bytes]) -> tuple[list, list[tuple]]:
             b = CODEC.decode_batch(p)
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
             metas.append(None)
+            continue
+        if holds_nul(b) or any(not (-(2**63) <= r.window_start_us < 2**63) for r in b.records):
+            metas.append(None)  # msgspec takes it, PostgreSQL could not store it: malformed for the attributor
             continue
         toks = any(r.tokens_in or r.tokens_out or r.tokens_cached or r.tokens_reasoning for r in b.records)
         metas.append((b.batch_id, b.node, b.seq, len(b.records), toks))
@@ -192,6 +196,16 @@ def test_one_row_per_minute_with_first_and_last_window_and_the_topic_of_queue_ca
 
 def test_queue_protocols_agree():
     assert QUEUE_PROTOCOLS == _fold.QUEUE_PROTOCOLS == _fold_py.QUEUE_PROTOCOLS
+
+
+@pytest.mark.parametrize("field", ["tenant", "operation", "model", "tenant_rule"])
+def test_nul_in_a_string_is_malformed(field):
+    payload = batch([rec(**{field: "a\x00b"})])
+    assert getattr(CODEC.decode_batch(payload).records[0], field) == "a\x00b"  # msgspec takes it
+    for cls in FOLDERS.values():
+        assert cls().add(payload) is None
+    assert "NUL" in fold_group([payload]).metas[0]
+    check([payload, batch([rec(tenant="x" * 20 + "\x00")], batch_id="\x00")])
 
 
 def test_window_beyond_int64_is_malformed():

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from costmesh.common.schemas import Codec, ObservedCall
+from costmesh.native._fold_py import holds_nul
 from costmesh.native.fold import Folder
 
 _codec: Codec | None = None
@@ -73,6 +74,9 @@ def fold_group(payloads: list[bytes]) -> FoldedGroup:
             continue
         if any(not (_I64_MIN <= r.window_start_us <= _I64_MAX) for r in b.records):
             out.metas.append("window_start_us beyond a 64-bit integer (PostgreSQL bigint)")
+            continue
+        if holds_nul(b):
+            out.metas.append("a string holds a NUL character (PostgreSQL text cannot store it)")
             continue
         folder.add_records(b.records)
         has_tokens = any(r.tokens_in or r.tokens_out or r.tokens_cached or r.tokens_reasoning for r in b.records)
