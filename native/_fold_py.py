@@ -7,6 +7,7 @@ fold it has no fast path to fall out of: ``add`` answers whenever ``Codec.decode
 from __future__ import annotations
 
 import operator
+import struct
 from collections.abc import Iterable
 
 import msgspec
@@ -36,6 +37,15 @@ def holds_nul(batch) -> bool:
     return any("\x00" in getattr(r, f) for r in batch.records for f in _STR_FIELDS)
 
 
+_INT_FIELDS = ("window_start_us", "window_end_us", *COUNTERS)
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+def ints_fit(batch) -> bool:
+    """Whether every integer the store keeps fits a bigint (msgspec takes up to 2**64 - 1)."""
+    return all(_I64_MIN <= getattr(r, f) <= _I64_MAX for r in batch.records for f in _INT_FIELDS)
+
+
 class Folder:
     """Accumulates ``staging_agg`` rows over the payloads (and decoded records) of one group."""
 
@@ -51,7 +61,7 @@ class Folder:
             batch = _codec.decode_batch(payload)
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
             return None
-        if batch.flows or holds_nul(batch):
+        if batch.flows or holds_nul(batch) or not ints_fit(batch):
             return None  # as the compiled fold: the caller decodes it itself (and sees the flows, or refuses the NUL)
         self.add_records(batch.records)
         has_tokens = any(r.tokens_in or r.tokens_out or r.tokens_cached or r.tokens_reasoning for r in batch.records)
@@ -84,6 +94,25 @@ class Folder:
                 acc[-2] = min(acc[-2], w)
                 acc[-1] = max(acc[-1], w)
             self.records += 1
+
+    def copy_data(self) -> bytes:
+        """The rows as PostgreSQL binary COPY data (``b""`` when there are none)."""
+        if not self._groups:
+            return b""
+        out = [b"PGCOPY\n\xff\r\n\x00", bytes(8)]
+        int8 = struct.Struct(">iq").pack
+        for row in self.rows():
+            out.append(struct.pack(">h", len(row)))
+            for v in row:
+                if isinstance(v, str):
+                    b = v.encode()
+                    out.append(struct.pack(">i", len(b)) + b)
+                else:
+                    if not -(2**63) <= v < 2**63:
+                        raise OverflowError(f"a sum does not fit a bigint: {v}")
+                    out.append(int8(8, v))
+        out.append(b"\xff\xff")
+        return b"".join(out)
 
     def rows(self) -> list[tuple]:
         return [key + tuple(acc) for key, acc in self._groups.items()]

@@ -55,14 +55,14 @@ async def test_group_applies_once_and_skips_repeats(fresh_dsn):
 async def test_prepared_rows_of_a_group_with_a_repeated_batch_count_it_once(fresh_dsn):
     """The feeder folds every fetched message; when one batch id comes twice in a group (a copy re-sent after the
     de-duplication window, fetched together with the first), those rows hold it twice and must not be used."""
-    from costmesh.attributor.apply import staging_rows
+    from costmesh.attributor.apply import staging_copy
 
     conn = await _conn(fresh_dsn)
     try:
         a = CallBatch(batch_id="a", node="n", seq=1, records=[call(tenant="t1", requests=2)])
         b = CallBatch(batch_id="b", node="n", seq=2, records=[call(tenant="t1", requests=5)])
         group = [a, b, a]
-        done = await apply_batches(conn, group, PriceTable(), staging_rows(group))
+        done = await apply_batches(conn, group, PriceTable(), staging_copy(group))
         assert done.fresh == {"a", "b"} and done.duplicates == 1 and done.records == 2
         assert await conn.fetchval("SELECT requests FROM consumption_minute") == 7
     finally:

@@ -5,6 +5,8 @@ always the reference rows. Checked on hand-made edge cases, generated batches an
 
 from __future__ import annotations
 
+import struct
+
 import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +16,7 @@ from costmesh.attributor.apply import AGG_COLUMNS, QUEUE_PROTOCOLS, staging_rows
 from costmesh.attributor.fold import BatchRef, Meta, fold_group
 from costmesh.common.schemas import COUNTERS, CallBatch, Codec, ObservedCall
 from costmesh.native import _fold_py
-from costmesh.native._fold_py import holds_nul
+from costmesh.native._fold_py import holds_nul, ints_fit
 
 try:
     from costmesh.native import _fold
@@ -37,7 +39,7 @@ def reference(payloads: list[bytes]) -> tuple[list, list[tuple]]:
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
             metas.append(None)
             continue
-        if holds_nul(b) or any(not (-(2**63) <= r.window_start_us < 2**63) for r in b.records):
+        if holds_nul(b) or not ints_fit(b):
             metas.append(None)  # msgspec takes it, PostgreSQL could not store it: malformed for the attributor
             continue
         toks = any(r.tokens_in or r.tokens_out or r.tokens_cached or r.tokens_reasoning for r in b.records)
@@ -52,6 +54,32 @@ def reference(payloads: list[bytes]) -> tuple[list, list[tuple]]:
                 acc[i] += getattr(r, c)
             acc[-2], acc[-1] = min(acc[-2], w), max(acc[-1], w)
     return metas, [k + tuple(v) for k, v in sums.items()]
+
+
+def parse_copy(data: bytes) -> list[tuple]:
+    """Read binary COPY data for ``AGG_COLUMNS`` back into tuples (text for the key columns, bigint elsewhere)."""
+    if not data:
+        return []
+    assert data[:19] == b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+    rows, at = [], 19
+    while True:
+        (n,) = struct.unpack_from(">h", data, at)
+        at += 2
+        if n == -1:
+            assert at == len(data)
+            return rows
+        assert n == len(AGG_COLUMNS)
+        row = []
+        for i in range(n):
+            (size,) = struct.unpack_from(">i", data, at)
+            at += 4
+            if 1 <= i <= 8:
+                row.append(data[at : at + size].decode())
+            else:
+                assert size == 8
+                row.append(struct.unpack_from(">q", data, at)[0])
+            at += size
+        rows.append(tuple(row))
 
 
 def rec(**kw) -> dict:
@@ -77,12 +105,21 @@ def check(payloads: list[bytes]) -> None:
                 assert got == want, name
                 accepted.append(p)
         assert sorted(folder.rows()) == sorted(reference(accepted)[1]), name
+        if any(not -(2**63) <= v < 2**63 for row in folder.rows() for v in row[9:]):
+            with pytest.raises(OverflowError):
+                folder.copy_data()  # sums past a bigint: refused, as asyncpg refuses such a tuple
+        else:
+            assert parse_copy(folder.copy_data()) == folder.rows(), name
+    if any(not -(2**63) <= v < 2**63 for row in rows for v in row[9:]):
+        with pytest.raises(OverflowError):
+            fold_group(payloads)
+        return
     folded = fold_group(payloads)
     for m, want in zip(folded.metas, metas, strict=True):
         assert isinstance(m, str) == (want is None)
         if want is not None:
             assert m == Meta(*want)
-    assert sorted(folded.rows) == sorted(rows)
+    assert sorted(parse_copy(folded.copy)) == sorted(rows) and folded.rows == len(rows)
     assert folded.records == sum(m[3] for m in metas if m is not None)
 
 
@@ -208,11 +245,13 @@ def test_nul_in_a_string_is_malformed(field):
     check([payload, batch([rec(tenant="x" * 20 + "\x00")], batch_id="\x00")])
 
 
-def test_window_beyond_int64_is_malformed():
-    payload = batch([rec(window_start_us=2**64 - 1)])
-    assert CODEC.decode_batch(payload).records[0].window_start_us == 2**64 - 1  # msgspec takes it
-    assert _fold.Folder().add(payload) is None
-    assert "64-bit" in fold_group([payload]).metas[0]
+@pytest.mark.parametrize("field", ["window_start_us", "window_end_us", "requests", "tokens_reasoning"])
+def test_integer_beyond_int64_is_malformed(field):
+    payload = batch([rec(**{field: 2**64 - 1})])
+    assert getattr(CODEC.decode_batch(payload).records[0], field) == 2**64 - 1  # msgspec takes it
+    for cls in FOLDERS.values():
+        assert cls().add(payload) is None
+    assert "64 bits" in fold_group([payload]).metas[0]
 
 
 def test_records_and_payloads_fold_into_the_same_rows():
@@ -224,6 +263,8 @@ def test_records_and_payloads_fold_into_the_same_rows():
         b.add_records(records)
         assert a.rows() == b.rows()
         assert a.rows()[0][12] == 4 * (2**63 - 1)  # 128-bit sums: the exact Python value
+        with pytest.raises(OverflowError, match="does not fit a bigint"):
+            a.copy_data()  # ... which a bigint cannot hold: refused as asyncpg refuses such a tuple
 
 
 def test_staging_rows_equal_for_refs_and_batches():

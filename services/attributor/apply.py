@@ -244,9 +244,8 @@ async def prepare(conn: asyncpg.Connection) -> None:
     await conn.execute(CREATE_STAGING)
 
 
-def staging_rows(batches: Sequence[CallBatch]) -> list[tuple]:
-    """The records of ``batches`` as ``staging_agg`` tuples (``AGG_COLUMNS``), summed per (minute, key), in order of
-    first appearance.
+def fold(batches: Sequence[CallBatch]) -> Folder:
+    """The records of ``batches`` summed per (minute, key) into ``staging_agg`` rows (``AGG_COLUMNS``).
 
     Records of one key and minute arrive from many nodes, batches and windows; folding them here sends PostgreSQL a
     fraction of the rows to copy and aggregate. A batch that still holds its payload (``fold.BatchRef``) is folded
@@ -257,18 +256,28 @@ def staging_rows(batches: Sequence[CallBatch]) -> list[tuple]:
         payload = getattr(b, "payload", None)
         if payload is None or folder.add(payload) is None:
             folder.add_records(b.records)
-    return folder.rows()
+    return folder
+
+
+def staging_rows(batches: Sequence[CallBatch]) -> list[tuple]:
+    """``fold(batches)`` as tuples, in order of first appearance."""
+    return fold(batches).rows()
+
+
+def staging_copy(batches: Sequence[CallBatch]) -> bytes:
+    """``fold(batches)`` as binary COPY data for ``staging_agg`` (``b""`` when there is nothing to copy)."""
+    return fold(batches).copy_data()
 
 
 async def apply_batches(
     conn: asyncpg.Connection,
     batches: Sequence[CallBatch],
     prices: PriceTable,
-    prepared: list[tuple] | None = None,
+    prepared: bytes | None = None,
 ) -> Applied:
     """Apply a group of batches in one transaction; batches applied before (or repeated in the group) change nothing.
 
-    ``prepared`` may hold ``staging_rows(batches)``, built ahead of time; it is used only when every batch turns out
+    ``prepared`` may hold ``staging_copy(batches)``, built ahead of time; it is used only when every batch turns out
     new and none is repeated in the group (otherwise the rows are folded again from the new batches alone).
     ``batches`` may also be ``fold.BatchRef``s (identity and size known, records decoded only when needed). The
     connection must have been ``prepare``d. Raises what asyncpg raises; on any error nothing was written.
@@ -289,15 +298,16 @@ async def apply_batches(
         costs: list[AiCost] = []
         new = [b for batch_id, b in unique.items() if batch_id in fresh]
         records = sum(_count(b) for b in new)
-        rows = prepared if prepared is not None and len(new) == len(batches) else staging_rows(new)
+        data = prepared if prepared is not None and len(new) == len(batches) else staging_copy(new)
         for b in new:
             flag = getattr(b, "has_tokens", None)  # known without decoding for a BatchRef
             if flag if flag is not None else _has_tokens(b.records):
                 more_rows, more_costs = ai_rows(b.records, prices)
                 ai.extend(more_rows)
                 costs.extend(more_costs)
-        if rows:
-            await conn.copy_records_to_table("staging_agg", records=rows, columns=AGG_COLUMNS)
+        if data:
+            # a memoryview: asyncpg would take plain bytes for a file path
+            await conn.copy_to_table("staging_agg", source=memoryview(data), columns=AGG_COLUMNS, format="binary")
             await conn.execute(MERGE_ALL)
         if ai:
             await conn.executemany(

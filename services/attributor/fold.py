@@ -3,8 +3,8 @@ worker processes (``attributor.fold_processes``).
 
 Reads: the raw message payloads of one fetched group. Emits a ``FoldedGroup``: per message either the batch's
 identity and size or why it could not be decoded, plus the ``staging_agg`` rows of the whole group, summed per
-minute and key (``costmesh.native.fold``). The consumer keeps the payloads: the rare batch it needs in full (one seen
-before, one with AI tokens to price) it decodes itself, on demand (``BatchRef``).
+minute and key (``costmesh.native.fold``) and written as binary COPY data. The consumer keeps the payloads: the rare
+batch it needs in full (one seen before, one with AI tokens to price) it decodes itself, on demand (``BatchRef``).
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 import msgspec
 
 from costmesh.common.schemas import Codec, ObservedCall
-from costmesh.native._fold_py import holds_nul
+from costmesh.native._fold_py import holds_nul, ints_fit
 from costmesh.native.fold import Folder
 
 _codec: Codec | None = None
 _PR_SET_PDEATHSIG = 1
-_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
 def _the_codec() -> Codec:
@@ -53,7 +52,8 @@ class Meta:
 @dataclass(slots=True)
 class FoldedGroup:
     metas: list[Meta | str] = field(default_factory=list)  # per payload: its batch, or the decoding error
-    rows: list[tuple] = field(default_factory=list)
+    copy: bytes = b""  # the staging_agg rows of the group as binary COPY data
+    rows: int = 0
     records: int = 0
 
 
@@ -72,8 +72,8 @@ def fold_group(payloads: list[bytes]) -> FoldedGroup:
             # msgspec raises UnicodeDecodeError (not DecodeError) for a string that is not UTF-8
             out.metas.append(str(exc))
             continue
-        if any(not (_I64_MIN <= r.window_start_us <= _I64_MAX) for r in b.records):
-            out.metas.append("window_start_us beyond a 64-bit integer (PostgreSQL bigint)")
+        if not ints_fit(b):
+            out.metas.append("an integer beyond 64 bits (PostgreSQL bigint cannot hold it)")
             continue
         if holds_nul(b):
             out.metas.append("a string holds a NUL character (PostgreSQL text cannot store it)")
@@ -82,7 +82,8 @@ def fold_group(payloads: list[bytes]) -> FoldedGroup:
         has_tokens = any(r.tokens_in or r.tokens_out or r.tokens_cached or r.tokens_reasoning for r in b.records)
         out.metas.append(Meta(b.batch_id, b.node, b.seq, len(b.records), has_tokens))
     out.records = folder.records
-    out.rows = folder.rows()
+    out.rows = len(folder)
+    out.copy = folder.copy_data()
     return out
 
 

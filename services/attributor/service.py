@@ -77,7 +77,7 @@ class Writer:
         batches: Sequence[CallBatch],
         stopping: asyncio.Event,
         keepalive: Callable[[], Awaitable[None]] | None = None,
-        prepared: list[tuple] | None = None,
+        prepared: bytes | None = None,
     ) -> Applied | None:
         """Apply until committed; ``None`` when asked to stop first (nothing acknowledged: the batches come back)."""
         delay = RETRY_MIN_S
@@ -134,11 +134,12 @@ def _malformed(msg, reason: str) -> None:
 
 @dataclass
 class Prepared:
-    """A fetched group, folded, with its staging rows built: what the writer applies in one transaction."""
+    """A fetched group, folded, with its staging rows built (binary COPY data): what the writer applies in one
+    transaction."""
 
     msgs: list
     batches: list[BatchRef]
-    rows: list[tuple]
+    copy: bytes
 
 
 async def feed(ctx: ServiceContext, sub, groups: asyncio.Queue[Prepared], folders: Executor) -> None:
@@ -162,7 +163,7 @@ async def feed(ctx: ServiceContext, sub, groups: asyncio.Queue[Prepared], folder
                     good.append(msg)
                     refs.append(BatchRef(meta, payload))
             if refs:
-                await groups.put(Prepared(good, refs, folded.rows))
+                await groups.put(Prepared(good, refs, folded.copy))
         finally:
             in_flight.release()
             pending.discard(asyncio.current_task())
@@ -252,7 +253,7 @@ async def main(ctx: ServiceContext) -> None:
             async def keepalive(held=group.msgs) -> None:
                 await asyncio.gather(*(m.in_progress() for m in held))
 
-            applied = await writer.apply(group.batches, ctx.stopping, keepalive, group.rows)
+            applied = await writer.apply(group.batches, ctx.stopping, keepalive, group.copy)
             if applied is None:
                 break
             if acking is not None:
