@@ -5,7 +5,8 @@ Starts a real nats-server and a real PostgreSQL on loopback (both on this machin
 
 - **attributor**: the real consumer loop (``service.main``: fetch, decode, COPY into staging, merges, commit, ack)
   draining the stream, records/s from its start to the last commit;
-- **baseline JetStream consume**: a bare pull consumer on the same stream that fetches and acks, without decoding;
+- **baseline JetStream consume**: a bare pull consumer on the same stream that fetches (the same byte-bounded pulls
+  as the attributor) and acks, without decoding;
 - **baseline asyncpg COPY**: ``copy_records_to_table`` of the same records (as tuples) into a plain table.
 
 Target: at least 300,000 records/s. Usage: ``python loadtests/bench_attributor.py [--batches 2000] [--records 500]
@@ -65,9 +66,10 @@ async def raw_consume(js, stream: str, n_batches: int, fetch: int) -> float:
     sub = await js.pull_subscribe(natsio.EVENTS_WILDCARD, durable="raw-baseline", stream=stream)
     got = 0
     start = time.perf_counter()
+    sizer = service.PullSizer()
     while got < n_batches:
         try:
-            msgs = await sub.fetch(fetch, timeout=1)
+            msgs = await service.fetch_group(sub, fetch, sizer)  # the attributor's byte-bounded pulls
         except NatsTimeout:
             continue
         await asyncio.gather(*(m.ack_sync() for m in msgs))

@@ -313,3 +313,44 @@ def test_generated_payloads_equal_msgspec(group):
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_never_wrong(body):
     check([body])
+
+
+class _Msg:
+    def __init__(self, size: int) -> None:
+        self.data = bytes(size)
+
+
+class _Sub:
+    """A pull subscription over a backlog of ``n`` messages of ``size`` bytes; records what each pull asked for."""
+
+    def __init__(self, n: int, size: int) -> None:
+        self.left, self.size, self.asked = n, size, []
+
+    async def fetch(self, batch: int, timeout: float) -> list:
+        from nats.errors import TimeoutError as NatsTimeout
+
+        self.asked.append(batch)
+        if not self.left:
+            raise NatsTimeout
+        got = min(batch, self.left)
+        self.left -= got
+        return [_Msg(self.size) for _ in range(got)]
+
+
+async def test_a_group_is_collected_in_pulls_bounded_in_bytes():
+    from costmesh.attributor.service import PULL_BYTES, WORST_PULL_BYTES, PullSizer, fetch_group
+
+    mb = 1024 * 1024
+    sizer = PullSizer(max_payload=mb)
+    sub = _Sub(2000, 100_000)
+    group = await fetch_group(sub, 512, sizer)
+    assert len(group) == 512  # a full group from a backlog, in several pulls
+    assert all(n * mb <= WORST_PULL_BYTES for n in sub.asked)  # safe even if every payload had the maximum size
+    assert len(sub.asked) == -(-512 // (WORST_PULL_BYTES // mb))
+    tail = _Sub(30, 100_000)
+    assert len(await fetch_group(tail, 512, sizer)) == 30
+    assert len(tail.asked) == 1  # the pull came back short: the stream ran dry, no waiting for more
+    sizer = PullSizer(max_payload=8 * mb)  # a server that allows large payloads; these are 2 MB
+    big = _Sub(100, 2 * mb)
+    assert len(await fetch_group(big, 64, sizer)) == 64
+    assert big.asked[0] * 8 * mb <= WORST_PULL_BYTES and all(n * 2 * mb <= PULL_BYTES for n in big.asked[1:])

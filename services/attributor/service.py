@@ -142,7 +142,9 @@ class Prepared:
     copy: bytes
 
 
-async def feed(ctx: ServiceContext, sub, groups: asyncio.Queue[Prepared], folders: Executor) -> None:
+async def feed(
+    ctx: ServiceContext, sub, groups: asyncio.Queue[Prepared], folders: Executor, max_payload: int = 1024 * 1024
+) -> None:
     """Fetch groups and fold them on ``folders`` (a thread: the compiled fold runs without the GIL; or worker
     processes); malformed messages are terminated here. Up to ``max(fold_processes, 1)`` groups fold at once, and the
     writer takes them in whatever order they finish."""
@@ -169,7 +171,7 @@ async def feed(ctx: ServiceContext, sub, groups: asyncio.Queue[Prepared], folder
             pending.discard(asyncio.current_task())
 
     try:
-        await _fetch_loop(ctx, sub, in_flight, pending, fold)
+        await _fetch_loop(ctx, sub, in_flight, pending, fold, PullSizer(max_payload))
     finally:
         for task in pending:
             task.cancel()
@@ -188,12 +190,67 @@ def fetch_size(cfg) -> int:
     return max(1, min(cfg.attributor.fetch_batch, MAX_ACK_PENDING // in_pipeline))
 
 
-async def _fetch_loop(ctx, sub, in_flight, pending, fold) -> None:
+#: Bytes one pull request may bring. nats-server cuts a client whose unread data passes its ``max_pending`` (64 MB
+#: by default) as a slow consumer; a group of 512 batches of 500 records is ~50 MB, and a single pull for ~800 of them
+#: stalled delivery for an ack wait here. So a group is collected with several pulls, each sized by the payloads
+#: seen so far to a quarter of that limit, and never more than half of it even if every payload had the maximum size.
+PULL_BYTES = 16 * 1024 * 1024
+WORST_PULL_BYTES = 32 * 1024 * 1024
+
+
+class PullSizer:
+    """How many messages one pull may ask for, from the average payload size seen and the server's maximum."""
+
+    def __init__(self, max_payload: int = 1024 * 1024) -> None:
+        self.avg_bytes = 0.0
+        self.cap = max(1, WORST_PULL_BYTES // max(max_payload, 1))
+
+    def count(self, wanted: int) -> int:
+        typical = int(PULL_BYTES // self.avg_bytes) if self.avg_bytes > 0 else self.cap
+        return max(1, min(wanted, typical, self.cap))
+
+    def observe(self, msgs: Sequence) -> None:
+        if msgs:
+            size = sum(len(m.data) for m in msgs) / len(msgs)
+            self.avg_bytes = size if self.avg_bytes <= 0 else 0.8 * self.avg_bytes + 0.2 * size
+
+
+#: How long a pull waits for its messages. A pull that brings fewer than it asked for ends the group (the stream
+#: ran dry); one cut short by this deadline (a slow link) ends it too, and its late messages start the next group.
+PULL_TIMEOUT_S = 1.0
+
+
+async def fetch_group(sub, size: int, sizer: PullSizer) -> list:
+    """Up to ``size`` messages in byte-bounded pulls; raises ``NatsTimeout`` when the first pull finds nothing.
+
+    The next pull is sent only when the previous one was filled (a backlog): a pull that brings fewer messages than
+    it asked for means the stream had no more, and the group is applied as it is.
+    """
+    asked = sizer.count(size)
+    msgs = await sub.fetch(asked, timeout=PULL_TIMEOUT_S)
+    sizer.observe(msgs)
+    full = len(msgs) >= asked
+    while full and len(msgs) < size:
+        asked = sizer.count(size - len(msgs))
+        try:
+            more = await sub.fetch(asked, timeout=PULL_TIMEOUT_S)
+        except NatsTimeout:
+            break
+        except Exception as exc:  # NATS reconnecting: apply what we have; the rest is fetched again later
+            log.warning("fetch failed, applying the part of the group already fetched", extra={"why": repr(exc)})
+            break
+        sizer.observe(more)
+        msgs += more
+        full = len(more) >= asked
+    return msgs
+
+
+async def _fetch_loop(ctx, sub, in_flight, pending, fold, sizer: PullSizer) -> None:
     size = fetch_size(ctx.config)
     while not ctx.stopping.is_set():
         await in_flight.acquire()
         try:
-            msgs = await sub.fetch(size, timeout=1)
+            msgs = await fetch_group(sub, size, sizer)
         except NatsTimeout:
             in_flight.release()
             continue
@@ -237,7 +294,9 @@ async def main(ctx: ServiceContext) -> None:
         if cfg.attributor.fold_processes > 0
         else ThreadPoolExecutor(1, thread_name_prefix="attributor-fold")
     )
-    feeder = asyncio.create_task(feed(ctx, sub, groups, folders), name="attributor-feeder")
+    feeder = asyncio.create_task(
+        feed(ctx, sub, groups, folders, nc.max_payload or 1024 * 1024), name="attributor-feeder"
+    )
     acking: asyncio.Task[None] | None = None
     try:
         while not ctx.stopping.is_set():
