@@ -32,13 +32,11 @@ cdef extern from *:
     static inline uint64_t cm_lo(cm_i128 v) { return (uint64_t)v; }
     static inline int64_t cm_hi(cm_i128 v) { return (int64_t)(v >> 64); }
     static inline int cm_fits64(cm_i128 v) { return v >= (cm_i128)INT64_MIN && v <= (cm_i128)INT64_MAX; }
-    static inline cm_i128 cm_make(int64_t hi, uint64_t lo) { return (cm_i128)(((unsigned __int128)(uint64_t)hi << 64) | lo); }
     """
     ctypedef long long i128 "cm_i128"
     uint64_t cm_lo(i128 v) nogil
     int64_t cm_hi(i128 v) nogil
     int cm_fits64(i128 v) nogil
-    i128 cm_make(int64_t hi, uint64_t lo) nogil
 
 DEF NKEY = 8  # tenant, tenant_method, feature, agent, src_workload, dst, protocol, operation
 DEF NCOUNT = 9  # schemas.COUNTERS
@@ -107,6 +105,8 @@ DEF QUEUE_KAFKA = 5
 DEF QUEUE_AMQP = 8
 DEF QUEUE_NATS = 9
 QUEUE_PROTOCOLS = ("kafka", "amqp", "nats")
+INT_FIELDS = ("window_start_us", "window_end_us", "requests", "errors", "bytes_in", "bytes_out", "busy_us", "tokens_in",
+              "tokens_out", "tokens_cached", "tokens_reasoning")
 COUNTER_NAMES = (
     "requests", "errors", "bytes_in", "bytes_out", "busy_us", "tokens_in", "tokens_out", "tokens_cached",
     "tokens_reasoning",
@@ -479,7 +479,6 @@ cdef int parse_batch(Cursor* c, Head* h, Rec** recs, Py_ssize_t* cap) noexcept n
     cdef uint32_t seen = 0
     cdef int f, k
     cdef int64_t v
-    cdef const uint8_t* rec_at = NULL
     cdef Rec* grown
     h.has_tokens = 0
     h.n_records = 0
@@ -687,11 +686,16 @@ cdef class Folder:
         return [self.add(p) for p in payloads]
 
     def add_records(self, records):
-        """Fold decoded ``ObservedCall``s (the slow path's records) into the same rows."""
+        """Fold decoded ``ObservedCall``s (the slow path's records) into the same rows. Raises ``OverflowError``, having
+        added nothing, when an integer does not fit 64 bits (msgspec takes up to 2**64 - 1; a bigint cannot)."""
         cdef Rec r
         cdef int k
         cdef bytes b
-        cdef object value
+        records = list(records)
+        for rec in records:
+            for name in INT_FIELDS:
+                if not -0x8000000000000000 <= getattr(rec, name) <= 0x7fffffffffffffff:
+                    raise OverflowError(f"{name} does not fit 64 bits: {getattr(rec, name)}")
         for rec in records:
             r.window = rec.window_start_us
             r.minute = r.window / 60000000
@@ -708,44 +712,10 @@ cdef class Folder:
                 rec.requests, rec.errors, rec.bytes_in, rec.bytes_out, rec.busy_us, rec.tokens_in, rec.tokens_out,
                 rec.tokens_cached, rec.tokens_reasoning,
             )
-            big = None
             for k in range(NCOUNT):
-                value = counts[k]
-                if -0x8000000000000000 <= value <= 0x7fffffffffffffff:
-                    r.count[k] = value
-                else:
-                    r.count[k] = 0
-                    big = (k, value) if big is None else big
-            if big is not None:
-                # values past int64 (msgspec takes up to 2**64 - 1): fold the record one counter at a time in 128 bits
-                self._fold_big(&r, counts)
-            else:
-                self.fold(&r)
+                r.count[k] = counts[k]
+            self.fold(&r)
             self.records += 1
-
-    cdef _fold_big(self, Rec* r, counts):
-        cdef int k
-        cdef Entry* e
-        cdef i128 v
-        for k in range(NCOUNT):
-            r.count[k] = 0
-        self.fold(r)  # finds or creates the entry with zero added
-        e = self._find(r)
-        for k in range(NCOUNT):
-            value = counts[k]
-            v = cm_make(<int64_t>(value >> 64), <uint64_t>(value & 0xffffffffffffffff))
-            e.sums[k] += v
-
-    cdef Entry* _find(self, Rec* r) noexcept:
-        cdef uint64_t h = hash_rec(r)
-        cdef Py_ssize_t j = <Py_ssize_t>(h & <uint64_t>(self.n_slots - 1))
-        cdef Entry* e
-        while self.slots[j] >= 0:
-            e = &self.entries[self.slots[j]]
-            if e.hash == h and same_key(e, r):
-                return e
-            j = (j + 1) & (self.n_slots - 1)
-        return NULL
 
     def copy_data(self) -> bytes:
         """The rows as PostgreSQL binary COPY data for ``apply.AGG_COLUMNS`` (``b""`` when there are none), written

@@ -71,6 +71,13 @@ class Folder:
         return [self.add(p) for p in payloads]
 
     def add_records(self, records: Iterable[ObservedCall]) -> None:
+        """Raises ``OverflowError``, having added nothing, when an integer does not fit 64 bits (as the compiled
+        fold: a bigint could not hold it)."""
+        records = list(records)
+        for r in records:
+            for name in _INT_FIELDS:
+                if not _I64_MIN <= getattr(r, name) <= _I64_MAX:
+                    raise OverflowError(f"{name} does not fit 64 bits: {getattr(r, name)}")
         groups = self._groups
         for r in records:
             key = (

@@ -354,3 +354,13 @@ async def test_a_group_is_collected_in_pulls_bounded_in_bytes():
     big = _Sub(100, 2 * mb)
     assert len(await fetch_group(big, 64, sizer)) == 64
     assert big.asked[0] * 8 * mb <= WORST_PULL_BYTES and all(n * 2 * mb <= PULL_BYTES for n in big.asked[1:])
+
+
+def test_add_records_refuses_integers_past_64_bits_and_adds_nothing():
+    ok = ObservedCall(**rec(requests=1))
+    big = ObservedCall(**rec(tenant="b", bytes_in=2**64 - 1))
+    for cls in FOLDERS.values():
+        folder = cls()
+        with pytest.raises(OverflowError, match="bytes_in"):
+            folder.add_records([ok, big])
+        assert folder.rows() == [] and folder.records == 0
