@@ -166,6 +166,8 @@ async def feed(
                     refs.append(BatchRef(meta, payload))
             if refs:
                 await groups.put(Prepared(good, refs, folded.copy))
+        except Exception as exc:  # e.g. sums past a bigint (PostgreSQL could not hold them either): not silently
+            log.error("a group could not be folded; its messages will be redelivered", extra={"why": repr(exc)})
         finally:
             in_flight.release()
             pending.discard(asyncio.current_task())
