@@ -9,7 +9,8 @@ queue protocols only, where it names the topic), the sums of the nine counters a
 
 Why: decoding ~500 records per batch into ``ObservedCall`` objects and folding them in a dict cost the attributor
 ~3 CPU-s per million records, more than PostgreSQL spends writing them. Here the records are read in place (key
-strings stay slices of the payload, kept alive by the folder) and summed in a C hash table; the parse and the fold run
+strings are slices of the payload; a new key's bytes are copied once into the folder's arena) and summed in a C
+hash table; the parse and the fold run
 without the GIL, so a thread can fold one group while the event loop talks to NATS and PostgreSQL.
 
 Correctness first: ``add`` answers only when the result is certain to equal msgspec's decode of the same payload
@@ -40,7 +41,7 @@ cdef extern from *:
 
 DEF NKEY = 8  # tenant, tenant_method, feature, agent, src_workload, dst, protocol, operation
 DEF NCOUNT = 9  # schemas.COUNTERS
-DEF MAX_SEEN = 64
+DEF ARENA_CHUNK = 65536
 
 # ObservedCall fields, in contract order (msgspec encodes them in this order, so the next expected name is tried first).
 DEF NFIELD = 24
@@ -146,6 +147,11 @@ cdef struct Entry:
     int64_t last
     Slice key[NKEY]
     i128 sums[NCOUNT]
+
+
+cdef struct Slot:
+    uint64_t hash  # the entry's hash, here so that a probe touches an entry only when the hashes match
+    int64_t at  # the entry's index, -1: empty
 
 
 cdef struct Cursor:
@@ -568,45 +574,80 @@ cdef class Folder:
 
     cdef Entry* entries
     cdef Py_ssize_t n_entries, cap_entries
-    cdef int32_t* slots
+    cdef Slot* slots
     cdef Py_ssize_t n_slots
     cdef Rec* recs
     cdef Py_ssize_t cap_recs
-    cdef list keep  # the bytes every key slice points into
+    # Key bytes of the entries, copied: compact (probes compare against it, not against payloads spread over many
+    # megabytes) and independent of the payloads. Chunks never move, so entries point into them.
+    cdef char** chunks
+    cdef Py_ssize_t n_chunks, cap_chunks
+    cdef char* arena_p
+    cdef Py_ssize_t arena_left
     cdef readonly Py_ssize_t records
 
     def __cinit__(self):
-        self.keep = []
         self.n_slots = 1024
-        self.slots = <int32_t*>malloc(self.n_slots * sizeof(int32_t))
+        self.slots = <Slot*>malloc(self.n_slots * sizeof(Slot))
         self.cap_entries = 512
         self.entries = <Entry*>malloc(self.cap_entries * sizeof(Entry))
         if self.slots == NULL or self.entries == NULL:
             raise MemoryError()
         for i in range(self.n_slots):
-            self.slots[i] = -1
+            self.slots[i].at = -1
 
     def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.n_chunks):
+            free(self.chunks[i])
+        free(self.chunks)
         free(self.entries)
         free(self.slots)
         free(self.recs)
+
+    cdef char* arena(self, Py_ssize_t n) except NULL nogil:
+        cdef Py_ssize_t size
+        cdef char* chunk
+        cdef char** grown
+        if n > self.arena_left:
+            size = n if n > ARENA_CHUNK else ARENA_CHUNK
+            if self.n_chunks == self.cap_chunks:
+                self.cap_chunks = self.cap_chunks * 2 if self.cap_chunks else 16
+                grown = <char**>realloc(self.chunks, self.cap_chunks * sizeof(char*))
+                if grown == NULL:
+                    with gil:
+                        raise MemoryError()
+                self.chunks = grown
+            chunk = <char*>malloc(size)
+            if chunk == NULL:
+                with gil:
+                    raise MemoryError()
+            self.chunks[self.n_chunks] = chunk
+            self.n_chunks += 1
+            self.arena_p = chunk
+            self.arena_left = size
+        chunk = self.arena_p
+        self.arena_p += n
+        self.arena_left -= n
+        return chunk
 
     def __len__(self) -> int:
         return self.n_entries
 
     cdef int grow_slots(self) except -1 nogil:
         cdef Py_ssize_t n = self.n_slots * 2, i, j
-        cdef int32_t* slots = <int32_t*>malloc(n * sizeof(int32_t))
+        cdef Slot* slots = <Slot*>malloc(n * sizeof(Slot))
         if slots == NULL:
             with gil:
                 raise MemoryError()
         for i in range(n):
-            slots[i] = -1
+            slots[i].at = -1
         for i in range(self.n_entries):
             j = <Py_ssize_t>(self.entries[i].hash & <uint64_t>(n - 1))
-            while slots[j] >= 0:
+            while slots[j].at >= 0:
                 j = (j + 1) & (n - 1)
-            slots[j] = <int32_t>i
+            slots[j].hash = self.entries[i].hash
+            slots[j].at = i
         free(self.slots)
         self.slots = slots
         self.n_slots = n
@@ -615,16 +656,18 @@ cdef class Folder:
     cdef int fold(self, Rec* r) except -1 nogil:
         cdef uint64_t h = hash_rec(r)
         cdef Py_ssize_t j = <Py_ssize_t>(h & <uint64_t>(self.n_slots - 1))
-        cdef int32_t at
+        cdef Slot* slot
         cdef Entry* e
         cdef Entry* grown
         cdef int k
+        cdef Py_ssize_t n
+        cdef char* p
         while True:
-            at = self.slots[j]
-            if at < 0:
+            slot = &self.slots[j]
+            if slot.at < 0:
                 break
-            e = &self.entries[at]
-            if e.hash == h and same_key(e, r):
+            e = &self.entries[slot.at]
+            if slot.hash == h and same_key(e, r):
                 for k in range(NCOUNT):
                     e.sums[k] += r.count[k]
                 if r.window < e.first:
@@ -640,16 +683,24 @@ cdef class Folder:
                     raise MemoryError()
             self.entries = grown
             self.cap_entries *= 2
+        n = 0
+        for k in range(NKEY):
+            n += r.key[k].n
+        p = self.arena(n if n else 1)
         e = &self.entries[self.n_entries]
+        for k in range(NKEY):
+            memcpy(p, r.key[k].p, r.key[k].n)
+            e.key[k].p = p
+            e.key[k].n = r.key[k].n
+            p += r.key[k].n
         e.hash = h
         e.minute = r.minute
         e.first = r.window
         e.last = r.window
-        for k in range(NKEY):
-            e.key[k] = r.key[k]
         for k in range(NCOUNT):
             e.sums[k] = r.count[k]
-        self.slots[j] = <int32_t>self.n_entries
+        self.slots[j].hash = h
+        self.slots[j].at = self.n_entries
         self.n_entries += 1
         if self.n_entries * 2 > self.n_slots:
             self.grow_slots()
@@ -671,7 +722,6 @@ cdef class Folder:
                     self.fold(&self.recs[i])
         if rc:
             return None
-        self.keep.append(payload)
         self.records += h.n_records
         return (
             PyUnicode_DecodeUTF8(h.batch_id.p, h.batch_id.n, NULL),
@@ -703,9 +753,10 @@ cdef class Folder:
                 rec.tenant, rec.tenant_method, rec.feature, rec.agent, rec.src_workload, rec.dst, rec.protocol,
                 rec.operation if rec.protocol in QUEUE_PROTOCOLS else "",
             )
+            alive = []  # the slices point into these until fold() copies them
             for k in range(NKEY):
                 b = (<str>fields[k]).encode()
-                self.keep.append(b)
+                alive.append(b)
                 r.key[k].p = PyBytes_AS_STRING(b)
                 r.key[k].n = PyBytes_GET_SIZE(b)
             counts = (

@@ -364,3 +364,20 @@ def test_add_records_refuses_integers_past_64_bits_and_adds_nothing():
         with pytest.raises(OverflowError, match="bytes_in"):
             folder.add_records([ok, big])
         assert folder.rows() == [] and folder.records == 0
+
+
+def test_many_keys_grow_the_table_and_the_key_arena():
+    """Thousands of keys (the table grows many times), key bytes past several arena chunks, one key longer than a
+    chunk, each key seen in several batches: the rows equal the reference."""
+    payloads = [
+        batch(
+            [rec(tenant=f"tenant-{i:05d}-" + "x" * 60, requests=i + j) for i in range(j, 6000, 3)]
+            + [rec(tenant="L" * 70_000, requests=1)],
+            batch_id=f"b{j}",
+        )
+        for j in range(6)
+    ]
+    check(payloads)
+    folder = _fold.Folder()
+    folder.add_many(payloads)
+    assert len(folder) == 6001 and folder.records == sum(len(range(j, 6000, 3)) + 1 for j in range(6))
