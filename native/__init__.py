@@ -16,6 +16,10 @@ Public modules (import these): ``sensor`` (``Sensor``: frames or captures in, ``
   calls it; the pure-Python engine always takes the full path, and the tests hold the twin and ``ai`` to the same
   answers.
 
+- ``_fold.pyx`` / ``_fold_py.py``: the attributor's fold (public name ``fold.Folder``): msgpack ``CallBatch``
+  payloads summed per window and key into staging rows without a Python object per record; it declines what it cannot
+  be sure equals msgspec's decode, and the attributor then decodes that payload with msgspec.
+
 Shared by both builds, called off the per-frame path: ``rules`` (extraction rules, JWT), ``ai`` (AI usage), ``names``
 (SNI, DNS), ``kinds`` (counter and error names, ``CaptureError``).
 """

@@ -52,6 +52,23 @@ async def test_group_applies_once_and_skips_repeats(fresh_dsn):
         await conn.close()
 
 
+async def test_prepared_rows_of_a_group_with_a_repeated_batch_count_it_once(fresh_dsn):
+    """The feeder folds every fetched message; when one batch id comes twice in a group (a copy re-sent after the
+    de-duplication window, fetched together with the first), those rows hold it twice and must not be used."""
+    from costmesh.attributor.apply import staging_copy
+
+    conn = await _conn(fresh_dsn)
+    try:
+        a = CallBatch(batch_id="a", node="n", seq=1, records=[call(tenant="t1", requests=2)])
+        b = CallBatch(batch_id="b", node="n", seq=2, records=[call(tenant="t1", requests=5)])
+        group = [a, b, a]
+        done = await apply_batches(conn, group, PriceTable(), staging_copy(group))
+        assert done.fresh == {"a", "b"} and done.duplicates == 1 and done.records == 2
+        assert await conn.fetchval("SELECT requests FROM consumption_minute") == 7
+    finally:
+        await conn.close()
+
+
 async def test_graph_and_queue_edges(fresh_dsn):
     conn = await _conn(fresh_dsn)
     try:
@@ -208,9 +225,8 @@ async def test_ai_cost_per_tenant_is_served_minutes_after_the_call(fresh_dsn):
         await conn.close()
 
 
-def test_adaptive_fold_folds_only_while_it_pays():
-    from costmesh.attributor.apply import plain_rows, staging_rows
-    from costmesh.attributor.service import AdaptiveFold
+def test_staging_rows_fold_per_window_and_key():
+    from costmesh.attributor.apply import staging_rows
 
     same = [CallBatch(batch_id=str(i), node="n", seq=i, records=[call(tenant="t", requests=1)] * 50) for i in range(4)]
     spread = [
@@ -219,10 +235,4 @@ def test_adaptive_fold_folds_only_while_it_pays():
     ]
     folded = staging_rows(same)
     assert len(folded) == 1 and folded[0][9] == 200  # 200 records of one key and window: one row, requests summed
-    assert len(plain_rows(same)) == 200
-    fold = AdaptiveFold()
-    assert len(fold.rows(same)) == 1 and fold.folding
-    assert len(fold.rows(spread)) == 200 and not fold.folding  # nothing folded: stop paying for it
-    for _ in range(AdaptiveFold.PROBE_EVERY):
-        assert len(fold.rows(same)) == 200  # sent as they are, PostgreSQL folds them
-    assert len(fold.rows(same)) == 1 and fold.folding  # the probe finds folding pays again
+    assert len(staging_rows(spread)) == 200  # nothing to fold: one row per record

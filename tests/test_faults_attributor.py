@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import nats
 import psutil
 import pytest
@@ -23,6 +24,7 @@ from costmesh.common import natsio
 from costmesh.common.config import Config, NatsConfig, load_config
 from costmesh.common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from costmesh.common.runtime import ServiceContext
+from costmesh.common.schemas import CallBatch, Codec, ObservedCall
 
 from .conftest import wait_for
 
@@ -126,6 +128,15 @@ async def test_malformed_message_is_terminated_and_work_goes_on(nats_server, fre
     await natsio.ensure_stream(js, cfg.nats)
     before = ERRORS.labels("attributor", "schema")._value.get()
     await js.publish(SUBJECT, b"\x93not a batch", headers={"Nats-Msg-Id": "garbage"})
+    # well-formed msgpack that msgspec decodes (or fails with UnicodeDecodeError) but PostgreSQL could never store
+    call = ObservedCall(window_start_us=1, window_end_us=2, node="n", src_workload="w", dst="d", protocol="http")
+    bad_utf8 = Codec().encode(CallBatch(batch_id="u", node="n", seq=1, records=[call]))
+    bad_utf8 = bad_utf8.replace(b"\xa1w", b"\xa1\xff")  # src_workload "w" -> one byte that is not UTF-8
+    nul = Codec().encode(
+        CallBatch(batch_id="z", node="n", seq=2, records=[msgspec.structs.replace(call, tenant="a\x00")])
+    )
+    await js.publish(SUBJECT, bad_utf8, headers={"Nats-Msg-Id": "bad-utf8"})
+    await js.publish(SUBJECT, nul, headers={"Nats-Msg-Id": "nul"})
     batches, oracle = generate(3, 20, seed=5)
     await _publish_all(js, batches)
     ctx, task = _in_process(cfg, nats_server.url, fresh_dsn)
@@ -136,7 +147,7 @@ async def test_malformed_message_is_terminated_and_work_goes_on(nats_server, fre
     finally:
         await _stop(ctx, task)
         await nc.close()
-    assert ERRORS.labels("attributor", "schema")._value.get() == before + 1
+    assert ERRORS.labels("attributor", "schema")._value.get() == before + 3
     assert held.num_redelivered == 0
     _assert_equal_to_oracle(await _totals(fresh_dsn), oracle)
 

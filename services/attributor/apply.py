@@ -10,15 +10,15 @@ records of batches whose id was new go on to be written, and all of it commits o
 (JetStream redelivery after a crash, a copy re-sent after the server's de-duplication window) finds its id and changes
 nothing. The caller acknowledges the messages only after the commit.
 
-Why it is fast: records are turned into tuples by one C-level ``attrgetter`` (no per-field Python code), sent with
-COPY into a temporary staging table, and folded into each target by one ``INSERT ... SELECT ... GROUP BY ... ON
-CONFLICT DO UPDATE`` — the per-minute aggregation happens inside PostgreSQL, not row by row.
+Why it is fast: the records of a whole group are summed per (window, key) straight from the msgpack payloads in C
+(``costmesh.native.fold``: no Python object per record), sent with COPY into a temporary staging table, and folded
+into each target by ``INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE`` statements sent together in one round
+trip -- the per-minute aggregation happens inside PostgreSQL, not row by row.
 """
 
 from __future__ import annotations
 
 import operator
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,10 +26,12 @@ import asyncpg
 
 from costmesh.common.prices import PriceTable
 from costmesh.common.schemas import COUNTERS, CallBatch, ObservedCall
+from costmesh.native.fold import Folder
 
-#: The staging columns, in COPY order; one ``attrgetter`` turns a record into this tuple at C speed.
-STAGING_COLUMNS: tuple[str, ...] = (
-    "window_start_us",
+#: The columns of ``staging_agg``, in COPY order: what ``costmesh.native.fold`` emits per (minute, key), the operation
+#: kept for queue calls only (it names the topic), the counters summed, the first and last window start.
+AGG_COLUMNS: tuple[str, ...] = (
+    "m",
     "tenant",
     "tenant_method",
     "feature",
@@ -39,8 +41,9 @@ STAGING_COLUMNS: tuple[str, ...] = (
     "protocol",
     "operation",
     *COUNTERS,
+    "first_us",
+    "last_us",
 )
-_as_row = operator.attrgetter(*STAGING_COLUMNS)
 
 #: Protocols whose destination is a topic or queue: kept as producer → topic → consumer in the graph.
 QUEUE_PROTOCOLS = ("kafka", "amqp", "nats")
@@ -48,13 +51,6 @@ QUEUE_PROTOCOLS = ("kafka", "amqp", "nats")
 CREATE_STAGING = """
 SET temp_buffers = '256MB';
 SET work_mem = '256MB';
-CREATE TEMP TABLE IF NOT EXISTS staging_calls (
-    window_start_us bigint NOT NULL, tenant text NOT NULL, tenant_method text NOT NULL, feature text NOT NULL,
-    agent text NOT NULL, src_workload text NOT NULL, dst text NOT NULL, protocol text NOT NULL, operation text NOT NULL,
-    requests bigint NOT NULL, errors bigint NOT NULL, bytes_in bigint NOT NULL, bytes_out bigint NOT NULL,
-    busy_us bigint NOT NULL, tokens_in bigint NOT NULL, tokens_out bigint NOT NULL, tokens_cached bigint NOT NULL,
-    tokens_reasoning bigint NOT NULL
-) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS staging_agg (
     m bigint NOT NULL, tenant text NOT NULL, tenant_method text NOT NULL, feature text NOT NULL, agent text NOT NULL,
     src_workload text NOT NULL, dst text NOT NULL, protocol text NOT NULL, operation text NOT NULL,
@@ -75,20 +71,8 @@ CREATE TEMP TABLE IF NOT EXISTS staging_ai (
 ) ON COMMIT DELETE ROWS;
 """
 
-_MINUTE_SQL = "to_timestamp((window_start_us - window_start_us % 60000000) / 1000000)"
-
 _MEASURES = COUNTERS
 _KEY = ("minute", "tenant", "tenant_method", "feature", "agent", "src_workload", "dst", "protocol")
-
-#: The only pass over the raw records: per minute and full key (plus the operation of queue calls, which names the
-#: topic). Every statement after it reads this much smaller table.
-FILL_AGG = f"""
-INSERT INTO staging_agg
-SELECT window_start_us / 60000000, tenant, tenant_method, feature, agent, src_workload, dst, protocol,
-    CASE WHEN protocol IN {QUEUE_PROTOCOLS!r} THEN operation ELSE '' END,
-    {", ".join(f"sum({m})" for m in _MEASURES)}, min(window_start_us), max(window_start_us)
-FROM staging_calls GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
-"""
 
 MERGE_CONSUMPTION = f"""
 INSERT INTO consumption_minute AS c ({", ".join(_KEY)}, {", ".join(_MEASURES)})
@@ -189,6 +173,9 @@ INSERT INTO dirty_minutes AS d (minute) SELECT DISTINCT to_timestamp(m * 60) FRO
 ON CONFLICT (minute) DO UPDATE SET gen = d.gen + 1
 """
 
+#: Every statement after the COPY, in order, as one simple-protocol message: one round trip per group.
+MERGE_ALL = ";\n".join((MERGE_CONSUMPTION, FILL_EDGES, MERGE_EDGES, MERGE_NODES, MERGE_QUEUES, MARK_DIRTY))
+
 _RECORD_IDS = """
 WITH ins AS (
     INSERT INTO applied_batches (batch_id, node, seq, records)
@@ -257,42 +244,41 @@ async def prepare(conn: asyncpg.Connection) -> None:
     await conn.execute(CREATE_STAGING)
 
 
-_key_of = operator.attrgetter(*STAGING_COLUMNS[:9])
-_values_of = operator.attrgetter(*STAGING_COLUMNS[9:])
+def fold(batches: Sequence[CallBatch]) -> Folder:
+    """The records of ``batches`` summed per (minute, key) into ``staging_agg`` rows (``AGG_COLUMNS``).
 
-
-def plain_rows(batches: Sequence[CallBatch]) -> list[tuple]:
-    """The records of ``batches`` as staging tuples, one per record (PostgreSQL does all the folding)."""
-    rows: list[tuple] = []
+    Records of one key and minute arrive from many nodes, batches and windows; folding them here sends PostgreSQL a
+    fraction of the rows to copy and aggregate. A batch that still holds its payload (``fold.BatchRef``) is folded
+    straight from the msgpack bytes in C (``costmesh.native.fold``); decoded records are folded into the same rows.
+    """
+    folder = Folder()
     for b in batches:
-        rows.extend(map(_as_row, b.records))
-    return rows
+        payload = getattr(b, "payload", None)
+        if payload is None or folder.add(payload) is None:
+            folder.add_records(b.records)
+    return folder
 
 
 def staging_rows(batches: Sequence[CallBatch]) -> list[tuple]:
-    """The records of ``batches`` as staging tuples, summed per (window, key).
+    """``fold(batches)`` as tuples, in order of first appearance."""
+    return fold(batches).rows()
 
-    Records of one key and window arrive from many nodes and batches; folding them here (C-level getters, one dict
-    append per record) sends PostgreSQL a fraction of the rows to copy and aggregate. The consumer builds them
-    while the previous group is still being written.
-    """
-    groups: defaultdict[tuple, list[tuple]] = defaultdict(list)
-    for b in batches:
-        records = b.records
-        for key, values in zip(map(_key_of, records), map(_values_of, records), strict=True):
-            groups[key].append(values)
-    return [key + (vs[0] if len(vs) == 1 else tuple(map(sum, zip(*vs, strict=True)))) for key, vs in groups.items()]
+
+def staging_copy(batches: Sequence[CallBatch]) -> bytes:
+    """``fold(batches)`` as binary COPY data for ``staging_agg`` (``b""`` when there is nothing to copy)."""
+    return fold(batches).copy_data()
 
 
 async def apply_batches(
     conn: asyncpg.Connection,
     batches: Sequence[CallBatch],
     prices: PriceTable,
-    prepared: list[tuple] | None = None,
+    prepared: bytes | None = None,
 ) -> Applied:
     """Apply a group of batches in one transaction; batches applied before (or repeated in the group) change nothing.
 
-    ``prepared`` may hold ``staging_rows(batches)``, built ahead of time; it is used when every batch turns out new.
+    ``prepared`` may hold ``staging_copy(batches)``, built ahead of time; it is used only when every batch turns out
+    new and none is repeated in the group (otherwise the rows are folded again from the new batches alone).
     ``batches`` may also be ``fold.BatchRef``s (identity and size known, records decoded only when needed). The
     connection must have been ``prepare``d. Raises what asyncpg raises; on any error nothing was written.
     """
@@ -312,22 +298,17 @@ async def apply_batches(
         costs: list[AiCost] = []
         new = [b for batch_id, b in unique.items() if batch_id in fresh]
         records = sum(_count(b) for b in new)
-        rows = prepared if prepared is not None and len(new) == len(unique) else staging_rows(new)
+        data = prepared if prepared is not None and len(new) == len(batches) else staging_copy(new)
         for b in new:
             flag = getattr(b, "has_tokens", None)  # known without decoding for a BatchRef
             if flag if flag is not None else _has_tokens(b.records):
                 more_rows, more_costs = ai_rows(b.records, prices)
                 ai.extend(more_rows)
                 costs.extend(more_costs)
-        if rows:
-            await conn.copy_records_to_table("staging_calls", records=rows, columns=STAGING_COLUMNS)
-            await conn.execute(FILL_AGG)
-            await conn.execute(MERGE_CONSUMPTION)
-            await conn.execute(FILL_EDGES)
-            await conn.execute(MERGE_EDGES)
-            await conn.execute(MERGE_NODES)
-            await conn.execute(MERGE_QUEUES)
-            await conn.execute(MARK_DIRTY)
+        if data:
+            # a memoryview: asyncpg would take plain bytes for a file path
+            await conn.copy_to_table("staging_agg", source=memoryview(data), columns=AGG_COLUMNS, format="binary")
+            await conn.execute(MERGE_ALL)
         if ai:
             await conn.executemany(
                 "INSERT INTO staging_ai VALUES (to_timestamp($1::bigint / 1000000), $2, $3, $4, $5, $6, $7, $8, $9, "

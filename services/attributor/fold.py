@@ -1,9 +1,9 @@
-"""Decoding and folding a fetched group in a worker process, so that the consumer's own core is left for NATS,
-COPY and the transaction.
+"""Decoding and folding a fetched group off the event loop: in a thread (the compiled fold releases the GIL) or in
+worker processes (``attributor.fold_processes``).
 
-Reads: the raw message payloads of one fetched group. Emits (pickled back to the consumer) a ``FoldedGroup``: per
-message either the batch's identity and size or why it could not be decoded, plus the staging rows of the whole
-group (folded per window and key, or plain when folding does not pay). The consumer keeps the payloads: the rare
+Reads: the raw message payloads of one fetched group. Emits a ``FoldedGroup``: per message either the batch's
+identity and size or why it could not be decoded, plus the ``staging_agg`` rows of the whole group, summed per
+minute and key (``costmesh.native.fold``) and written as binary COPY data. The consumer keeps the payloads: the rare
 batch it needs in full (one seen before, one with AI tokens to price) it decodes itself, on demand (``BatchRef``).
 """
 
@@ -16,12 +16,19 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from costmesh.common.schemas import CallBatch, Codec, ObservedCall
-
-from .apply import _has_tokens, plain_rows, staging_rows
+from costmesh.common.schemas import Codec, ObservedCall
+from costmesh.native._fold_py import holds_nul, ints_fit
+from costmesh.native.fold import Folder
 
 _codec: Codec | None = None
 _PR_SET_PDEATHSIG = 1
+
+
+def _the_codec() -> Codec:
+    global _codec
+    if _codec is None:
+        _codec = Codec()
+    return _codec
 
 
 def die_with_parent() -> None:
@@ -45,34 +52,45 @@ class Meta:
 @dataclass(slots=True)
 class FoldedGroup:
     metas: list[Meta | str] = field(default_factory=list)  # per payload: its batch, or the decoding error
-    rows: list[tuple] = field(default_factory=list)
+    copy: bytes = b""  # the staging_agg rows of the group as binary COPY data
+    rows: int = 0
     records: int = 0
 
 
-def decode_and_fold(payloads: list[bytes], fold: bool) -> FoldedGroup:
-    """Runs in the worker: decode every payload, then fold (or not) the records of all decodable ones."""
-    global _codec
-    if _codec is None:
-        _codec = Codec()
+def fold_group(payloads: list[bytes]) -> FoldedGroup:
+    """Fold every payload; those the compiled fold does not take are decoded by msgspec, which either names what is
+    wrong with them or gives records that are folded into the same rows."""
+    folder = Folder()
     out = FoldedGroup()
-    batches: list[CallBatch] = []
-    for payload in payloads:
+    for payload, meta in zip(payloads, folder.add_many(payloads), strict=True):
+        if meta is not None:
+            out.metas.append(Meta(*meta))
+            continue
         try:
-            b = _codec.decode_batch(payload)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            b = _the_codec().decode_batch(payload)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+            # msgspec raises UnicodeDecodeError (not DecodeError) for a string that is not UTF-8
             out.metas.append(str(exc))
             continue
-        batches.append(b)
-        out.metas.append(Meta(b.batch_id, b.node, b.seq, len(b.records), _has_tokens(b.records)))
-    out.records = sum(len(b.records) for b in batches)
-    out.rows = staging_rows(batches) if fold else plain_rows(batches)
+        if not ints_fit(b):
+            out.metas.append("an integer beyond 64 bits (PostgreSQL bigint cannot hold it)")
+            continue
+        if holds_nul(b):
+            out.metas.append("a string holds a NUL character (PostgreSQL text cannot store it)")
+            continue
+        folder.add_records(b.records)
+        has_tokens = any(r.tokens_in or r.tokens_out or r.tokens_cached or r.tokens_reasoning for r in b.records)
+        out.metas.append(Meta(b.batch_id, b.node, b.seq, len(b.records), has_tokens))
+    out.records = folder.records
+    out.rows = len(folder)
+    out.copy = folder.copy_data()
     return out
 
 
 class BatchRef:
     """A batch known by its identity and size; its records are decoded (in this process) only if asked for."""
 
-    __slots__ = ("_payload", "_records", "batch_id", "has_tokens", "n_records", "node", "seq")
+    __slots__ = ("_records", "batch_id", "has_tokens", "n_records", "node", "payload", "seq")
 
     def __init__(self, meta: Meta, payload: bytes) -> None:
         self.batch_id = meta.batch_id
@@ -80,14 +98,11 @@ class BatchRef:
         self.seq = meta.seq
         self.n_records = meta.n_records
         self.has_tokens = meta.has_tokens
-        self._payload = payload
+        self.payload = payload
         self._records: list[ObservedCall] | None = None
 
     @property
     def records(self) -> list[ObservedCall]:
-        global _codec
         if self._records is None:
-            if _codec is None:
-                _codec = Codec()
-            self._records = _codec.decode_batch(self._payload).records
+            self._records = _the_codec().decode_batch(self.payload).records
         return self._records

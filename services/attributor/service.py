@@ -18,12 +18,11 @@ import logging
 import multiprocessing
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
-import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 
 from costmesh.common import db, natsio
@@ -34,8 +33,8 @@ from costmesh.common.runtime import ServiceContext
 from costmesh.common.schemas import CallBatch, Codec
 
 from . import detector, maintenance, storage
-from .apply import Applied, apply_batches, plain_rows, prepare, staging_rows
-from .fold import BatchRef, decode_and_fold, die_with_parent
+from .apply import Applied, apply_batches, prepare
+from .fold import BatchRef, die_with_parent, fold_group
 from .slack import SlackNotifier
 
 log = logging.getLogger(__name__)
@@ -45,8 +44,6 @@ RETRY_MIN_S = 0.2
 RETRY_MAX_S = 3.0
 #: How often held messages are kept alive (``in_progress``) while PostgreSQL is away; well inside the ack wait.
 KEEPALIVE_S = 10.0
-#: The feeder yields to the writer after decoding this many messages (~4,000 records: a few milliseconds).
-YIELD_EVERY = 8
 
 
 class Writer:
@@ -80,7 +77,7 @@ class Writer:
         batches: Sequence[CallBatch],
         stopping: asyncio.Event,
         keepalive: Callable[[], Awaitable[None]] | None = None,
-        prepared: list[tuple] | None = None,
+        prepared: bytes | None = None,
     ) -> Applied | None:
         """Apply until committed; ``None`` when asked to stop first (nothing acknowledged: the batches come back)."""
         delay = RETRY_MIN_S
@@ -135,87 +132,30 @@ def _malformed(msg, reason: str) -> None:
     )
 
 
-def decode_all(codec: Codec, msgs: Sequence) -> tuple[list, list[CallBatch], list]:
-    """Split fetched messages into (good messages, their batches, malformed messages)."""
-    good, batches, bad = [], [], []
-    for msg in msgs:
-        try:
-            batches.append(codec.decode_batch(msg.data))
-            good.append(msg)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            _malformed(msg, str(exc))
-            bad.append(msg)
-    return good, batches, bad
-
-
-class AdaptiveFold:
-    """Folds records per (window, key) in Python only while that pays.
-
-    Folding costs Python about a microsecond per record and saves PostgreSQL the copy and aggregation of every
-    record it removes. Records of many nodes in the same windows (live traffic) fold many to one; a backlog spread
-    thinly over time hardly folds at all, and then the fold is pure cost: the group goes to PostgreSQL as it is,
-    and every ``PROBE_EVERY`` groups the fold is tried again.
-    """
-
-    #: Fold while it keeps at most this share of the rows.
-    KEEP_AT_MOST = 0.5
-    PROBE_EVERY = 16
-
-    def __init__(self) -> None:
-        self.folding = True
-        self.skipped = 0
-        self._folded = True
-
-    def wants_fold(self) -> bool:
-        """Whether the next group should be folded (folding pays, or it is time to probe again)."""
-        self._folded = self.folding or self.skipped >= self.PROBE_EVERY
-        self.skipped = 0 if self._folded else self.skipped + 1
-        return self._folded
-
-    def observe(self, records: int, rows: int) -> None:
-        """Learn from the group just prepared (a plain one teaches nothing: its rows are its records)."""
-        if self._folded:
-            self.folding = rows <= self.KEEP_AT_MOST * records
-
-    def rows(self, batches: Sequence[CallBatch]) -> list[tuple]:
-        if not self.wants_fold():
-            return plain_rows(batches)
-        rows = staging_rows(batches)
-        self.observe(sum(len(b.records) for b in batches), len(rows))
-        return rows
-
-
 @dataclass
 class Prepared:
-    """A fetched group, decoded, with each batch's staging rows built: what the writer applies in one transaction."""
+    """A fetched group, folded, with its staging rows built (binary COPY data): what the writer applies in one
+    transaction."""
 
     msgs: list
-    batches: list[CallBatch]
-    rows: list[tuple]
+    batches: list[BatchRef]
+    copy: bytes
 
 
 async def feed(
-    ctx: ServiceContext,
-    sub,
-    codec: Codec,
-    groups: asyncio.Queue[Prepared],
-    workers: ProcessPoolExecutor | None = None,
+    ctx: ServiceContext, sub, groups: asyncio.Queue[Prepared], folders: Executor, max_payload: int = 1024 * 1024
 ) -> None:
-    """Fetch, decode and prepare groups for the writer; malformed messages are terminated here.
-
-    With ``workers``, decoding and folding run in a worker process and this process keeps only the payloads.
-    """
-    cfg = ctx.config
-    folding = AdaptiveFold()
+    """Fetch groups and fold them on ``folders`` (a thread: the compiled fold runs without the GIL; or worker
+    processes); malformed messages are terminated here. Up to ``max(fold_processes, 1)`` groups fold at once, and the
+    writer takes them in whatever order they finish."""
     loop = asyncio.get_running_loop()
-    in_flight = asyncio.Semaphore(max(cfg.attributor.fold_processes, 1))
+    in_flight = asyncio.Semaphore(max(ctx.config.attributor.fold_processes, 1))
     pending: set[asyncio.Task[None]] = set()
 
-    async def fold_in_worker(msgs: list) -> None:
+    async def fold(msgs: list) -> None:
         try:
             payloads = [m.data for m in msgs]
-            folded = await loop.run_in_executor(workers, decode_and_fold, payloads, folding.wants_fold())
-            folding.observe(folded.records, len(folded.rows))
+            folded = await loop.run_in_executor(folders, fold_group, payloads)
             good, refs = [], []
             for msg, meta, payload in zip(msgs, folded.metas, payloads, strict=True):
                 if isinstance(meta, str):
@@ -225,13 +165,15 @@ async def feed(
                     good.append(msg)
                     refs.append(BatchRef(meta, payload))
             if refs:
-                await groups.put(Prepared(good, refs, folded.rows))
+                await groups.put(Prepared(good, refs, folded.copy))
+        except Exception as exc:  # e.g. sums past a bigint (PostgreSQL could not hold them either): not silently
+            log.error("a group could not be folded; its messages will be redelivered", extra={"why": repr(exc)})
         finally:
             in_flight.release()
             pending.discard(asyncio.current_task())
 
     try:
-        await _fetch_loop(ctx, sub, codec, groups, workers, folding, in_flight, pending, fold_in_worker)
+        await _fetch_loop(ctx, sub, in_flight, pending, fold, PullSizer(max_payload))
     finally:
         for task in pending:
             task.cancel()
@@ -243,44 +185,85 @@ MAX_ACK_PENDING = 4096
 
 
 def fetch_size(cfg) -> int:
-    """Messages per fetch, capped so that every group in the pipeline (folding, two queued, being written, being
-    acknowledged) fits in ``MAX_ACK_PENDING``; past it the server stops delivering and the pipeline stalls."""
+    """Messages per fetch, capped so that every group in the pipeline (folding, one queued, being written, being
+    acknowledged, and one of margin) fits in ``MAX_ACK_PENDING``; past it the server stops delivering and the
+    pipeline stalls. The same bound limits memory: at most that many groups of payloads are held at once."""
     in_pipeline = max(cfg.attributor.fold_processes, 1) + 4
     return max(1, min(cfg.attributor.fetch_batch, MAX_ACK_PENDING // in_pipeline))
 
 
-async def _fetch_loop(ctx, sub, codec, groups, workers, folding, in_flight, pending, fold_in_worker) -> None:
+#: Bytes one pull request may bring. nats-server cuts a client whose unread data passes its ``max_pending`` (64 MB
+#: by default) as a slow consumer; a group of 512 batches of 500 records is ~50 MB, and a single pull for ~800 of them
+#: stalled delivery for an ack wait here. So a group is collected with several pulls, each sized by the payloads
+#: seen so far to a quarter of that limit, and never more than half of it even if every payload had the maximum size.
+PULL_BYTES = 16 * 1024 * 1024
+WORST_PULL_BYTES = 32 * 1024 * 1024
+
+
+class PullSizer:
+    """How many messages one pull may ask for, from the average payload size seen and the server's maximum."""
+
+    def __init__(self, max_payload: int = 1024 * 1024) -> None:
+        self.avg_bytes = 0.0
+        self.cap = max(1, WORST_PULL_BYTES // max(max_payload, 1))
+
+    def count(self, wanted: int) -> int:
+        typical = int(PULL_BYTES // self.avg_bytes) if self.avg_bytes > 0 else self.cap
+        return max(1, min(wanted, typical, self.cap))
+
+    def observe(self, msgs: Sequence) -> None:
+        if msgs:
+            size = sum(len(m.data) for m in msgs) / len(msgs)
+            self.avg_bytes = size if self.avg_bytes <= 0 else 0.8 * self.avg_bytes + 0.2 * size
+
+
+#: How long a pull waits for its messages. A pull that brings fewer than it asked for ends the group (the stream
+#: ran dry); one cut short by this deadline (a slow link) ends it too, and its late messages start the next group.
+PULL_TIMEOUT_S = 1.0
+
+
+async def fetch_group(sub, size: int, sizer: PullSizer) -> list:
+    """Up to ``size`` messages in byte-bounded pulls; raises ``NatsTimeout`` when the first pull finds nothing.
+
+    The next pull is sent only when the previous one was filled (a backlog): a pull that brings fewer messages than
+    it asked for means the stream had no more, and the group is applied as it is.
+    """
+    asked = sizer.count(size)
+    msgs = await sub.fetch(asked, timeout=PULL_TIMEOUT_S)
+    sizer.observe(msgs)
+    full = len(msgs) >= asked
+    while full and len(msgs) < size:
+        asked = sizer.count(size - len(msgs))
+        try:
+            more = await sub.fetch(asked, timeout=PULL_TIMEOUT_S)
+        except NatsTimeout:
+            break
+        except Exception as exc:  # NATS reconnecting: apply what we have; the rest is fetched again later
+            log.warning("fetch failed, applying the part of the group already fetched", extra={"why": repr(exc)})
+            break
+        sizer.observe(more)
+        msgs += more
+        full = len(more) >= asked
+    return msgs
+
+
+async def _fetch_loop(ctx, sub, in_flight, pending, fold, sizer: PullSizer) -> None:
     size = fetch_size(ctx.config)
     while not ctx.stopping.is_set():
+        await in_flight.acquire()
         try:
-            msgs = await sub.fetch(size, timeout=1)
+            msgs = await fetch_group(sub, size, sizer)
         except NatsTimeout:
+            in_flight.release()
             continue
         except Exception as exc:  # NATS reconnecting (cluster node lost): fetch again shortly
+            in_flight.release()
             if ctx.stopping.is_set():
                 break
             log.warning("fetch failed, retrying", extra={"why": repr(exc)})
             await asyncio.sleep(0.5)
             continue
-        if workers is not None:
-            # up to ``fold_processes`` groups fold at once; the writer takes them in whatever order they finish
-            await in_flight.acquire()
-            pending.add(asyncio.create_task(fold_in_worker(msgs), name="attributor-fold"))
-            continue
-        good = []
-        batches: list[CallBatch] = []
-        for i in range(0, len(msgs), YIELD_EVERY):
-            # small slices, yielding in between: the writer's next statement must not wait for a whole group's
-            # decoding, or PostgreSQL sits idle while Python works
-            ok, decoded, bad = decode_all(codec, msgs[i : i + YIELD_EVERY])
-            good += ok
-            batches += decoded
-            for msg in bad:
-                await msg.term()
-            await asyncio.sleep(0)
-        if batches:
-            rows = folding.rows(batches)
-            await groups.put(Prepared(good, batches, rows))
+        pending.add(asyncio.create_task(fold(msgs), name="attributor-fold"))
 
 
 async def main(ctx: ServiceContext) -> None:
@@ -292,7 +275,6 @@ async def main(ctx: ServiceContext) -> None:
     await natsio.ensure_stream(js, cfg.nats)
     await natsio.ensure_consumer(js, cfg.nats.stream, cfg.attributor.durable)
     sub = await js.pull_subscribe(natsio.EVENTS_WILDCARD, durable=cfg.attributor.durable, stream=cfg.nats.stream)
-    codec = Codec()
     writer = Writer(ctx.dsn, PriceTable.from_config(cfg), ctx.health)
     ctx.health.update(applied_batches=0, duplicate_batches=0, applied_records=0, db_retries=0)
     async with pool.acquire() as conn:  # today's partitions exist before the first write (plain flavour)
@@ -301,19 +283,22 @@ async def main(ctx: ServiceContext) -> None:
     upkeep = asyncio.create_task(maintenance_loop(ctx), name="attributor-maintenance")
     alerts = asyncio.create_task(detector_loop(ctx, nc), name="attributor-detector")
     ctx.ready = True
-    # Two stages: the feeder fetches, decodes and builds staging rows for the next group while the writer's
-    # transaction for the current group runs in PostgreSQL (the two use different cores).
-    groups: asyncio.Queue[Prepared] = asyncio.Queue(maxsize=2)
-    workers = (
+    # A pipeline: the feeder fetches the next group and folds it (in a thread, without the GIL) while the writer's
+    # transaction for the current group runs in PostgreSQL and the previous group is acknowledged. One folded group
+    # waits at most: a deeper queue only held more payloads in memory, it did not add throughput.
+    groups: asyncio.Queue[Prepared] = asyncio.Queue(maxsize=1)
+    folders: Executor = (
         ProcessPoolExecutor(
             cfg.attributor.fold_processes,
             mp_context=multiprocessing.get_context("fork"),
             initializer=die_with_parent,
         )
         if cfg.attributor.fold_processes > 0
-        else None
+        else ThreadPoolExecutor(1, thread_name_prefix="attributor-fold")
     )
-    feeder = asyncio.create_task(feed(ctx, sub, codec, groups, workers), name="attributor-feeder")
+    feeder = asyncio.create_task(
+        feed(ctx, sub, groups, folders, nc.max_payload or 1024 * 1024), name="attributor-feeder"
+    )
     acking: asyncio.Task[None] | None = None
     try:
         while not ctx.stopping.is_set():
@@ -329,7 +314,7 @@ async def main(ctx: ServiceContext) -> None:
             async def keepalive(held=group.msgs) -> None:
                 await asyncio.gather(*(m.in_progress() for m in held))
 
-            applied = await writer.apply(group.batches, ctx.stopping, keepalive, group.rows)
+            applied = await writer.apply(group.batches, ctx.stopping, keepalive, group.copy)
             if applied is None:
                 break
             if acking is not None:
@@ -349,8 +334,7 @@ async def main(ctx: ServiceContext) -> None:
         upkeep.cancel()
         alerts.cancel()
         await asyncio.gather(feeder, upkeep, alerts, return_exceptions=True)
-        if workers is not None:
-            workers.shutdown(wait=True, cancel_futures=True)
+        folders.shutdown(wait=True, cancel_futures=True)
         # close, not drain: a pull subscription never finishes draining, and nothing is in flight once the loop ends.
         await writer.close()
         try:
