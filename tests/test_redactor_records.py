@@ -139,6 +139,29 @@ def test_a_refusal_reason_quotes_no_value() -> None:
         policy.Decoder().decode(b"\xc1" + secret.encode())
 
 
+def test_invalid_utf8_is_refused_with_a_reason_not_a_crash() -> None:
+    good = msgspec.msgpack.encode(_batch(_call(requests=1, tenant="acme")))
+    bad = good.replace(b"acme", b"ac\xffe")  # a str of the same length, no longer UTF-8
+    for data in (bad, bad.replace(b"\xa4node", b"\xa4nodf")):  # strict decode, and the unknown-field path
+        with pytest.raises(policy.Refused, match="not a msgpack batch"):
+            policy.Decoder().decode(data)
+
+
+def test_nul_characters_become_replacement_characters_and_are_counted() -> None:
+    """PostgreSQL text cannot hold NUL: a record carrying one in any text field is kept, the NUL replaced by U+FFFD
+    (kind nul_character), instead of failing the attributor's transaction downstream."""
+    r = _call(
+        requests=1, tenant="ac\x00me", operation="GET /a\x00b", dst="orders\x00", src_workload="w\x00eb", agent="a\x00"
+    )
+    out, stats = RecordRedactor(Config()).redact_batch(_roundtrip(_batch(r)))
+    (rec,) = out.records
+    fields = msgspec.structs.asdict(rec)
+    assert not any("\x00" in v for v in fields.values() if isinstance(v, str))
+    assert (rec.tenant, rec.dst, rec.src_workload, rec.agent) == ("ac\ufffdme", "orders\ufffd", "w\ufffdeb", "a\ufffd")
+    assert "\ufffd" in rec.operation
+    assert stats.redactions["nul_character"] == 5
+
+
 def test_values_hidden_by_url_encoding_are_found() -> None:
     r = RecordRedactor(Config())
     v6 = "2001%3Adb8%3A%3A8a2e%3A370%3A7334"

@@ -1,6 +1,6 @@
 """The redactor's own Prometheus metrics (in the process registry). Label values are bounded sets only: the detector
-kind (``scan.KINDS``) and the reason a field was dropped — never a field name seen on the wire, which a rogue
-publisher controls."""
+kind (``scan.KINDS``, and ``nul_character``) and the reason a field was dropped — never a field name seen on the wire,
+which a rogue publisher controls."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ FIELDS_DROPPED = Counter(
 )
 REDACTIONS = Counter(
     "costmesh_redactor_redactions_total",
-    "Values replaced by [REDACTED:<kind>], by detector kind.",
+    "Values replaced, by kind: a detector's kind ([REDACTED:<kind>] in their place), or nul_character (a NUL "
+    "character, replaced by U+FFFD).",
     ["kind"],
     registry=REGISTRY,
 )

@@ -87,14 +87,17 @@ class Decoder:
             dropped = 0
         except msgspec.ValidationError:
             batch, dropped = self._decode_dropping(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec raises the latter for invalid UTF-8
             raise Refused(f"not a msgpack batch: {safe_reason(exc)}") from None
         if batch.v != CONTRACT_VERSION:
             raise Refused(f"unsupported contract version {batch.v} (this build reads {CONTRACT_VERSION})")
         return batch, dropped
 
     def _decode_dropping(self, data: bytes) -> tuple[CallBatch, int]:
-        raw = self._loose.decode(data)
+        try:
+            raw = self._loose.decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise Refused(f"not a msgpack batch: {safe_reason(exc)}") from None
         if not isinstance(raw, dict):
             raise Refused("a batch must be a map")
         dropped = _strip(raw, _FIELDS["batch"])

@@ -75,18 +75,26 @@ def _endpoint_address(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv
         return None
 
 
+#: The kind counted when a NUL character is replaced (beside the detectors' kinds, ``scan.KINDS``).
+NUL_CHARACTER = "nul_character"
+
+
 def redact_deep(text: str) -> _Cached:
     """``scan.redact``, then once more on the percent-decoded result: a value hidden by URL encoding is found too.
 
-    When decoding reveals something, the decoded text (redacted) is what leaves; otherwise the text as it came.
+    When decoding reveals something, the decoded text (redacted) is what leaves; otherwise the text as it came. A NUL
+    character becomes U+FFFD and is counted as kind ``nul_character``.
     """
+    nul: tuple[str, ...] = ()
+    if "\x00" in text:  # PostgreSQL text cannot hold one and no field of the contract means one
+        text, nul = text.replace("\x00", "\ufffd"), (NUL_CHARACTER,)
     out, kinds = scan.redact(text)
     if "%" in out:
         decoded = unquote(out, errors="replace")
         again, hidden = scan.redact(decoded)
         if hidden:
-            return again, kinds + hidden
-    return out, kinds
+            return again, nul + kinds + hidden
+    return out, nul + kinds
 
 
 def _shape_operation(protocol: str, op: str) -> _Cached:
