@@ -125,20 +125,32 @@ cdef inline Py_ssize_t find_crlf2(const char* p, Py_ssize_t start, Py_ssize_t n)
     return r + start if r >= 0 else -1
 
 
+cdef extern from *:
+    """
+    static inline uint64_t costmesh_mum(uint64_t a, uint64_t b) {
+        __uint128_t r = (__uint128_t)a * b;
+        return (uint64_t)r ^ (uint64_t)(r >> 64);
+    }
+    """
+    uint64_t costmesh_mum(uint64_t a, uint64_t b) nogil
+
+
 cdef inline uint64_t hash_bytes(const char* p, Py_ssize_t n) noexcept nogil:
-    """FNV-1a over 8-byte words (then the tail), mixed; keys are short."""
-    cdef uint64_t h = 0xCBF29CE484222325ULL
-    cdef uint64_t w
+    """A wyhash-style hash (16 bytes per 64x64->128-bit multiply); for in-process tables only, never stored."""
+    cdef uint64_t h = 0x243F6A8885A308D3ULL ^ <uint64_t>n
+    cdef uint64_t a, b
     cdef Py_ssize_t i = 0
-    while i + 8 <= n:
-        memcpy(&w, p + i, 8)
-        h = (h ^ w) * 0x100000001B3ULL
-        h ^= h >> 29
-        i += 8
-    while i < n:
-        h = (h ^ <uint8_t>p[i]) * 0x100000001B3ULL
-        i += 1
-    h ^= h >> 32
-    h *= 0xD6E8FEB86659FD93ULL
-    h ^= h >> 32
-    return h
+    while i + 16 <= n:
+        memcpy(&a, p + i, 8)
+        memcpy(&b, p + i + 8, 8)
+        h = costmesh_mum(a ^ 0xA0761D6478BD642FULL, b ^ h)
+        i += 16
+    a = 0
+    b = 0
+    if n - i > 8:
+        memcpy(&a, p + i, 8)
+        memcpy(&b, p + i + 8, n - i - 8)
+    elif n - i > 0:
+        memcpy(&a, p + i, n - i)
+    h = costmesh_mum(a ^ 0xE7037ED1A0B428DBULL, b ^ h ^ 0x8EBC6AF09C88C6E3ULL)
+    return costmesh_mum(h ^ 0x589965CC75374CC3ULL, <uint64_t>n ^ 0x1D8E4E27C47D124FULL)

@@ -24,7 +24,7 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 from costmesh.native._bytes cimport (
-    Buf, be32, buf_add, buf_bytes, buf_free, buf_set, buf_trim, eq_lower, find, find_crlf2, hash_bytes, lower, s32,
+    Buf, be32, buf_add, buf_bytes, buf_free, buf_reserve, buf_set, buf_trim, eq_lower, find, find_crlf2, hash_bytes, lower, s32,
     starts, strip,
 )
 from costmesh.native._capture cimport CaptureReader, Frame
@@ -38,7 +38,11 @@ from .kinds import C as _C
 from .kinds import COUNTERS, ERROR_KINDS
 from .kinds import E as _E
 from .rules import MAX_VALUE as _MAX_VALUE
-from .rules import SRC_BAGGAGE, SRC_HEADER, SRC_HOST, SRC_PY, SRC_QUERY
+from .rules import SRC_BAGGAGE as _SRC_BAGGAGE
+from .rules import SRC_HEADER as _SRC_HEADER
+from .rules import SRC_HOST as _SRC_HOST
+from .rules import SRC_PY as _SRC_PY
+from .rules import SRC_QUERY as _SRC_QUERY
 from .ai import AI_HOST_MARKERS, AI_PATH_MARKERS
 from ._usage import PROVIDERS as _PROVIDERS_T
 
@@ -86,6 +90,9 @@ DEF G_TYPED = 1
 DEF G_SSLANS = 2
 
 assert _MAX_VALUE == MAX_VALUE
+# rule kinds as C ints: compared per request, so no Python object may stand in for them
+cdef int SRC_HEADER = _SRC_HEADER, SRC_BAGGAGE = _SRC_BAGGAGE, SRC_QUERY = _SRC_QUERY, SRC_HOST = _SRC_HOST
+cdef int SRC_PY = _SRC_PY
 
 cdef int NC = len(COUNTERS)
 cdef int NE = len(ERROR_KINDS)
@@ -114,12 +121,42 @@ cdef const char* AI_HOSTS_C[MAX_MARKERS]
 cdef Py_ssize_t AI_HOSTS_LEN[MAX_MARKERS]
 cdef int N_AI_PATHS = min(len(_AI_PATHS), MAX_MARKERS)
 cdef int N_AI_HOSTS = min(len(_AI_HOSTS), MAX_MARKERS)
+# per first byte, the markers that start with it (bit j: marker j): one table look-up per byte of a host or path
+cdef uint32_t AI_PATHS_FIRST[256]
+cdef uint32_t AI_HOSTS_FIRST[256]
+memset(AI_PATHS_FIRST, 0, sizeof(AI_PATHS_FIRST))
+memset(AI_HOSTS_FIRST, 0, sizeof(AI_HOSTS_FIRST))
 for _j in range(N_AI_PATHS):  # the bytes stay alive in the module-level lists
     AI_PATHS_C[_j] = PyBytes_AS_STRING(_AI_PATHS[_j])
     AI_PATHS_LEN[_j] = len(_AI_PATHS[_j])
+    assert AI_PATHS_LEN[_j] > 0
+    AI_PATHS_FIRST[<uint8_t>AI_PATHS_C[_j][0]] |= 1u << _j
 for _j in range(N_AI_HOSTS):
+    assert _AI_HOSTS[_j] == _AI_HOSTS[_j].lower() and len(_AI_HOSTS[_j]) > 0
     AI_HOSTS_C[_j] = PyBytes_AS_STRING(_AI_HOSTS[_j])
     AI_HOSTS_LEN[_j] = len(_AI_HOSTS[_j])
+    AI_HOSTS_FIRST[<uint8_t>AI_HOSTS_C[_j][0]] |= 1u << _j
+
+
+cdef inline bint _any_marker(const char* s, Py_ssize_t n, const uint32_t* first, const char** markers,
+                             const Py_ssize_t* lens, bint fold) noexcept nogil:
+    """Whether one of the markers occurs in ``s[:n]`` (``fold``: ASCII case-insensitively; markers are lower case)."""
+    cdef Py_ssize_t i
+    cdef uint32_t bits
+    cdef int j
+    for i in range(n):
+        bits = first[<uint8_t>(lower(s[i]) if fold else s[i])]
+        j = 0
+        while bits:
+            if bits & 1 and lens[j] <= n - i:
+                if fold:
+                    if eq_lower(s + i, lens[j], markers[j], lens[j]):
+                        return True
+                elif memcmp(s + i, markers[j], lens[j]) == 0:
+                    return True
+            bits >>= 1
+            j += 1
+    return False
 
 
 # ---- the engine ----------------------------------------------------------------------------------------------------
@@ -479,12 +516,6 @@ cdef class Engine:
         free(old_h)
         return 0
 
-    cdef inline int _kstr(self, const char* p, Py_ssize_t n) except -1:
-        cdef uint32_t ln = <uint32_t>n
-        buf_add(&self.kbuf, <const char*>&ln, 4)
-        buf_add(&self.kbuf, p, n)
-        return 0
-
     cdef int _agg(self, int64_t ts, Flow* fl, int proto, const char* op, Py_ssize_t opn, const char* host,
                   Py_ssize_t hostn, Buf* ids, int* rules, const char* prov, Py_ssize_t provn, const char* model,
                   Py_ssize_t modeln, int64_t* vals) except -1:
@@ -497,32 +528,40 @@ cdef class Engine:
                       const char* prov, Py_ssize_t provn, const char* model, Py_ssize_t modeln,
                       int64_t* vals) except -1:
         cdef int64_t window = ts - ts % self.window_us
-        cdef uint8_t hdr[43]
         cdef int32_t r3[3]
         cdef int t
         cdef uint64_t h, mask, i
         cdef AggEntry* e
         cdef AggEntry** grown
-        memcpy(hdr, &window, 8)
-        memcpy(hdr + 8, src, 16)
-        memcpy(hdr + 24, dst, 16)
-        hdr[40] = dport >> 8
-        hdr[41] = dport & 0xFF
-        hdr[42] = proto
+        cdef char* k
+        cdef Py_ssize_t total = 43 + 12 + 7 * 4 + opn + hostn + provn + modeln
+        if ids != NULL:
+            total += ids[0].n + ids[1].n + ids[2].n
+        # the key is written in one go into a buffer reserved for all of it (no bounds check per field)
+        self.kbuf.n = 0
+        if total > self.kbuf.cap:
+            buf_reserve(&self.kbuf, total)
+        k = self.kbuf.p
+        memcpy(k, &window, 8)
+        memcpy(k + 8, src, 16)
+        memcpy(k + 24, dst, 16)
+        k[40] = <char>(dport >> 8)
+        k[41] = <char>(dport & 0xFF)
+        k[42] = <char>proto
         for t in range(3):
             r3[t] = rules[t] if ids != NULL else -1
-        self.kbuf.n = 0
-        buf_add(&self.kbuf, <const char*>hdr, 43)
-        buf_add(&self.kbuf, <const char*>r3, 12)
-        self._kstr(op, opn)
-        self._kstr(host, hostn)
+        memcpy(k + 43, r3, 12)
+        k += 55
+        k = _kput(k, op, opn)
+        k = _kput(k, host, hostn)
         for t in range(3):
             if ids != NULL:
-                self._kstr(ids[t].p, ids[t].n)
+                k = _kput(k, ids[t].p, ids[t].n)
             else:
-                self._kstr(NULL, 0)
-        self._kstr(prov, provn)
-        self._kstr(model, modeln)
+                k = _kput(k, NULL, 0)
+        k = _kput(k, prov, provn)
+        k = _kput(k, model, modeln)
+        self.kbuf.n = k - self.kbuf.p
         h = hash_bytes(self.kbuf.p, self.kbuf.n)
         mask = self.agg_cap - 1
         i = h & mask
@@ -1080,7 +1119,8 @@ cdef class Engine:
         cdef Dir* d = &fl.dirs[side]
         cdef bint client = side == fl.cside
         cdef Py_ssize_t pos = 0
-        cdef Py_ssize_t end, old, take, nl, ln, i
+        cdef Py_ssize_t end, old, take, nl, ln, i, hl
+        cdef Span line0
         cdef int st
         cdef const char* line
         cdef const char* lp
@@ -1094,10 +1134,10 @@ cdef class Engine:
                         pos += 2
                     if pos >= n:
                         return 0
-                    end = find_crlf2(data, pos, n)
-                    if end >= 0:
-                        self._head(fl, side, ts, data + pos, end + 4 - pos)
-                        pos = end + 4
+                    hl = self._scan_head(data + pos, n - pos, &line0)
+                    if hl >= 0:
+                        self._head(fl, side, ts, data + pos, hl, line0)
+                        pos += hl
                         continue
                     if n - pos > MAX_HEAD:
                         self.errors[E_HEAD_LONG] += 1
@@ -1117,7 +1157,8 @@ cdef class Engine:
                 # the head is copied out before the buffer is reused (the head parser may append to buffers)
                 head = PyBytes_FromStringAndSize(d.buf.p, end + 4)
                 d.buf.n = 0
-                self._head(fl, side, ts, PyBytes_AS_STRING(head), end + 4)
+                hl = self._scan_head(PyBytes_AS_STRING(head), end + 4, &line0)
+                self._head(fl, side, ts, PyBytes_AS_STRING(head), hl, line0)
             elif st == S_LEN or st == S_CDATA or st == S_CCRLF:
                 take = d.remaining if d.remaining < n - pos else n - pos
                 if st != S_CCRLF:
@@ -1228,34 +1269,41 @@ cdef class Engine:
             self._http_response_done(fl, ts)
         return 0
 
-    cdef void _parse_headers(self, const char* head, Py_ssize_t n, Span* line0) noexcept:
-        """Request/status line and the first value of every header the engine reads; counts malformed lines."""
-        cdef Py_ssize_t end = n - 4
-        cdef Py_ssize_t s, e, nn, vn, i
+    cdef Py_ssize_t _scan_head(self, const char* head, Py_ssize_t n, Span* line0) noexcept:
+        """One pass over a head that starts at ``head``: the request/status line and the first value of every header
+        the engine reads, up to the first empty line. Returns the head's length (through its ``\\r\\n\\r\\n``) or -1
+        when ``head[:n]`` holds no complete head (then nothing is counted). Lines end at ``\\r\\n``; the first
+        empty line is where ``\\r\\n\\r\\n`` first occurs, so this finds the same end as ``find_crlf2``."""
+        cdef Py_ssize_t s, e, nn, vn
         cdef const char* p
         cdef const char* colon
         cdef const char* v
         cdef int j, r
+        cdef int bad = 0
         self.hv_host.p = self.hv_cl.p = self.hv_te.p = self.hv_ct.p = self.hv_ce.p = self.hv_baggage.p = NULL
         for j in range(self.nheader_rules):
             self.rulev[self.header_rules[j]].p = NULL
-        e = find(head, end, b"\r\n", 2)
+        e = _crlf(head, 0, n)
         if e < 0:
-            e = end
+            return -1
         line0.p = head
         line0.n = e
         s = e + 2
-        while s < end:
-            e = find(head + s, end - s, b"\r\n", 2)
-            e = end if e < 0 else s + e
+        while True:
+            e = _crlf(head, s, n)
+            if e < 0:
+                return -1
+            if e == s:
+                self.errors[E_HEADER] += bad
+                return s + 2
             p = head + s
             nn = e - s
             s = e + 2
-            if nn == 0 or p[0] == 32 or p[0] == 9:
+            if p[0] == 32 or p[0] == 9:
                 continue
             colon = <const char*>memchr(p, 58, nn)
             if colon == NULL or colon == p:
-                self.errors[E_HEADER] += 1
+                bad += 1
                 continue
             vn = nn - (colon - p) - 1
             v = colon + 1
@@ -1291,9 +1339,9 @@ cdef class Engine:
                     self.rulev[r].p = v
                     self.rulev[r].n = vn
 
-    cdef int _head(self, Flow* fl, int side, int64_t ts, const char* head, Py_ssize_t hn) except -1:
+    cdef int _head(self, Flow* fl, int side, int64_t ts, const char* head, Py_ssize_t hn, Span line) except -1:
+        """A complete head that ``_scan_head`` has just read (its header values are in ``hv_*``/``rulev``)."""
         cdef Dir* d = &fl.dirs[side]
-        cdef Span line
         cdef bint chunked
         cdef int64_t cl = -1
         cdef Py_ssize_t sp1, sp2, i, tn
@@ -1301,7 +1349,6 @@ cdef class Engine:
         cdef Req* req
         cdef int status
         cdef const char* target
-        self._parse_headers(head, hn, &line)
         chunked = self.hv_te.p != NULL and _contains_lower(self.hv_te.p, self.hv_te.n, b"chunked", 7)
         if self.hv_cl.p != NULL:
             cl = _digits(self.hv_cl.p, self.hv_cl.n)
@@ -1420,18 +1467,8 @@ cdef class Engine:
         return 0
 
     cdef bint _is_ai(self, const char* target, Py_ssize_t tn, const char* host, Py_ssize_t hn) noexcept:
-        cdef char low[MAX_VALUE]
-        cdef Py_ssize_t i
-        cdef int j
-        for i in range(hn):
-            low[i] = lower(host[i])
-        for j in range(N_AI_HOSTS):
-            if find(low, hn, AI_HOSTS_C[j], AI_HOSTS_LEN[j]) >= 0:
-                return True
-        for j in range(N_AI_PATHS):
-            if find(target, tn, AI_PATHS_C[j], AI_PATHS_LEN[j]) >= 0:
-                return True
-        return False
+        return _any_marker(host, hn, AI_HOSTS_FIRST, AI_HOSTS_C, AI_HOSTS_LEN, True) or \
+            _any_marker(target, tn, AI_PATHS_FIRST, AI_PATHS_C, AI_PATHS_LEN, False)
 
     cdef int _http_ids(self, Req* req, const char* head, Py_ssize_t hn, const char* target,
                        Py_ssize_t tn) except -1:
@@ -1882,6 +1919,29 @@ cdef class Engine:
 
 
 # ---- module-level helpers -------------------------------------------------------------------------------------------
+
+cdef inline char* _kput(char* k, const char* p, Py_ssize_t n) noexcept nogil:
+    """One length-prefixed field of an aggregate key; the caller reserved room for it."""
+    cdef uint32_t ln = <uint32_t>n
+    memcpy(k, &ln, 4)
+    if n > 0:
+        memcpy(k + 4, p, n)
+    return k + 4 + n
+
+
+cdef inline Py_ssize_t _crlf(const char* p, Py_ssize_t s, Py_ssize_t n) noexcept nogil:
+    """Offset of the first ``\\r\\n`` in ``p[s:n]``, or -1."""
+    cdef const char* hit
+    while s + 1 < n:
+        hit = <const char*>memchr(p + s, 13, n - s - 1)
+        if hit == NULL:
+            return -1
+        s = hit - p
+        if p[s + 1] == 10:
+            return s
+        s += 1
+    return -1
+
 
 def _ooo_first(ooo, nxt):
     """The waiting segment nearest after ``nxt`` (sequence numbers wrap at 2**32), as the twin picks it."""

@@ -563,3 +563,50 @@ def test_sni_rule_names_the_tenant():
     config = Config(rules=[Rule(source="sni", pattern=r"^([a-z]+)\.org$", name="sni-org")])
     calls, _, _ = _calls("zeek_openjdk-25.0.2-zeek.org_linktype-sll2.pcap", config)
     assert {(c["tenant"], c["tenant_rule"], c["tenant_method"]) for c in calls} == {("zeek", "sni-org", "sni")}
+
+
+class _Trickle(io.RawIOBase):
+    """A stream that hands out at most ``step`` bytes per read (pipes, sockets); ``readinto`` may be hidden."""
+
+    def __init__(self, data: bytes, step: int, readinto: bool) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+        self._step = step
+        if not readinto:
+            self.readinto = None  # type: ignore[assignment]
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._step if n < 0 else min(n, self._step)
+        out = bytes(self._data[self._pos : self._pos + n])
+        self._pos += len(out)
+        return out
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        out = self.read(len(b))
+        b[: len(out)] = out
+        return len(out)
+
+
+@pytest.mark.parametrize("step", [1, 7, 4096])
+@pytest.mark.parametrize("readinto", [True, False])
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_capture_reader_short_reads_and_small_chunks(step, readinto, fmt):
+    """Frames come out the same whatever the stream hands over per read and however small the read buffer is (the
+    compiled reader moves the unread tail and grows its one buffer for a record longer than a chunk)."""
+    frames = conversation([(REQ, RESP), (REQ, RESP + b"x" * 3000)])
+    data = pcap_bytes(frames) if fmt == "pcap" else pcapng_bytes(frames, "<")
+    want = list(_capture_py.CaptureReader(io.BytesIO(data)))
+    assert len(want) == len(frames)
+    for name, (_e, reader_cls, _n) in sorted(BUILDS.items()):
+        for chunk in (16, 1000, 1 << 20):
+            got = list(reader_cls(_Trickle(data, step, readinto), chunk_size=chunk))
+            assert got == want, (name, chunk)
+    cut = data[:-30]
+    for name, (_e, reader_cls, _n) in sorted(BUILDS.items()):
+        reader = reader_cls(_Trickle(cut, step, readinto), chunk_size=64)
+        with pytest.raises(Exception) as info:
+            list(reader)
+        assert type(info.value).__name__ == "CaptureError" and info.value.kind == "capture_truncated", name
