@@ -18,6 +18,7 @@ request still in that list and is cleared when it leaves. Callers of ``_data`` k
 
 import gc
 
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
@@ -46,7 +47,7 @@ from .rules import SRC_QUERY as _SRC_QUERY
 from .ai import AI_HOST_MARKERS, AI_PATH_MARKERS
 from ._usage import PROVIDERS as _PROVIDERS_T
 
-__all__ = ["PROTOCOLS", "Engine"]
+__all__ = ["PROTOCOLS", "Engine", "collapse_http_op"]
 
 DEF MAX_OOO = 16
 DEF MAX_HEAD = 65536
@@ -205,6 +206,7 @@ cdef class Engine:
     cdef int nheader_rules
     cdef bint any_baggage
     cdef list ai_body_skip             # [target][start]: needles of the body rules left, or None (see _ai_ids_none)
+    cdef bint collapse_ids             # fold ids and query values of HTTP operations (opkey.collapse_http_op)
 
     def __cinit__(self):
         cdef int t
@@ -226,9 +228,10 @@ cdef class Engine:
             self.order[t] = NULL
         memset(&self.kbuf, 0, sizeof(Buf))
 
-    def __init__(self, slow, window_us, max_flows, pg_ports, http_ports):
+    def __init__(self, slow, window_us, max_flows, pg_ports, http_ports, collapse_ids=False):
         cdef int i, t
         self.slow = slow
+        self.collapse_ids = bool(collapse_ids)
         self.rules = slow.rules
         self.window_us = max(1, int(window_us))
         self.max_flows = max(1, int(max_flows))
@@ -1381,6 +1384,8 @@ cdef class Engine:
             else:
                 req = self._new_req(ts)
                 buf_set(&req.op, line.p, sp2 if sp2 < MAX_OP else MAX_OP)
+                if self.collapse_ids:
+                    req.op.n = _collapse(req.op.p, req.op.n)
                 if self.hv_host.p != NULL:
                     buf_set(&req.host, self.hv_host.p, self.hv_host.n if self.hv_host.n < MAX_VALUE else MAX_VALUE)
                 req.method_head = sp1 == 4 and memcmp(line.p, b"HEAD", 4) == 0
@@ -1919,6 +1924,89 @@ cdef class Engine:
 
 
 # ---- module-level helpers -------------------------------------------------------------------------------------------
+
+cdef const char* NIL_UUID = b"00000000-0000-0000-0000-000000000000"
+
+
+cdef inline bint _id_end(char c) noexcept nogil:
+    return c == 47 or c == 59 or c == 35 or c == 32  # / ; # and space (the only \\s in printable ASCII)
+
+
+cdef inline bint _hex(char c) noexcept nogil:
+    return 48 <= c <= 57 or 97 <= c <= 102 or 65 <= c <= 70
+
+
+cdef inline bint _uuid_at(const char* p) noexcept nogil:
+    """``p[:36]`` is 8-4-4-4-12 hex digits (the caller checked there are 36 bytes)."""
+    cdef int i
+    for i in range(36):
+        if i == 8 or i == 13 or i == 18 or i == 23:
+            if p[i] != 45:
+                return False
+        elif not _hex(p[i]):
+            return False
+    return True
+
+
+cdef Py_ssize_t _collapse(char* p, Py_ssize_t n) noexcept nogil:
+    """Twin of ``opkey.collapse_http_op`` (the redactor's ``shapes.cache_key`` for HTTP), in place; returns the new
+    length. Every write lands at or before the byte being read, so one buffer suffices."""
+    cdef Py_ssize_t i, j, w, pe
+    cdef const char* q
+    cdef char c
+    for i in range(n):
+        if <uint8_t>p[i] < 32 or <uint8_t>p[i] > 126:
+            return n
+    q = <const char*>memchr(p, 63, n)
+    pe = (q - p) if q != NULL else n
+    i = 0
+    w = 0
+    while i < pe:
+        c = p[i]
+        p[w] = c
+        w += 1
+        i += 1
+        if c != 47:
+            continue
+        j = i
+        while j < pe and 48 <= p[j] <= 57:
+            j += 1
+        if j > i and (j == pe or _id_end(p[j])):
+            if j - i == 36:
+                memcpy(p + w, NIL_UUID, 36)
+                w += 36
+            else:
+                p[w] = 48
+                w += 1
+            i = j
+        elif pe - i >= 36 and _uuid_at(p + i) and (i + 36 == pe or _id_end(p[i + 36])):
+            memcpy(p + w, NIL_UUID, 36)
+            w += 36
+            i += 36
+    if q == NULL:
+        return w
+    p[w] = 63
+    w += 1
+    i = pe + 1
+    while i < n:
+        c = p[i]
+        if c == 61:
+            i += 1
+            while i < n and not (p[i] == 38 or p[i] == 59 or p[i] == 35 or p[i] == 32):
+                i += 1
+            continue
+        p[w] = c
+        w += 1
+        i += 1
+    return w
+
+
+def collapse_http_op(bytes op):
+    """``_collapse`` for tests (the engine calls it in C)."""
+    cdef bytearray b = bytearray(op)
+    cdef Py_ssize_t n = _collapse(PyByteArray_AS_STRING(b), len(b))
+    return bytes(b[:n])
+
 
 cdef inline char* _kput(char* k, const char* p, Py_ssize_t n) noexcept nogil:
     """One length-prefixed field of an aggregate key; the caller reserved room for it."""

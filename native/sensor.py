@@ -154,7 +154,12 @@ class Sensor:
         self.slow = Slow(config)
         self.reader_cls = reader_cls or CaptureReader
         self.engine = (engine_cls or Engine)(
-            self.slow, self.window_us, config.sensor.max_flows, config.sensor.postgres_ports, config.sensor.http_ports
+            self.slow,
+            self.window_us,
+            config.sensor.max_flows,
+            config.sensor.postgres_ports,
+            config.sensor.http_ports,
+            config.sensor.collapse_ids,
         )
         self._workloads = [(ipaddress.ip_network(w.address, strict=False), w.port, w.name) for w in config.workloads]
         self._names: dict[tuple[bytes, int], str | None] = {}
@@ -244,33 +249,37 @@ class Sensor:
             window, src, dst, dport, proto, op, host, tv, tr, fv, _fr, av, _ar, provider, model,
             requests, errors, bytes_in, bytes_out, busy, tin, tout, tc, treason,
         ) in rows:  # fmt: skip
-            append(
-                ObservedCall(
-                    window_start_us=window,
-                    window_end_us=window + width,
-                    node=node,
-                    src_workload=srcs[src],
-                    dst=dsts[(dst, dport, host)],
-                    protocol=PROTOCOLS[proto],
-                    operation=op.decode("utf-8", "replace"),
-                    tenant=texts[tv],
-                    tenant_method=method_of[tr],
-                    tenant_rule=rule_of[tr],
-                    feature=texts[fv],
-                    agent=texts[av],
-                    requests=requests,
-                    errors=errors,
-                    bytes_in=bytes_in,
-                    bytes_out=bytes_out,
-                    busy_us=busy,
-                    tokens_in=tin,
-                    tokens_out=tout,
-                    tokens_cached=tc,
-                    tokens_reasoning=treason,
-                    provider=texts[provider],
-                    model=texts[model],
-                )
+            # At most 15 keywords: msgspec (0.22) takes a much slower path for a call with 16 or more, so the fields
+            # that usually keep their defaults (feature, agent, tokens, provider, model) are set only when they differ.
+            call = ObservedCall(
+                window_start_us=window,
+                window_end_us=window + width,
+                node=node,
+                src_workload=srcs[src],
+                dst=dsts[(dst, dport, host)],
+                protocol=PROTOCOLS[proto],
+                operation=op.decode("utf-8", "replace"),
+                tenant=texts[tv],
+                tenant_method=method_of[tr],
+                tenant_rule=rule_of[tr],
+                requests=requests,
+                errors=errors,
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                busy_us=busy,
             )
+            if fv:
+                call.feature = texts[fv]
+            if av:
+                call.agent = texts[av]
+            if provider or model or tin or tout or tc or treason:
+                call.tokens_in = tin
+                call.tokens_out = tout
+                call.tokens_cached = tc
+                call.tokens_reasoning = treason
+                call.provider = texts[provider]
+                call.model = texts[model]
+            append(call)
 
 
 class _Memo(dict):

@@ -317,7 +317,7 @@ def test_pipelining_chunked_head_and_keepalive(build):
     )
     calls, stats, _ = run_capture(build, io.BytesIO(pcap_bytes(frames)))
     ops = sorted((c["operation"], c["requests"], c.get("errors", 0)) for c in calls)
-    assert ops == [("GET /a?tenant=q1", 2, 0), ("HEAD /h", 1, 0), ("POST /p", 1, 1)]
+    assert ops == [("GET /a?tenant", 2, 0), ("HEAD /h", 1, 0), ("POST /p", 1, 1)]  # query values folded
     assert stats["errors"] == {}
 
 
@@ -544,7 +544,7 @@ def test_long_capture_streams_in_bounded_state(build):
         seq[port][0] += len(req)
         seq[port][1] += len(RESP)
         t += 100_000
-    s = sensor_for(build)
+    s = sensor_for(build, Config(sensor=SensorConfig(collapse_ids=False)))  # ids kept: 400 distinct operations
     seen: list = []
     peak = 0
 
