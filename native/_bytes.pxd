@@ -133,6 +133,27 @@ cdef extern from *:
     }
     """
     uint64_t costmesh_mum(uint64_t a, uint64_t b) nogil
+    int __builtin_ctzll(unsigned long long x) nogil
+
+
+cdef inline Py_ssize_t find_byte(const char* p, Py_ssize_t s, Py_ssize_t n, char c) noexcept nogil:
+    """Offset of the first ``c`` in ``p[s:n]`` or -1; eight bytes per step, inline (header lines are short, so a
+    call to ``memchr`` per line costs more than the scan). The lowest flagged byte of a word is always a true match
+    (a false flag only appears above a true one), so the first hit is exact."""
+    cdef uint64_t pat = 0x0101010101010101ULL * <uint8_t>c
+    cdef uint64_t w, x, t
+    while s + 8 <= n:
+        memcpy(&w, p + s, 8)
+        x = w ^ pat
+        t = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL
+        if t:
+            return s + (__builtin_ctzll(t) >> 3)
+        s += 8
+    while s < n:
+        if p[s] == c:
+            return s
+        s += 1
+    return -1
 
 
 cdef inline uint64_t hash_bytes(const char* p, Py_ssize_t n) noexcept nogil:

@@ -24,8 +24,17 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
+from cpython.object cimport PyObject
+
+cdef extern from "Python.h":
+    object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf, object kwnames)
+    object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    void* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+
 from costmesh.native._bytes cimport (
-    Buf, be32, buf_add, buf_bytes, buf_free, buf_reserve, buf_set, buf_trim, eq_lower, find, find_crlf2, hash_bytes, lower, s32,
+    Buf, be32, buf_add, buf_bytes, buf_free, buf_reserve, buf_set, find_byte, buf_trim, eq_lower, find, find_crlf2, hash_bytes, lower, s32,
     starts, strip,
 )
 from costmesh.native._capture cimport CaptureReader, Frame
@@ -158,6 +167,9 @@ cdef inline bint _any_marker(const char* s, Py_ssize_t n, const uint32_t* first,
             bits >>= 1
             j += 1
     return False
+
+
+cdef class _Calls  # below: makes ObservedCall records during a drain
 
 
 # ---- the engine ----------------------------------------------------------------------------------------------------
@@ -388,6 +400,15 @@ cdef class Engine:
         }
 
     def drain(self, int64_t now_us=-1, bint final=False):
+        """Raw per-window rows (tuples, see ``sensor._Builder.build`` for their layout) of the closed windows."""
+        return self._drain(now_us, final, None)
+
+    def drain_calls(self, int64_t now_us, bint final, builder):
+        """``ObservedCall`` records of the closed windows, made here from the C aggregates (no row tuples);
+        ``builder`` (``sensor._Builder``) names endpoints and holds the per-record constants."""
+        return self._drain(now_us, final, _Calls(builder))
+
+    cdef list _drain(self, int64_t now_us, bint final, _Calls ctx):
         cdef int32_t slot
         cdef uint64_t i
         cdef AggEntry* e
@@ -410,7 +431,7 @@ cdef class Engine:
             for i in range(total):
                 e = self.agg_list[i]
                 if final or now_us < 0 or e.window + self.window_us <= now_us:
-                    out.append(self._row(e, cache))
+                    out.append(self._row(e, cache) if ctx is None else ctx.call(e))
                     free(e)
                 else:
                     self.agg_list[kept] = e
@@ -595,7 +616,12 @@ cdef class Engine:
             self.agg_list = grown
             self.agg_list_cap *= 2
         self.agg_list[self.agg_n] = e
-        self._agg_insert(e)
+        if (self.agg_n + 1) * 2 > self.agg_cap:
+            self._agg_insert(e)  # grows the table, then probes afresh
+        else:  # the probe above ended on the free slot the entry takes
+            self.agg[i] = e
+            self.agg_h[i] = h
+            self.agg_n += 1
         return 0
 
     # ---- requests ---------------------------------------------------------------------------------------------------
@@ -1281,7 +1307,8 @@ cdef class Engine:
         cdef const char* p
         cdef const char* colon
         cdef const char* v
-        cdef int j, r
+        cdef Py_ssize_t j
+        cdef int r
         cdef int bad = 0
         self.hv_host.p = self.hv_cl.p = self.hv_te.p = self.hv_ct.p = self.hv_ce.p = self.hv_baggage.p = NULL
         for j in range(self.nheader_rules):
@@ -1304,13 +1331,13 @@ cdef class Engine:
             s = e + 2
             if p[0] == 32 or p[0] == 9:
                 continue
-            colon = <const char*>memchr(p, 58, nn)
-            if colon == NULL or colon == p:
+            j = find_byte(p, 0, nn, 58)
+            if j <= 0:
                 bad += 1
                 continue
-            vn = nn - (colon - p) - 1
-            v = colon + 1
-            nn = colon - p
+            vn = nn - j - 1
+            v = p + j + 1
+            nn = j
             strip(&v, &vn)
             if nn == 4:
                 if self.hv_host.p == NULL and eq_lower(p, nn, b"host", 4):
@@ -1923,6 +1950,155 @@ cdef class Engine:
         return 0
 
 
+# ---- records ----------------------------------------------------------------------------------------------------------
+
+# The keywords an ``ObservedCall`` is made with, in one vectorcall; at most 15, for msgspec (0.22) takes a much slower
+# path from 16 keywords on. The fields that usually keep their default are set afterwards when they differ.
+cdef tuple CALL_KWNAMES = (
+    "window_start_us", "window_end_us", "node", "src_workload", "dst", "protocol", "operation", "tenant",
+    "tenant_method", "tenant_rule", "requests", "errors", "bytes_in", "bytes_out", "busy_us",
+)
+DEF N_CALL_ARGS = 15
+DEF TEXT_SLOTS = 1024
+
+
+cdef class _Calls:
+    """Makes ``ObservedCall`` records from aggregate entries during one drain: the same records as
+    ``sensor._Builder.build`` makes from row tuples (the parser tests compare both builds), with texts decoded once
+    per distinct value (a direct-mapped cache of ``str``) and endpoint names asked of the builder once per edge."""
+    cdef object cls
+    cdef object node
+    cdef int64_t width
+    cdef list method_of
+    cdef list rule_of
+    cdef object src_name
+    cdef object dst_name
+    cdef dict srcs
+    cdef dict dsts
+    cdef list texts
+    cdef list raw
+    cdef int64_t win
+    cdef object win_start
+    cdef object win_end
+    cdef Buf kbuf
+
+    def __cinit__(self, builder):
+        self.cls = builder.cls
+        self.node = builder.node
+        self.width = builder.width
+        self.method_of = builder.method_of
+        self.rule_of = builder.rule_of
+        self.src_name = builder.src_name
+        self.dst_name = builder.dst_name
+        self.srcs = {}
+        self.dsts = {}
+        self.texts = [None] * TEXT_SLOTS
+        self.raw = [None] * TEXT_SLOTS
+        self.win = -1
+        memset(&self.kbuf, 0, sizeof(Buf))
+
+    def __dealloc__(self):
+        buf_free(&self.kbuf)
+
+    cdef object _text(self, const char* p, Py_ssize_t n):
+        """``p[:n].decode("utf-8", "replace")``, the same ``str`` object for the same short ASCII value."""
+        cdef Py_ssize_t slot
+        if n == 0:
+            return ""
+        if n > MAX_OP:
+            return PyUnicode_DecodeUTF8(p, n, "replace")
+        slot = <Py_ssize_t>(hash_bytes(p, n) & (TEXT_SLOTS - 1))
+        obj = self.texts[slot]
+        if obj is not None and PyUnicode_GET_LENGTH(obj) == n and memcmp(PyUnicode_DATA(obj), p, n) == 0:
+            return obj
+        obj = PyUnicode_DecodeUTF8(p, n, "replace")
+        if PyUnicode_IS_COMPACT_ASCII(obj):  # only then are its characters the bytes compared above
+            self.texts[slot] = obj
+        return obj
+
+    cdef object _src(self, const char* addr):
+        key = PyBytes_FromStringAndSize(addr, 16)
+        name = self.srcs.get(key)
+        if name is None:
+            name = self.srcs[key] = self.src_name(key)
+        return name
+
+    cdef object _dst(self, const char* k, const char* host, Py_ssize_t hostn):
+        """Destination name by (address, port, host): the key is those bytes side by side."""
+        self.kbuf.n = 0
+        buf_add(&self.kbuf, k + 24, 18)
+        buf_add(&self.kbuf, host, hostn)
+        key = PyBytes_FromStringAndSize(self.kbuf.p, self.kbuf.n)
+        name = self.dsts.get(key)
+        if name is None:
+            name = self.dsts[key] = self.dst_name(
+                key[:16], (<uint8_t>k[40] << 8) | <uint8_t>k[41], key[18:]
+            )
+        return name
+
+    cdef object call(self, AggEntry* e):
+        cdef const char* k = e.key
+        cdef Py_ssize_t p = 8 + 16 + 16 + 2 + 1 + 12
+        cdef int32_t rules[3]
+        cdef const char* f[7]
+        cdef Py_ssize_t fn[7]
+        cdef uint32_t ln
+        cdef int t
+        cdef PyObject* args[N_CALL_ARGS]
+        cdef object requests, errors, bytes_in, bytes_out, busy  # Python ints: they go into args[] below
+        memcpy(rules, k + 43, 12)
+        for t in range(7):  # op, host, tenant, feature, agent, provider, model
+            memcpy(&ln, k + p, 4)
+            f[t] = k + p + 4
+            fn[t] = ln
+            p += 4 + ln
+        if e.window != self.win:
+            self.win = e.window
+            self.win_start = e.window
+            self.win_end = e.window + self.width
+        src = self._src(k + 8)
+        dst = self._dst(k, f[1], fn[1])
+        protocol = PROTOCOLS[<int>k[42]]
+        op = self._text(f[0], fn[0])
+        tenant = self._text(f[2], fn[2])
+        t = rules[0] if rules[0] >= 0 else len(self.method_of) - 1  # nothing matched: the last entry
+        method = self.method_of[t]
+        rule = self.rule_of[t]
+        requests = e.vals[0]
+        errors = e.vals[1]
+        bytes_in = e.vals[2]
+        bytes_out = e.vals[3]
+        busy = e.vals[4]
+        args[0] = <PyObject*>self.win_start
+        args[1] = <PyObject*>self.win_end
+        args[2] = <PyObject*>self.node
+        args[3] = <PyObject*>src
+        args[4] = <PyObject*>dst
+        args[5] = <PyObject*>protocol
+        args[6] = <PyObject*>op
+        args[7] = <PyObject*>tenant
+        args[8] = <PyObject*>method
+        args[9] = <PyObject*>rule
+        args[10] = <PyObject*>requests
+        args[11] = <PyObject*>errors
+        args[12] = <PyObject*>bytes_in
+        args[13] = <PyObject*>bytes_out
+        args[14] = <PyObject*>busy
+        call = PyObject_Vectorcall(self.cls, args, 0, CALL_KWNAMES)
+        if fn[3]:
+            call.feature = self._text(f[3], fn[3])
+        if fn[4]:
+            call.agent = self._text(f[4], fn[4])
+        if fn[5] or fn[6] or e.vals[5] or e.vals[6] or e.vals[7] or e.vals[8]:
+            call.tokens_in = e.vals[5]
+            call.tokens_out = e.vals[6]
+            call.tokens_cached = e.vals[7]
+            call.tokens_reasoning = e.vals[8]
+            call.provider = self._text(f[5], fn[5])
+            call.model = self._text(f[6], fn[6])
+        return call
+
+
 # ---- module-level helpers -------------------------------------------------------------------------------------------
 
 cdef const char* NIL_UUID = b"00000000-0000-0000-0000-000000000000"
@@ -2019,12 +2195,10 @@ cdef inline char* _kput(char* k, const char* p, Py_ssize_t n) noexcept nogil:
 
 cdef inline Py_ssize_t _crlf(const char* p, Py_ssize_t s, Py_ssize_t n) noexcept nogil:
     """Offset of the first ``\\r\\n`` in ``p[s:n]``, or -1."""
-    cdef const char* hit
     while s + 1 < n:
-        hit = <const char*>memchr(p + s, 13, n - s - 1)
-        if hit == NULL:
+        s = find_byte(p, s, n - 1, 13)
+        if s < 0:
             return -1
-        s = hit - p
         if p[s + 1] == 10:
             return s
         s += 1

@@ -261,6 +261,12 @@ class Engine:
             "aggregates_open": len(self.agg),
         }
 
+    def drain_calls(self, now_us: int, final: bool, builder) -> list:
+        """``ObservedCall`` records of the closed windows: the rows of ``drain`` through ``builder.build``."""
+        out: list = []
+        builder.build(self.drain(now_us, final), out)
+        return out
+
     def drain(self, now_us: int = -1, final: bool = False) -> list[tuple]:
         """Aggregates of closed windows (all of them when ``final``, which also ends every open flow)."""
         if final:

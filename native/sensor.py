@@ -226,24 +226,36 @@ class Sensor:
 
     def drain(self, now_us: int = -1, final: bool = False) -> list[ObservedCall]:
         """Records of the closed windows (all, and every open flow ended, when ``final``)."""
-        rules = self.slow.rules
-        out: list[ObservedCall] = []
         gc_was_on = gc.isenabled()
         gc.disable()  # records are made by the thousand and hold no cycles: no collection passes meanwhile
         try:
-            self._build(self.engine.drain(now_us, final), out, rules.methods, rules.names)
+            return self.engine.drain_calls(now_us, final, _Builder(self))
         finally:
             if gc_was_on:
                 gc.enable()
-        return out
 
-    def _build(self, rows: list[tuple], out: list[ObservedCall], methods: list[str], names: list[str]) -> None:
-        node, width = self.node, self.window_us
+
+class _Builder:
+    """What one drain needs to make ``ObservedCall`` records: the per-record constants and the endpoint naming.
+    The compiled engine makes the records from its C aggregates with these (``_engine._Calls``); the twin hands its
+    row tuples to ``build``. Both give the same records."""
+
+    cls = ObservedCall
+
+    def __init__(self, sensor: Sensor) -> None:
+        rules = sensor.slow.rules
+        self.node = sensor.node
+        self.width = sensor.window_us
+        self.method_of = [*rules.methods, "unallocated"]  # rule -1 (nothing matched) reads the last entry
+        self.rule_of = [*rules.names, ""]
+        self.src_name = lambda src: sensor._workload(src, 0) or address_text(src)
+        self.dst_name = sensor._dst
+
+    def build(self, rows: list[tuple], out: list[ObservedCall]) -> None:
+        node, width, method_of, rule_of = self.node, self.width, self.method_of, self.rule_of
         texts = _Memo(lambda raw: raw.decode("utf-8", "replace"))  # ids, provider, model repeat within a drain
-        srcs = _Memo(lambda src: self._workload(src, 0) or address_text(src))
-        dsts = _Memo(lambda key: self._dst(*key))
-        method_of = [*methods, "unallocated"]  # rule -1 (nothing matched) reads the last entry
-        rule_of = [*names, ""]
+        srcs = _Memo(self.src_name)
+        dsts = _Memo(lambda key: self.dst_name(*key))
         append = out.append
         for (
             window, src, dst, dport, proto, op, host, tv, tr, fv, _fr, av, _ar, provider, model,
