@@ -76,3 +76,8 @@ cdef struct AggEntry:
     Py_ssize_t klen
     int64_t window
     int64_t vals[9]
+
+cdef struct Block:              # a slab of aggregate entries (the entries of a drain are released together)
+    Block* next
+    size_t used
+    size_t cap

@@ -72,6 +72,8 @@ DEF MAX_DETECT = 4
 DEF PG_MAX_LEN = 1073741824
 DEF PG_MAX_STARTUP = 10000
 DEF MAX_VALUE = 128
+DEF BLOCK_BYTES = 262144
+DEF MAX_SPARE_BLOCKS = 64
 
 # protocols of a flow
 DEF P_UNKNOWN = 0
@@ -196,6 +198,9 @@ cdef class Engine:
     cdef uint64_t agg_n
     cdef AggEntry** agg_list           # the same entries in insertion order (drain order, as in the twin)
     cdef uint64_t agg_list_cap
+    cdef Block* blocks                 # where aggregate entries live: bump-allocated, released per drain
+    cdef Block* spare                  # emptied blocks kept for reuse (at most MAX_SPARE_BLOCKS)
+    cdef int nspare
     cdef Buf kbuf
     cdef Req* free_reqs
     cdef int64_t counters[64]
@@ -228,6 +233,9 @@ cdef class Engine:
         self.agg = NULL
         self.agg_h = NULL
         self.agg_list = NULL
+        self.blocks = NULL
+        self.spare = NULL
+        self.nspare = 0
         self.free_reqs = NULL
         self.kind = NULL
         self.http_ok = NULL
@@ -341,10 +349,9 @@ cdef class Engine:
             self.free_reqs = r.next
             self._free_req_bufs(r)
             free(r)
-        if self.agg_list != NULL:
-            for i in range(<int>self.agg_n):
-                free(self.agg_list[i])
-            free(self.agg_list)
+        free(self.agg_list)
+        _free_blocks(self.blocks)
+        _free_blocks(self.spare)
         free(self.agg)
         free(self.agg_h)
         free(self.buckets)
@@ -420,27 +427,81 @@ cdef class Engine:
                 self._finish(&self.flows[slot])
                 self._release_slot(slot)
         cdef uint64_t kept = 0
+        cdef uint64_t nd = 0
         cdef uint64_t total = self.agg_n
+        cdef Block* old = self.blocks
+        cdef AggEntry* moved
+        cdef Py_ssize_t size
+        cdef AggEntry** done = <AggEntry**>malloc((total + 1) * sizeof(AggEntry*))
+        if done == NULL:
+            raise MemoryError()
         memset(self.agg, 0, self.agg_cap * sizeof(AggEntry*))
         memset(self.agg_h, 0, self.agg_cap * sizeof(uint64_t))
         self.agg_n = 0
+        # First in C: entries of open windows move to fresh blocks, the others are listed; then the records are made
+        # from the listed ones, and their blocks are released together.
+        self.blocks = NULL
+        for i in range(total):
+            e = self.agg_list[i]
+            if final or now_us < 0 or e.window + self.window_us <= now_us:
+                done[nd] = e
+                nd += 1
+            else:
+                size = sizeof(AggEntry) + e.klen
+                moved = <AggEntry*>self._alloc(size)
+                memcpy(moved, e, size)
+                moved.key = <char*>(moved + 1)
+                self.agg_list[kept] = moved
+                kept += 1
+                self._agg_insert(moved)
         cdef list cache = [None] * 1024
         gc_was_on = gc.isenabled()
         gc.disable()  # rows are plain tuples made by the thousand: no cycle collection while making them
         try:
-            for i in range(total):
-                e = self.agg_list[i]
-                if final or now_us < 0 or e.window + self.window_us <= now_us:
-                    out.append(self._row(e, cache) if ctx is None else ctx.call(e))
-                    free(e)
-                else:
-                    self.agg_list[kept] = e
-                    kept += 1
-                    self._agg_insert(e)
+            for i in range(nd):
+                out.append(self._row(done[i], cache) if ctx is None else ctx.call(done[i]))
         finally:
+            free(done)
+            self._release_blocks(old)
             if gc_was_on:
                 gc.enable()
         return out
+
+    cdef char* _alloc(self, Py_ssize_t n) except NULL:
+        """``n`` bytes (8-aligned) in the current block of aggregate entries."""
+        cdef Block* b = self.blocks
+        cdef size_t need = (<size_t>n + 7) & ~(<size_t>7)
+        cdef size_t cap
+        cdef char* p
+        if b == NULL or b.used + need > b.cap:
+            if self.spare != NULL and self.spare.cap >= need:
+                b = self.spare
+                self.spare = b.next
+                self.nspare -= 1
+            else:
+                cap = BLOCK_BYTES if need <= BLOCK_BYTES else need
+                b = <Block*>malloc(sizeof(Block) + cap)
+                if b == NULL:
+                    raise MemoryError()
+                b.cap = cap
+            b.used = 0
+            b.next = self.blocks
+            self.blocks = b
+        p = <char*>(b + 1) + b.used
+        b.used += need
+        return p
+
+    cdef void _release_blocks(self, Block* b) noexcept:
+        cdef Block* nxt
+        while b != NULL:
+            nxt = b.next
+            if self.nspare < MAX_SPARE_BLOCKS:
+                b.next = self.spare
+                self.spare = b
+                self.nspare += 1
+            else:
+                free(b)
+            b = nxt
 
     # ---- aggregation --------------------------------------------------------------------------------------------------
 
@@ -598,9 +659,7 @@ cdef class Engine:
                     e.vals[t] += vals[t]
                 return 0
             i = (i + 1) & mask
-        e = <AggEntry*>malloc(sizeof(AggEntry) + self.kbuf.n)  # the key follows the entry, one allocation
-        if e == NULL:
-            raise MemoryError()
+        e = <AggEntry*>self._alloc(sizeof(AggEntry) + self.kbuf.n)  # the key follows the entry
         e.key = <char*>(e + 1)
         memcpy(e.key, self.kbuf.p, self.kbuf.n)
         e.klen = self.kbuf.n
@@ -610,8 +669,7 @@ cdef class Engine:
             e.vals[t] = vals[t]
         if self.agg_n == self.agg_list_cap:
             grown = <AggEntry**>realloc(self.agg_list, self.agg_list_cap * 2 * sizeof(AggEntry*))
-            if grown == NULL:
-                free(e)
+            if grown == NULL:  # the entry stays unused in its block until the next drain
                 raise MemoryError()
             self.agg_list = grown
             self.agg_list_cap *= 2
@@ -2182,6 +2240,14 @@ def collapse_http_op(bytes op):
     cdef bytearray b = bytearray(op)
     cdef Py_ssize_t n = _collapse(PyByteArray_AS_STRING(b), len(b))
     return bytes(b[:n])
+
+
+cdef void _free_blocks(Block* b) noexcept:
+    cdef Block* nxt
+    while b != NULL:
+        nxt = b.next
+        free(b)
+        b = nxt
 
 
 cdef inline char* _kput(char* k, const char* p, Py_ssize_t n) noexcept nogil:
