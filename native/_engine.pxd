@@ -81,3 +81,7 @@ cdef struct Block:              # a slab of aggregate entries (the entries of a 
     Block* next
     size_t used
     size_t cap
+
+cdef struct AggSlot:            # one slot of the aggregate table: the hash beside the entry, so a probe reads one line
+    uint64_t h
+    AggEntry* e

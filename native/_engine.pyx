@@ -192,9 +192,8 @@ cdef class Engine:
     cdef int slots_touched             # slots below this have been used at least once (dealloc visits only those)
     cdef uint32_t gen_counter
     cdef list ooo                      # per flow slot: None or {seq: (ts, payload, fin)} per direction
-    cdef AggEntry** agg                # open addressing by hash
+    cdef AggSlot* agg                  # open addressing by hash: entry and its hash side by side (one cache line)
     cdef uint64_t agg_cap
-    cdef uint64_t* agg_h               # the hash of each slot's entry, beside it: probes touch no entry
     cdef uint64_t agg_n
     cdef AggEntry** agg_list           # the same entries in insertion order (drain order, as in the twin)
     cdef uint64_t agg_list_cap
@@ -221,6 +220,7 @@ cdef class Engine:
     cdef Span hv_host, hv_cl, hv_te, hv_ct, hv_ce, hv_baggage
     cdef int* header_rules             # indices of header rules (kind SRC_HEADER)
     cdef int nheader_rules
+    cdef uint64_t header_rule_lens     # bit n: a header rule's name has n bytes (63 or more: bit 63)
     cdef bint any_baggage
     cdef list ai_body_skip             # [target][start]: needles of the body rules left, or None (see _ai_ids_none)
     cdef bint collapse_ids             # fold ids and query values of HTTP operations (opkey.collapse_http_op)
@@ -231,7 +231,6 @@ cdef class Engine:
         self.buckets = NULL
         self.free_slots = NULL
         self.agg = NULL
-        self.agg_h = NULL
         self.agg_list = NULL
         self.blocks = NULL
         self.spare = NULL
@@ -281,11 +280,10 @@ cdef class Engine:
         self.ooo = [None] * self.max_flows
         self.agg_cap = 1024
         self.agg_n = 0
-        self.agg = <AggEntry**>calloc(self.agg_cap, sizeof(AggEntry*))
-        self.agg_h = <uint64_t*>calloc(self.agg_cap, sizeof(uint64_t))
+        self.agg = <AggSlot*>calloc(self.agg_cap, sizeof(AggSlot))
         self.agg_list_cap = 1024
         self.agg_list = <AggEntry**>malloc(self.agg_list_cap * sizeof(AggEntry*))
-        if self.agg == NULL or self.agg_h == NULL or self.agg_list == NULL:
+        if self.agg == NULL or self.agg_list == NULL:
             raise MemoryError()
         memset(self.counters, 0, sizeof(self.counters))
         memset(self.errors, 0, sizeof(self.errors))
@@ -318,6 +316,7 @@ cdef class Engine:
         self.header_rules = <int*>calloc(n, sizeof(int))
         self._keys = list(rs.keys)
         self.nheader_rules = 0
+        self.header_rule_lens = 0
         self.any_baggage = False
         for i in range(self.nrules):
             self.kind[i] = rs.kinds[i]
@@ -328,6 +327,7 @@ cdef class Engine:
             if self.kind[i] == SRC_HEADER:
                 self.header_rules[self.nheader_rules] = i
                 self.nheader_rules += 1
+                self.header_rule_lens |= 1ULL << min(self.keylen[i], 63)
         for t in range(3):
             self.norder[t] = len(rs.order[t])
             self.order[t] = <int*>calloc(max(1, self.norder[t]), sizeof(int))
@@ -353,7 +353,6 @@ cdef class Engine:
         _free_blocks(self.blocks)
         _free_blocks(self.spare)
         free(self.agg)
-        free(self.agg_h)
         free(self.buckets)
         free(self.free_slots)
         free(self.kind)
@@ -435,8 +434,7 @@ cdef class Engine:
         cdef AggEntry** done = <AggEntry**>malloc((total + 1) * sizeof(AggEntry*))
         if done == NULL:
             raise MemoryError()
-        memset(self.agg, 0, self.agg_cap * sizeof(AggEntry*))
-        memset(self.agg_h, 0, self.agg_cap * sizeof(uint64_t))
+        memset(self.agg, 0, self.agg_cap * sizeof(AggSlot))
         self.agg_n = 0
         # First in C: entries of open windows move to fresh blocks, the others are listed; then the records are made
         # from the listed ones, and their blocks are released together.
@@ -568,37 +566,30 @@ cdef class Engine:
             self._agg_grow()
         mask = self.agg_cap - 1
         i = e.h & mask
-        while self.agg[i] != NULL:
+        while self.agg[i].e != NULL:
             i = (i + 1) & mask
-        self.agg[i] = e
-        self.agg_h[i] = e.h
+        self.agg[i].e = e
+        self.agg[i].h = e.h
         self.agg_n += 1
         return 0
 
     cdef int _agg_grow(self) except -1:
-        cdef AggEntry** old = self.agg
-        cdef uint64_t* old_h = self.agg_h
+        cdef AggSlot* old = self.agg
         cdef uint64_t old_cap = self.agg_cap
         cdef uint64_t i, j, mask
-        cdef AggEntry** grown = <AggEntry**>calloc(old_cap * 2, sizeof(AggEntry*))
-        cdef uint64_t* grown_h = <uint64_t*>calloc(old_cap * 2, sizeof(uint64_t))
-        if grown == NULL or grown_h == NULL:
-            free(grown)
-            free(grown_h)
+        cdef AggSlot* grown = <AggSlot*>calloc(old_cap * 2, sizeof(AggSlot))
+        if grown == NULL:
             raise MemoryError()
         self.agg = grown
-        self.agg_h = grown_h
         self.agg_cap = old_cap * 2
         mask = self.agg_cap - 1
         for i in range(old_cap):
-            if old[i] != NULL:
-                j = old_h[i] & mask
-                while self.agg[j] != NULL:
+            if old[i].e != NULL:
+                j = old[i].h & mask
+                while self.agg[j].e != NULL:
                     j = (j + 1) & mask
                 self.agg[j] = old[i]
-                self.agg_h[j] = old_h[i]
         free(old)
-        free(old_h)
         return 0
 
     cdef int _agg(self, int64_t ts, Flow* fl, int proto, const char* op, Py_ssize_t opn, const char* host,
@@ -651,10 +642,10 @@ cdef class Engine:
         mask = self.agg_cap - 1
         i = h & mask
         while True:
-            e = self.agg[i]
+            e = self.agg[i].e
             if e == NULL:
                 break
-            if self.agg_h[i] == h and e.klen == self.kbuf.n and memcmp(e.key, self.kbuf.p, e.klen) == 0:
+            if self.agg[i].h == h and e.klen == self.kbuf.n and memcmp(e.key, self.kbuf.p, e.klen) == 0:
                 for t in range(9):
                     e.vals[t] += vals[t]
                 return 0
@@ -677,8 +668,8 @@ cdef class Engine:
         if (self.agg_n + 1) * 2 > self.agg_cap:
             self._agg_insert(e)  # grows the table, then probes afresh
         else:  # the probe above ended on the free slot the entry takes
-            self.agg[i] = e
-            self.agg_h[i] = h
+            self.agg[i].e = e
+            self.agg[i].h = h
             self.agg_n += 1
         return 0
 
@@ -1421,11 +1412,12 @@ cdef class Engine:
                 if self.hv_baggage.p == NULL and eq_lower(p, nn, b"baggage", 7):
                     self.hv_baggage.p = v
                     self.hv_baggage.n = vn
-            for j in range(self.nheader_rules):
-                r = self.header_rules[j]
-                if self.rulev[r].p == NULL and eq_lower(p, nn, self.key[r], self.keylen[r]):
-                    self.rulev[r].p = v
-                    self.rulev[r].n = vn
+            if (self.header_rule_lens >> (nn if nn < 63 else 63)) & 1:  # a header rule's name is this long
+                for j in range(self.nheader_rules):
+                    r = self.header_rules[j]
+                    if self.rulev[r].p == NULL and eq_lower(p, nn, self.key[r], self.keylen[r]):
+                        self.rulev[r].p = v
+                        self.rulev[r].n = vn
 
     cdef int _head(self, Flow* fl, int side, int64_t ts, const char* head, Py_ssize_t hn, Span line) except -1:
         """A complete head that ``_scan_head`` has just read (its header values are in ``hv_*``/``rulev``)."""

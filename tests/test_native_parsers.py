@@ -372,6 +372,20 @@ def _jwt(claims: dict) -> str:
     ],
 )
 def test_extraction_rules_first_match_wins(build, rules, headers, target, expected):
+    _check_rules(build, rules, headers, target, expected)
+
+
+@pytest.mark.parametrize("length", [62, 63, 64, 70])
+def test_header_rules_with_long_names(build, length):
+    """The compiled head scan looks at header rules only for header names as long as one of theirs (63 and longer
+    share one flag): long names must still match, and a longer or shorter header of the same prefix must not."""
+    name = ("X-" + "l" * length)[:length]
+    rules = [Rule(source="header", key=name, name="long")]
+    headers = f"{name}x: no\r\n{name[:-1]}: no\r\n{name.upper()}: yes{length}\r\n"
+    _check_rules(build, rules, headers, "/a", (f"yes{length}", "long", "header"))
+
+
+def _check_rules(build, rules, headers, target, expected):
     body = b'{"account": {"id": "b8"}}'
     host = "h3.app.example" if "app" in str(rules) else "x"
     req = f"POST {target} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Length: {len(body)}\r\n\r\n".encode() + body
