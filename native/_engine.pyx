@@ -2010,6 +2010,13 @@ cdef tuple CALL_KWNAMES = (
 )
 DEF N_CALL_ARGS = 15
 DEF TEXT_SLOTS = 1024
+DEF EP_SLOTS = 256
+DEF EP_KEY = 160
+
+
+cdef struct EpKey:
+    Py_ssize_t n
+    char k[EP_KEY]
 
 
 cdef class _Calls:
@@ -2031,8 +2038,14 @@ cdef class _Calls:
     cdef object win_start
     cdef object win_end
     cdef Buf kbuf
+    # endpoint names by raw key, direct-mapped in C before the dicts: no bytes object nor dict look-up per record
+    cdef EpKey src_keys[EP_SLOTS]
+    cdef EpKey dst_keys[EP_SLOTS]
+    cdef list src_names
+    cdef list dst_names
 
     def __cinit__(self, builder):
+        cdef int t
         self.cls = builder.cls
         self.node = builder.node
         self.width = builder.width
@@ -2046,6 +2059,11 @@ cdef class _Calls:
         self.raw = [None] * TEXT_SLOTS
         self.win = -1
         memset(&self.kbuf, 0, sizeof(Buf))
+        for t in range(EP_SLOTS):
+            self.src_keys[t].n = -1
+            self.dst_keys[t].n = -1
+        self.src_names = [None] * EP_SLOTS
+        self.dst_names = [None] * EP_SLOTS
 
     def __dealloc__(self):
         buf_free(&self.kbuf)
@@ -2067,23 +2085,41 @@ cdef class _Calls:
         return obj
 
     cdef object _src(self, const char* addr):
+        cdef Py_ssize_t slot = <Py_ssize_t>(hash_bytes(addr, 16) & (EP_SLOTS - 1))
+        cdef EpKey* ek = &self.src_keys[slot]
+        if ek.n == 16 and memcmp(ek.k, addr, 16) == 0:
+            return self.src_names[slot]
         key = PyBytes_FromStringAndSize(addr, 16)
         name = self.srcs.get(key)
         if name is None:
             name = self.srcs[key] = self.src_name(key)
+        memcpy(ek.k, addr, 16)
+        ek.n = 16
+        self.src_names[slot] = name
         return name
 
     cdef object _dst(self, const char* k, const char* host, Py_ssize_t hostn):
         """Destination name by (address, port, host): the key is those bytes side by side."""
+        cdef Py_ssize_t slot
+        cdef EpKey* ek = NULL
         self.kbuf.n = 0
         buf_add(&self.kbuf, k + 24, 18)
         buf_add(&self.kbuf, host, hostn)
+        if self.kbuf.n <= EP_KEY:
+            slot = <Py_ssize_t>(hash_bytes(self.kbuf.p, self.kbuf.n) & (EP_SLOTS - 1))
+            ek = &self.dst_keys[slot]
+            if ek.n == self.kbuf.n and memcmp(ek.k, self.kbuf.p, ek.n) == 0:
+                return self.dst_names[slot]
         key = PyBytes_FromStringAndSize(self.kbuf.p, self.kbuf.n)
         name = self.dsts.get(key)
         if name is None:
             name = self.dsts[key] = self.dst_name(
                 key[:16], (<uint8_t>k[40] << 8) | <uint8_t>k[41], key[18:]
             )
+        if ek != NULL:
+            memcpy(ek.k, self.kbuf.p, self.kbuf.n)
+            ek.n = self.kbuf.n
+            self.dst_names[slot] = name
         return name
 
     cdef object call(self, AggEntry* e):
