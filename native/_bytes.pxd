@@ -126,33 +126,40 @@ cdef inline Py_ssize_t find_crlf2(const char* p, Py_ssize_t start, Py_ssize_t n)
 
 cdef extern from *:
     """
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
     static inline uint64_t costmesh_mum(uint64_t a, uint64_t b) {
         __uint128_t r = (__uint128_t)a * b;
         return (uint64_t)r ^ (uint64_t)(r >> 64);
     }
+    /* Offset of the first c in p[s:n] or -1: sixteen bytes per step with SSE2 (x86-64 baseline), else eight per
+       step in a word (the lowest flagged byte of a word is always a true match: a false flag only appears above a
+       true one). Header lines are short, so this inline scan beats a call to memchr per line. */
+    static inline Py_ssize_t costmesh_find_byte(const char* p, Py_ssize_t s, Py_ssize_t n, char c) {
+    #if defined(__SSE2__)
+        const __m128i pat16 = _mm_set1_epi8(c);
+        while (s + 16 <= n) {
+            int m = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i*)(p + s)), pat16));
+            if (m) return s + __builtin_ctz((unsigned)m);
+            s += 16;
+        }
+    #endif
+        const uint64_t pat = 0x0101010101010101ULL * (uint8_t)c;
+        while (s + 8 <= n) {
+            uint64_t w, x, t;
+            memcpy(&w, p + s, 8);
+            x = w ^ pat;
+            t = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+            if (t) return s + (__builtin_ctzll(t) >> 3);
+            s += 8;
+        }
+        for (; s < n; s++) if (p[s] == c) return s;
+        return -1;
+    }
     """
     uint64_t costmesh_mum(uint64_t a, uint64_t b) nogil
-    int __builtin_ctzll(unsigned long long x) nogil
-
-
-cdef inline Py_ssize_t find_byte(const char* p, Py_ssize_t s, Py_ssize_t n, char c) noexcept nogil:
-    """Offset of the first ``c`` in ``p[s:n]`` or -1; eight bytes per step, inline (header lines are short, so a
-    call to ``memchr`` per line costs more than the scan). The lowest flagged byte of a word is always a true match
-    (a false flag only appears above a true one), so the first hit is exact."""
-    cdef uint64_t pat = 0x0101010101010101ULL * <uint8_t>c
-    cdef uint64_t w, x, t
-    while s + 8 <= n:
-        memcpy(&w, p + s, 8)
-        x = w ^ pat
-        t = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL
-        if t:
-            return s + (__builtin_ctzll(t) >> 3)
-        s += 8
-    while s < n:
-        if p[s] == c:
-            return s
-        s += 1
-    return -1
+    Py_ssize_t find_byte "costmesh_find_byte" (const char* p, Py_ssize_t s, Py_ssize_t n, char c) noexcept nogil
 
 
 cdef inline uint64_t hash_bytes(const char* p, Py_ssize_t n) noexcept nogil:
