@@ -50,6 +50,7 @@ cdef struct Flow:
     int tries
     bint fresh
     bint tls_done
+    bint has_ooo            # self.ooo[slot] holds segments waiting (or did since the slot was taken)
     Dir dirs[2]
     Req* pend_head
     Req* pend_tail

@@ -805,7 +805,9 @@ cdef class Engine:
         for t in range(MAX_STMTS):
             buf_trim(&fl.stmt_name[t])
             buf_trim(&fl.stmt_text[t])
-        self.ooo[slot] = None
+        if fl.has_ooo:
+            self.ooo[slot] = None
+            fl.has_ooo = False
         self.free_slots[self.nfree] = slot
         self.nfree += 1
 
@@ -1039,6 +1041,7 @@ cdef class Engine:
         if pair is None:
             pair = ({}, {})
             self.ooo[slot] = pair
+            fl.has_ooo = True
         ooo = pair[side]
         if seq not in ooo:
             ooo[seq] = (ts, PyBytes_FromStringAndSize(<const char*>payload, n), fin)
@@ -1054,6 +1057,8 @@ cdef class Engine:
         cdef Flow* fl = &self.flows[slot]
         cdef uint32_t gen = fl.gen
         cdef bytes payload
+        if not fl.has_ooo:  # the common case, decided without touching the Python list
+            return 0
         pair = self.ooo[slot]
         if pair is None:
             return 0
