@@ -153,18 +153,25 @@ for _j in range(N_AI_HOSTS):
 cdef inline bint _any_marker(const char* s, Py_ssize_t n, const uint32_t* first, const char** markers,
                              const Py_ssize_t* lens, bint fold) noexcept nogil:
     """Whether one of the markers occurs in ``s[:n]`` (``fold``: ASCII case-insensitively; markers are lower case)."""
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, k, m
     cdef uint32_t bits
     cdef int j
+    cdef const char* mk
     for i in range(n):
         bits = first[<uint8_t>(lower(s[i]) if fold else s[i])]
         j = 0
         while bits:
-            if bits & 1 and lens[j] <= n - i:
+            m = lens[j]
+            if bits & 1 and m <= n - i:
+                mk = markers[j]
+                k = 1  # byte 0 matched; compared inline, as most candidates differ within a byte or two
                 if fold:
-                    if eq_lower(s + i, lens[j], markers[j], lens[j]):
-                        return True
-                elif memcmp(s + i, markers[j], lens[j]) == 0:
+                    while k < m and lower(s[i + k]) == mk[k]:
+                        k += 1
+                else:
+                    while k < m and s[i + k] == mk[k]:
+                        k += 1
+                if k == m:
                     return True
             bits >>= 1
             j += 1

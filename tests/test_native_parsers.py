@@ -624,3 +624,28 @@ def test_capture_reader_short_reads_and_small_chunks(step, readinto, fmt):
         with pytest.raises(Exception) as info:
             list(reader)
         assert type(info.value).__name__ == "CaptureError" and info.value.kind == "capture_truncated", name
+
+
+def test_ai_markers_in_host_and_path_agree():
+    """Which requests count as AI calls (a known AI host, any case, or a known AI path) is the same in both builds:
+    near misses, markers at the very start and end, and case in the host."""
+    cases = [
+        ("API.OpenAI.com", "/x"),
+        ("x-anthropiC.internal", "/"),
+        ("svc", "/v1/chat/completion"),
+        ("svc", "/v1/chat/completions"),
+        ("svc", "/p/v1/chat/completions?x=1"),
+        ("svc", "/v1/messagesX"),
+        ("svc", "/models/m:generateContent"),
+        ("svc", "/models/m:generateConten"),
+        ("openai", "/"),
+        ("opena", "/invok"),
+        ("bedrock-runtimE.eu", "/"),
+        ("svc", "/converse"),
+    ]
+    exchanges = []
+    for host, target in cases:
+        req = f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        exchanges.append((req, RESP))
+    calls, stats, _ = both_agree(lambda: io.BytesIO(pcap_bytes(conversation(exchanges))))
+    assert stats["counters"]["ai_calls"] == 9, stats["counters"]["ai_calls"]  # markers are substrings
