@@ -649,3 +649,4 @@ def test_ai_markers_in_host_and_path_agree():
         exchanges.append((req, RESP))
     calls, stats, _ = both_agree(lambda: io.BytesIO(pcap_bytes(conversation(exchanges))))
     assert stats["counters"]["ai_calls"] == 9, stats["counters"]["ai_calls"]  # markers are substrings
+    assert sum(c["requests"] for c in calls) == len(cases)
