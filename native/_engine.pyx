@@ -2228,9 +2228,14 @@ cdef Py_ssize_t _collapse(char* p, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i, j, w, pe
     cdef const char* q
     cdef char c
+    cdef bint foldable = False
     for i in range(n):
         if <uint8_t>p[i] < 32 or <uint8_t>p[i] > 126:
             return n
+        if <uint8_t>(p[i] - 48) < 10 or p[i] == 63 or p[i] == 45:
+            foldable = True
+    if not foldable:  # no digit, "?" or "-": no number, UUID (even one of letters only) or query in it
+        return n
     q = <const char*>memchr(p, 63, n)
     pe = (q - p) if q != NULL else n
     i = 0
