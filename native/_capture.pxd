@@ -12,7 +12,10 @@ cdef class CaptureReader:
     cdef object _fh
     cdef bint _own
     cdef Py_ssize_t _chunk
-    cdef bytes _buf
+    cdef bytearray _buf         # the read buffer: bytes [_pos, _len) are unread; reused, grown only for big records
+    cdef char* _p
+    cdef Py_ssize_t _len
+    cdef object _readinto
     cdef Py_ssize_t _pos
     cdef bint _eof
     cdef readonly long long frames

@@ -7,10 +7,19 @@ the engine, a C ``Frame`` pointing into the read buffer (no Python object per fr
 corrupt file raises ``CaptureError`` with the byte offset; every frame before it has been delivered.
 """
 
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytes cimport PyBytes_AS_STRING
 from libc.stdint cimport int64_t, uint8_t, uint32_t
+from libc.string cimport memcpy, memmove
 
 from .kinds import CaptureError
-from ._capture_py import CHUNK, MAX_FRAME, MAX_TS, _ts_us
+from ._capture_py import CHUNK
+from ._capture_py import MAX_FRAME as _MAX_FRAME
+from ._capture_py import MAX_TS as _MAX_TS
+from ._capture_py import _ts_us
+
+# limits as C values: checked per frame, so no Python object may stand in for them
+cdef uint32_t MAX_FRAME = _MAX_FRAME
 
 
 cdef inline uint32_t rd32(const uint8_t* p, bint big) noexcept nogil:
@@ -36,7 +45,10 @@ cdef class CaptureReader:
             self._fh = source
             self._own = False
         self._chunk = chunk_size
-        self._buf = b""
+        self._buf = bytearray()
+        self._p = NULL
+        self._len = 0
+        self._readinto = getattr(self._fh, "readinto", None)
         self._pos = 0
         self._eof = False
         self.frames = 0
@@ -58,15 +70,33 @@ cdef class CaptureReader:
         self.close()
 
     cdef bint _need(self, Py_ssize_t n) except -1:
+        """At least ``n`` unread bytes in the buffer (False at end of file). The unread tail moves to the front and
+        the file is read straight into the one reused buffer (``readinto``): no new bytes object per chunk."""
+        cdef Py_ssize_t avail = self._len - self._pos
+        cdef Py_ssize_t want, got
         cdef bytes more
-        while len(self._buf) - self._pos < n and not self._eof:
-            more = self._fh.read(max(self._chunk, n))
-            if not more:
+        while avail < n and not self._eof:
+            if self._pos:
+                memmove(self._p, self._p + self._pos, avail)
+                self._len = avail
+                self._pos = 0
+            want = max(self._chunk, n)
+            if self._len + want > len(self._buf):
+                self._buf.extend(bytes(self._len + want - len(self._buf)))
+                self._p = PyByteArray_AS_STRING(self._buf)
+            if self._readinto is not None:
+                with memoryview(self._buf) as view:
+                    got = self._readinto(view[self._len:self._len + want]) or 0
+            else:
+                more = self._fh.read(want)
+                got = len(more)
+                memcpy(self._p + self._len, PyBytes_AS_STRING(more), got)
+            if got <= 0:
                 self._eof = True
                 break
-            self._buf = self._buf[self._pos:] + more
-            self._pos = 0
-        return len(self._buf) - self._pos >= n
+            self._len += got
+            avail = self._len
+        return avail >= n
 
     def _fail(self, kind, reason):
         self._state = 3
@@ -86,7 +116,7 @@ cdef class CaptureReader:
         if self._state == 0:
             if not self._need(4):
                 raise self._fail("capture_format", "empty file or not a capture")
-            b = <const uint8_t*>self._buf + self._pos
+            b = <const uint8_t*>self._p + self._pos
             if b[0] == 0x0A and b[1] == 0x0D and b[2] == 0x0D and b[3] == 0x0A:
                 self.format = "pcapng"
                 self._state = 2
@@ -94,7 +124,7 @@ cdef class CaptureReader:
                 self.format = "pcap"
                 if not self._need(24):
                     raise self._fail("capture_truncated", "truncated pcap file header")
-                b = <const uint8_t*>self._buf + self._pos
+                b = <const uint8_t*>self._p + self._pos
                 magic_le = rd32(b, False)
                 magic_be = rd32(b, True)
                 if magic_le == 0xA1B2C3D4 or magic_le == 0xA1B23C4D:
@@ -105,7 +135,7 @@ cdef class CaptureReader:
                     self._div = 1 if magic_be == 0xA1B2C3D4 else 1000
                 else:
                     raise self._fail(
-                        "capture_format", f"unknown magic {bytes(self._buf[self._pos:self._pos + 4]).hex()}: "
+                        "capture_format", f"unknown magic {bytes(self._buf[self._pos:min(self._pos + 4, self._len)]).hex()}: "
                         "not a pcap or pcapng file"
                     )
                 self._linktype = rd32(b + 20, self._big) & 0xFFFF
@@ -114,12 +144,12 @@ cdef class CaptureReader:
                 self._state = 1
         if self._state == 1:
             if not self._need(16):
-                if len(self._buf) - self._pos:
+                if self._len - self._pos:
                     raise self._fail("capture_truncated", "truncated record header")
                 self._state = 3
                 self.close()
                 return 0
-            b = <const uint8_t*>self._buf + self._pos
+            b = <const uint8_t*>self._p + self._pos
             sec = rd32(b, self._big)
             frac = rd32(b + 4, self._big)
             caplen = rd32(b + 8, self._big)
@@ -127,9 +157,9 @@ cdef class CaptureReader:
                 raise self._fail("capture_corrupt", f"record length {caplen} exceeds {MAX_FRAME}")
             if not self._need(16 + caplen):
                 raise self._fail(
-                    "capture_truncated", f"truncated record ({len(self._buf) - self._pos - 16} of {caplen} bytes)"
+                    "capture_truncated", f"truncated record ({self._len - self._pos - 16} of {caplen} bytes)"
                 )
-            b = <const uint8_t*>self._buf + self._pos
+            b = <const uint8_t*>self._p + self._pos
             out.ts_us = <int64_t>sec * 1000000 + frac // self._div
             out.linktype = self._linktype
             out.data = b + 16
@@ -141,12 +171,12 @@ cdef class CaptureReader:
         # pcapng
         while True:
             if not self._need(12):
-                if len(self._buf) - self._pos:
+                if self._len - self._pos:
                     raise self._fail("capture_truncated", "truncated block header")
                 self._state = 3
                 self.close()
                 return 0
-            b = <const uint8_t*>self._buf + self._pos
+            b = <const uint8_t*>self._p + self._pos
             if b[0] == 0x0A and b[1] == 0x0D and b[2] == 0x0D and b[3] == 0x0A:
                 if b[8] == 0x4D and b[9] == 0x3C and b[10] == 0x2B and b[11] == 0x1A:
                     self._big = False
@@ -161,9 +191,9 @@ cdef class CaptureReader:
                 raise self._fail("capture_corrupt", f"bad block length {blen}")
             if not self._need(blen):
                 raise self._fail(
-                    "capture_truncated", f"truncated block ({len(self._buf) - self._pos} of {blen} bytes)"
+                    "capture_truncated", f"truncated block ({self._len - self._pos} of {blen} bytes)"
                 )
-            b = <const uint8_t*>self._buf + self._pos
+            b = <const uint8_t*>self._p + self._pos
             if rd32(b + blen - 4, self._big) != blen:
                 raise self._fail("capture_corrupt", "block trailer length does not match")
             body = 8
@@ -205,7 +235,7 @@ cdef class CaptureReader:
                     raise self._fail("capture_corrupt", f"captured length {caplen} exceeds its block")
                 linktype, _snap, tsresol = self._ifaces[iface]
                 ts = _ts_us((<unsigned long long>hi << 32) | lo, tsresol)
-                if ts > MAX_TS:
+                if ts > _MAX_TS:
                     raise self._fail("capture_corrupt", "timestamp out of range")
                 self._last_ts = ts
                 out.ts_us = self._last_ts

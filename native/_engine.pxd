@@ -50,6 +50,7 @@ cdef struct Flow:
     int tries
     bint fresh
     bint tls_done
+    bint has_ooo            # self.ooo[slot] holds segments waiting (or did since the slot was taken)
     Dir dirs[2]
     Req* pend_head
     Req* pend_tail
@@ -76,6 +77,15 @@ cdef struct AggEntry:
     Py_ssize_t klen
     int64_t window
     int64_t vals[9]
+
+cdef struct Block:              # a slab of aggregate entries (the entries of a drain are released together)
+    Block* next
+    size_t used
+    size_t cap
+
+cdef struct AggSlot:            # one slot of the aggregate table: the hash beside the entry, so a probe reads one line
+    uint64_t h
+    AggEntry* e
 
 # One frame by pointer into an engine (a compiled ``Engine``): the live ring walk (``ring.pyx``) feeds frames from the
 # mapped ring without a bytes object per frame.

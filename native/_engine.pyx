@@ -18,13 +18,23 @@ request still in that list and is cleared when it leaves. Callers of ``_data`` k
 
 import gc
 
+from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
+from cpython.object cimport PyObject
+
+cdef extern from "Python.h":
+    object PyObject_Vectorcall(object callable, PyObject** args, size_t nargsf, object kwnames)
+    object PyUnicode_DecodeUTF8(const char* s, Py_ssize_t size, const char* errors)
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    void* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+
 from costmesh.native._bytes cimport (
-    Buf, be32, buf_add, buf_bytes, buf_free, buf_set, buf_trim, eq_lower, find, find_crlf2, hash_bytes, lower, s32,
+    Buf, be32, buf_add, buf_bytes, buf_free, buf_reserve, buf_set, find_byte, buf_trim, eq_lower, find, find_crlf2, hash_bytes, lower, s32,
     starts, strip,
 )
 from costmesh.native._capture cimport CaptureReader, Frame
@@ -38,11 +48,15 @@ from .kinds import C as _C
 from .kinds import COUNTERS, ERROR_KINDS
 from .kinds import E as _E
 from .rules import MAX_VALUE as _MAX_VALUE
-from .rules import SRC_BAGGAGE, SRC_HEADER, SRC_HOST, SRC_PY, SRC_QUERY
+from .rules import SRC_BAGGAGE as _SRC_BAGGAGE
+from .rules import SRC_HEADER as _SRC_HEADER
+from .rules import SRC_HOST as _SRC_HOST
+from .rules import SRC_PY as _SRC_PY
+from .rules import SRC_QUERY as _SRC_QUERY
 from .ai import AI_HOST_MARKERS, AI_PATH_MARKERS
 from ._usage import PROVIDERS as _PROVIDERS_T
 
-__all__ = ["PROTOCOLS", "Engine"]
+__all__ = ["PROTOCOLS", "Engine", "collapse_http_op"]
 
 DEF MAX_OOO = 16
 DEF MAX_HEAD = 65536
@@ -58,6 +72,8 @@ DEF MAX_DETECT = 4
 DEF PG_MAX_LEN = 1073741824
 DEF PG_MAX_STARTUP = 10000
 DEF MAX_VALUE = 128
+DEF BLOCK_BYTES = 262144
+DEF MAX_SPARE_BLOCKS = 64
 
 # protocols of a flow
 DEF P_UNKNOWN = 0
@@ -86,6 +102,9 @@ DEF G_TYPED = 1
 DEF G_SSLANS = 2
 
 assert _MAX_VALUE == MAX_VALUE
+# rule kinds as C ints: compared per request, so no Python object may stand in for them
+cdef int SRC_HEADER = _SRC_HEADER, SRC_BAGGAGE = _SRC_BAGGAGE, SRC_QUERY = _SRC_QUERY, SRC_HOST = _SRC_HOST
+cdef int SRC_PY = _SRC_PY
 
 cdef int NC = len(COUNTERS)
 cdef int NE = len(ERROR_KINDS)
@@ -114,12 +133,52 @@ cdef const char* AI_HOSTS_C[MAX_MARKERS]
 cdef Py_ssize_t AI_HOSTS_LEN[MAX_MARKERS]
 cdef int N_AI_PATHS = min(len(_AI_PATHS), MAX_MARKERS)
 cdef int N_AI_HOSTS = min(len(_AI_HOSTS), MAX_MARKERS)
+# per first byte, the markers that start with it (bit j: marker j): one table look-up per byte of a host or path
+cdef uint32_t AI_PATHS_FIRST[256]
+cdef uint32_t AI_HOSTS_FIRST[256]
+memset(AI_PATHS_FIRST, 0, sizeof(AI_PATHS_FIRST))
+memset(AI_HOSTS_FIRST, 0, sizeof(AI_HOSTS_FIRST))
 for _j in range(N_AI_PATHS):  # the bytes stay alive in the module-level lists
     AI_PATHS_C[_j] = PyBytes_AS_STRING(_AI_PATHS[_j])
     AI_PATHS_LEN[_j] = len(_AI_PATHS[_j])
+    assert AI_PATHS_LEN[_j] > 0
+    AI_PATHS_FIRST[<uint8_t>AI_PATHS_C[_j][0]] |= 1u << _j
 for _j in range(N_AI_HOSTS):
+    assert _AI_HOSTS[_j] == _AI_HOSTS[_j].lower() and len(_AI_HOSTS[_j]) > 0
     AI_HOSTS_C[_j] = PyBytes_AS_STRING(_AI_HOSTS[_j])
     AI_HOSTS_LEN[_j] = len(_AI_HOSTS[_j])
+    AI_HOSTS_FIRST[<uint8_t>AI_HOSTS_C[_j][0]] |= 1u << _j
+
+
+cdef inline bint _any_marker(const char* s, Py_ssize_t n, const uint32_t* first, const char** markers,
+                             const Py_ssize_t* lens, bint fold) noexcept nogil:
+    """Whether one of the markers occurs in ``s[:n]`` (``fold``: ASCII case-insensitively; markers are lower case)."""
+    cdef Py_ssize_t i, k, m
+    cdef uint32_t bits
+    cdef int j
+    cdef const char* mk
+    for i in range(n):
+        bits = first[<uint8_t>(lower(s[i]) if fold else s[i])]
+        j = 0
+        while bits:
+            m = lens[j]
+            if bits & 1 and m <= n - i:
+                mk = markers[j]
+                k = 1  # byte 0 matched; compared inline, as most candidates differ within a byte or two
+                if fold:
+                    while k < m and lower(s[i + k]) == mk[k]:
+                        k += 1
+                else:
+                    while k < m and s[i + k] == mk[k]:
+                        k += 1
+                if k == m:
+                    return True
+            bits >>= 1
+            j += 1
+    return False
+
+
+cdef class _Calls  # below: makes ObservedCall records during a drain
 
 
 # ---- the engine ----------------------------------------------------------------------------------------------------
@@ -140,12 +199,14 @@ cdef class Engine:
     cdef int slots_touched             # slots below this have been used at least once (dealloc visits only those)
     cdef uint32_t gen_counter
     cdef list ooo                      # per flow slot: None or {seq: (ts, payload, fin)} per direction
-    cdef AggEntry** agg                # open addressing by hash
+    cdef AggSlot* agg                  # open addressing by hash: entry and its hash side by side (one cache line)
     cdef uint64_t agg_cap
-    cdef uint64_t* agg_h               # the hash of each slot's entry, beside it: probes touch no entry
     cdef uint64_t agg_n
     cdef AggEntry** agg_list           # the same entries in insertion order (drain order, as in the twin)
     cdef uint64_t agg_list_cap
+    cdef Block* blocks                 # where aggregate entries live: bump-allocated, released per drain
+    cdef Block* spare                  # emptied blocks kept for reuse (at most MAX_SPARE_BLOCKS)
+    cdef int nspare
     cdef Buf kbuf
     cdef Req* free_reqs
     cdef int64_t counters[64]
@@ -166,8 +227,10 @@ cdef class Engine:
     cdef Span hv_host, hv_cl, hv_te, hv_ct, hv_ce, hv_baggage
     cdef int* header_rules             # indices of header rules (kind SRC_HEADER)
     cdef int nheader_rules
+    cdef uint64_t header_rule_lens     # bit n: a header rule's name has n bytes (63 or more: bit 63)
     cdef bint any_baggage
     cdef list ai_body_skip             # [target][start]: needles of the body rules left, or None (see _ai_ids_none)
+    cdef bint collapse_ids             # fold ids and query values of HTTP operations (opkey.collapse_http_op)
 
     def __cinit__(self):
         cdef int t
@@ -175,8 +238,10 @@ cdef class Engine:
         self.buckets = NULL
         self.free_slots = NULL
         self.agg = NULL
-        self.agg_h = NULL
         self.agg_list = NULL
+        self.blocks = NULL
+        self.spare = NULL
+        self.nspare = 0
         self.free_reqs = NULL
         self.kind = NULL
         self.http_ok = NULL
@@ -189,9 +254,10 @@ cdef class Engine:
             self.order[t] = NULL
         memset(&self.kbuf, 0, sizeof(Buf))
 
-    def __init__(self, slow, window_us, max_flows, pg_ports, http_ports):
+    def __init__(self, slow, window_us, max_flows, pg_ports, http_ports, collapse_ids=False):
         cdef int i, t
         self.slow = slow
+        self.collapse_ids = bool(collapse_ids)
         self.rules = slow.rules
         self.window_us = max(1, int(window_us))
         self.max_flows = max(1, int(max_flows))
@@ -221,11 +287,10 @@ cdef class Engine:
         self.ooo = [None] * self.max_flows
         self.agg_cap = 1024
         self.agg_n = 0
-        self.agg = <AggEntry**>calloc(self.agg_cap, sizeof(AggEntry*))
-        self.agg_h = <uint64_t*>calloc(self.agg_cap, sizeof(uint64_t))
+        self.agg = <AggSlot*>calloc(self.agg_cap, sizeof(AggSlot))
         self.agg_list_cap = 1024
         self.agg_list = <AggEntry**>malloc(self.agg_list_cap * sizeof(AggEntry*))
-        if self.agg == NULL or self.agg_h == NULL or self.agg_list == NULL:
+        if self.agg == NULL or self.agg_list == NULL:
             raise MemoryError()
         memset(self.counters, 0, sizeof(self.counters))
         memset(self.errors, 0, sizeof(self.errors))
@@ -258,6 +323,7 @@ cdef class Engine:
         self.header_rules = <int*>calloc(n, sizeof(int))
         self._keys = list(rs.keys)
         self.nheader_rules = 0
+        self.header_rule_lens = 0
         self.any_baggage = False
         for i in range(self.nrules):
             self.kind[i] = rs.kinds[i]
@@ -268,6 +334,7 @@ cdef class Engine:
             if self.kind[i] == SRC_HEADER:
                 self.header_rules[self.nheader_rules] = i
                 self.nheader_rules += 1
+                self.header_rule_lens |= 1ULL << min(self.keylen[i], 63)
         for t in range(3):
             self.norder[t] = len(rs.order[t])
             self.order[t] = <int*>calloc(max(1, self.norder[t]), sizeof(int))
@@ -289,12 +356,10 @@ cdef class Engine:
             self.free_reqs = r.next
             self._free_req_bufs(r)
             free(r)
-        if self.agg_list != NULL:
-            for i in range(<int>self.agg_n):
-                free(self.agg_list[i])
-            free(self.agg_list)
+        free(self.agg_list)
+        _free_blocks(self.blocks)
+        _free_blocks(self.spare)
         free(self.agg)
-        free(self.agg_h)
         free(self.buckets)
         free(self.free_slots)
         free(self.kind)
@@ -348,6 +413,15 @@ cdef class Engine:
         }
 
     def drain(self, int64_t now_us=-1, bint final=False):
+        """Raw per-window rows (tuples, see ``sensor._Builder.build`` for their layout) of the closed windows."""
+        return self._drain(now_us, final, None)
+
+    def drain_calls(self, int64_t now_us, bint final, builder):
+        """``ObservedCall`` records of the closed windows, made here from the C aggregates (no row tuples);
+        ``builder`` (``sensor._Builder``) names endpoints and holds the per-record constants."""
+        return self._drain(now_us, final, _Calls(builder))
+
+    cdef list _drain(self, int64_t now_us, bint final, _Calls ctx):
         cdef int32_t slot
         cdef uint64_t i
         cdef AggEntry* e
@@ -359,27 +433,80 @@ cdef class Engine:
                 self._finish(&self.flows[slot])
                 self._release_slot(slot)
         cdef uint64_t kept = 0
+        cdef uint64_t nd = 0
         cdef uint64_t total = self.agg_n
-        memset(self.agg, 0, self.agg_cap * sizeof(AggEntry*))
-        memset(self.agg_h, 0, self.agg_cap * sizeof(uint64_t))
+        cdef Block* old = self.blocks
+        cdef AggEntry* moved
+        cdef Py_ssize_t size
+        cdef AggEntry** done = <AggEntry**>malloc((total + 1) * sizeof(AggEntry*))
+        if done == NULL:
+            raise MemoryError()
+        memset(self.agg, 0, self.agg_cap * sizeof(AggSlot))
         self.agg_n = 0
+        # First in C: entries of open windows move to fresh blocks, the others are listed; then the records are made
+        # from the listed ones, and their blocks are released together.
+        self.blocks = NULL
+        for i in range(total):
+            e = self.agg_list[i]
+            if final or now_us < 0 or e.window + self.window_us <= now_us:
+                done[nd] = e
+                nd += 1
+            else:
+                size = sizeof(AggEntry) + e.klen
+                moved = <AggEntry*>self._alloc(size)
+                memcpy(moved, e, size)
+                moved.key = <char*>(moved + 1)
+                self.agg_list[kept] = moved
+                kept += 1
+                self._agg_insert(moved)
         cdef list cache = [None] * 1024
         gc_was_on = gc.isenabled()
         gc.disable()  # rows are plain tuples made by the thousand: no cycle collection while making them
         try:
-            for i in range(total):
-                e = self.agg_list[i]
-                if final or now_us < 0 or e.window + self.window_us <= now_us:
-                    out.append(self._row(e, cache))
-                    free(e)
-                else:
-                    self.agg_list[kept] = e
-                    kept += 1
-                    self._agg_insert(e)
+            for i in range(nd):
+                out.append(self._row(done[i], cache) if ctx is None else ctx.call(done[i]))
         finally:
+            free(done)
+            self._release_blocks(old)
             if gc_was_on:
                 gc.enable()
         return out
+
+    cdef char* _alloc(self, Py_ssize_t n) except NULL:
+        """``n`` bytes (8-aligned) in the current block of aggregate entries."""
+        cdef Block* b = self.blocks
+        cdef size_t need = (<size_t>n + 7) & ~(<size_t>7)
+        cdef size_t cap
+        cdef char* p
+        if b == NULL or b.used + need > b.cap:
+            if self.spare != NULL and self.spare.cap >= need:
+                b = self.spare
+                self.spare = b.next
+                self.nspare -= 1
+            else:
+                cap = BLOCK_BYTES if need <= BLOCK_BYTES else need
+                b = <Block*>malloc(sizeof(Block) + cap)
+                if b == NULL:
+                    raise MemoryError()
+                b.cap = cap
+            b.used = 0
+            b.next = self.blocks
+            self.blocks = b
+        p = <char*>(b + 1) + b.used
+        b.used += need
+        return p
+
+    cdef void _release_blocks(self, Block* b) noexcept:
+        cdef Block* nxt
+        while b != NULL:
+            nxt = b.next
+            if self.nspare < MAX_SPARE_BLOCKS:
+                b.next = self.spare
+                self.spare = b
+                self.nspare += 1
+            else:
+                free(b)
+            b = nxt
 
     # ---- aggregation --------------------------------------------------------------------------------------------------
 
@@ -446,43 +573,30 @@ cdef class Engine:
             self._agg_grow()
         mask = self.agg_cap - 1
         i = e.h & mask
-        while self.agg[i] != NULL:
+        while self.agg[i].e != NULL:
             i = (i + 1) & mask
-        self.agg[i] = e
-        self.agg_h[i] = e.h
+        self.agg[i].e = e
+        self.agg[i].h = e.h
         self.agg_n += 1
         return 0
 
     cdef int _agg_grow(self) except -1:
-        cdef AggEntry** old = self.agg
-        cdef uint64_t* old_h = self.agg_h
+        cdef AggSlot* old = self.agg
         cdef uint64_t old_cap = self.agg_cap
         cdef uint64_t i, j, mask
-        cdef AggEntry** grown = <AggEntry**>calloc(old_cap * 2, sizeof(AggEntry*))
-        cdef uint64_t* grown_h = <uint64_t*>calloc(old_cap * 2, sizeof(uint64_t))
-        if grown == NULL or grown_h == NULL:
-            free(grown)
-            free(grown_h)
+        cdef AggSlot* grown = <AggSlot*>calloc(old_cap * 2, sizeof(AggSlot))
+        if grown == NULL:
             raise MemoryError()
         self.agg = grown
-        self.agg_h = grown_h
         self.agg_cap = old_cap * 2
         mask = self.agg_cap - 1
         for i in range(old_cap):
-            if old[i] != NULL:
-                j = old_h[i] & mask
-                while self.agg[j] != NULL:
+            if old[i].e != NULL:
+                j = old[i].h & mask
+                while self.agg[j].e != NULL:
                     j = (j + 1) & mask
                 self.agg[j] = old[i]
-                self.agg_h[j] = old_h[i]
         free(old)
-        free(old_h)
-        return 0
-
-    cdef inline int _kstr(self, const char* p, Py_ssize_t n) except -1:
-        cdef uint32_t ln = <uint32_t>n
-        buf_add(&self.kbuf, <const char*>&ln, 4)
-        buf_add(&self.kbuf, p, n)
         return 0
 
     cdef int _agg(self, int64_t ts, Flow* fl, int proto, const char* op, Py_ssize_t opn, const char* host,
@@ -497,47 +611,53 @@ cdef class Engine:
                       const char* prov, Py_ssize_t provn, const char* model, Py_ssize_t modeln,
                       int64_t* vals) except -1:
         cdef int64_t window = ts - ts % self.window_us
-        cdef uint8_t hdr[43]
         cdef int32_t r3[3]
         cdef int t
         cdef uint64_t h, mask, i
         cdef AggEntry* e
         cdef AggEntry** grown
-        memcpy(hdr, &window, 8)
-        memcpy(hdr + 8, src, 16)
-        memcpy(hdr + 24, dst, 16)
-        hdr[40] = dport >> 8
-        hdr[41] = dport & 0xFF
-        hdr[42] = proto
+        cdef char* k
+        cdef Py_ssize_t total = 43 + 12 + 7 * 4 + opn + hostn + provn + modeln
+        if ids != NULL:
+            total += ids[0].n + ids[1].n + ids[2].n
+        # the key is written in one go into a buffer reserved for all of it (no bounds check per field)
+        self.kbuf.n = 0
+        if total > self.kbuf.cap:
+            buf_reserve(&self.kbuf, total)
+        k = self.kbuf.p
+        memcpy(k, &window, 8)
+        memcpy(k + 8, src, 16)
+        memcpy(k + 24, dst, 16)
+        k[40] = <char>(dport >> 8)
+        k[41] = <char>(dport & 0xFF)
+        k[42] = <char>proto
         for t in range(3):
             r3[t] = rules[t] if ids != NULL else -1
-        self.kbuf.n = 0
-        buf_add(&self.kbuf, <const char*>hdr, 43)
-        buf_add(&self.kbuf, <const char*>r3, 12)
-        self._kstr(op, opn)
-        self._kstr(host, hostn)
+        memcpy(k + 43, r3, 12)
+        k += 55
+        k = _kput(k, op, opn)
+        k = _kput(k, host, hostn)
         for t in range(3):
             if ids != NULL:
-                self._kstr(ids[t].p, ids[t].n)
+                k = _kput(k, ids[t].p, ids[t].n)
             else:
-                self._kstr(NULL, 0)
-        self._kstr(prov, provn)
-        self._kstr(model, modeln)
+                k = _kput(k, NULL, 0)
+        k = _kput(k, prov, provn)
+        k = _kput(k, model, modeln)
+        self.kbuf.n = k - self.kbuf.p
         h = hash_bytes(self.kbuf.p, self.kbuf.n)
         mask = self.agg_cap - 1
         i = h & mask
         while True:
-            e = self.agg[i]
+            e = self.agg[i].e
             if e == NULL:
                 break
-            if self.agg_h[i] == h and e.klen == self.kbuf.n and memcmp(e.key, self.kbuf.p, e.klen) == 0:
+            if self.agg[i].h == h and e.klen == self.kbuf.n and memcmp(e.key, self.kbuf.p, e.klen) == 0:
                 for t in range(9):
                     e.vals[t] += vals[t]
                 return 0
             i = (i + 1) & mask
-        e = <AggEntry*>malloc(sizeof(AggEntry) + self.kbuf.n)  # the key follows the entry, one allocation
-        if e == NULL:
-            raise MemoryError()
+        e = <AggEntry*>self._alloc(sizeof(AggEntry) + self.kbuf.n)  # the key follows the entry
         e.key = <char*>(e + 1)
         memcpy(e.key, self.kbuf.p, self.kbuf.n)
         e.klen = self.kbuf.n
@@ -547,13 +667,17 @@ cdef class Engine:
             e.vals[t] = vals[t]
         if self.agg_n == self.agg_list_cap:
             grown = <AggEntry**>realloc(self.agg_list, self.agg_list_cap * 2 * sizeof(AggEntry*))
-            if grown == NULL:
-                free(e)
+            if grown == NULL:  # the entry stays unused in its block until the next drain
                 raise MemoryError()
             self.agg_list = grown
             self.agg_list_cap *= 2
         self.agg_list[self.agg_n] = e
-        self._agg_insert(e)
+        if (self.agg_n + 1) * 2 > self.agg_cap:
+            self._agg_insert(e)  # grows the table, then probes afresh
+        else:  # the probe above ended on the free slot the entry takes
+            self.agg[i].e = e
+            self.agg[i].h = h
+            self.agg_n += 1
         return 0
 
     # ---- requests ---------------------------------------------------------------------------------------------------
@@ -688,7 +812,9 @@ cdef class Engine:
         for t in range(MAX_STMTS):
             buf_trim(&fl.stmt_name[t])
             buf_trim(&fl.stmt_text[t])
-        self.ooo[slot] = None
+        if fl.has_ooo:
+            self.ooo[slot] = None
+            fl.has_ooo = False
         self.free_slots[self.nfree] = slot
         self.nfree += 1
 
@@ -922,6 +1048,7 @@ cdef class Engine:
         if pair is None:
             pair = ({}, {})
             self.ooo[slot] = pair
+            fl.has_ooo = True
         ooo = pair[side]
         if seq not in ooo:
             ooo[seq] = (ts, PyBytes_FromStringAndSize(<const char*>payload, n), fin)
@@ -937,6 +1064,8 @@ cdef class Engine:
         cdef Flow* fl = &self.flows[slot]
         cdef uint32_t gen = fl.gen
         cdef bytes payload
+        if not fl.has_ooo:  # the common case, decided without touching the Python list
+            return 0
         pair = self.ooo[slot]
         if pair is None:
             return 0
@@ -1080,7 +1209,8 @@ cdef class Engine:
         cdef Dir* d = &fl.dirs[side]
         cdef bint client = side == fl.cside
         cdef Py_ssize_t pos = 0
-        cdef Py_ssize_t end, old, take, nl, ln, i
+        cdef Py_ssize_t end, old, take, nl, ln, i, hl
+        cdef Span line0
         cdef int st
         cdef const char* line
         cdef const char* lp
@@ -1094,10 +1224,10 @@ cdef class Engine:
                         pos += 2
                     if pos >= n:
                         return 0
-                    end = find_crlf2(data, pos, n)
-                    if end >= 0:
-                        self._head(fl, side, ts, data + pos, end + 4 - pos)
-                        pos = end + 4
+                    hl = self._scan_head(data + pos, n - pos, &line0)
+                    if hl >= 0:
+                        self._head(fl, side, ts, data + pos, hl, line0)
+                        pos += hl
                         continue
                     if n - pos > MAX_HEAD:
                         self.errors[E_HEAD_LONG] += 1
@@ -1117,7 +1247,8 @@ cdef class Engine:
                 # the head is copied out before the buffer is reused (the head parser may append to buffers)
                 head = PyBytes_FromStringAndSize(d.buf.p, end + 4)
                 d.buf.n = 0
-                self._head(fl, side, ts, PyBytes_AS_STRING(head), end + 4)
+                hl = self._scan_head(PyBytes_AS_STRING(head), end + 4, &line0)
+                self._head(fl, side, ts, PyBytes_AS_STRING(head), hl, line0)
             elif st == S_LEN or st == S_CDATA or st == S_CCRLF:
                 take = d.remaining if d.remaining < n - pos else n - pos
                 if st != S_CCRLF:
@@ -1228,38 +1359,46 @@ cdef class Engine:
             self._http_response_done(fl, ts)
         return 0
 
-    cdef void _parse_headers(self, const char* head, Py_ssize_t n, Span* line0) noexcept:
-        """Request/status line and the first value of every header the engine reads; counts malformed lines."""
-        cdef Py_ssize_t end = n - 4
-        cdef Py_ssize_t s, e, nn, vn, i
+    cdef Py_ssize_t _scan_head(self, const char* head, Py_ssize_t n, Span* line0) noexcept:
+        """One pass over a head that starts at ``head``: the request/status line and the first value of every header
+        the engine reads, up to the first empty line. Returns the head's length (through its ``\\r\\n\\r\\n``) or -1
+        when ``head[:n]`` holds no complete head (then nothing is counted). Lines end at ``\\r\\n``; the first
+        empty line is where ``\\r\\n\\r\\n`` first occurs, so this finds the same end as ``find_crlf2``."""
+        cdef Py_ssize_t s, e, nn, vn
         cdef const char* p
         cdef const char* colon
         cdef const char* v
-        cdef int j, r
+        cdef Py_ssize_t j
+        cdef int r
+        cdef int bad = 0
         self.hv_host.p = self.hv_cl.p = self.hv_te.p = self.hv_ct.p = self.hv_ce.p = self.hv_baggage.p = NULL
         for j in range(self.nheader_rules):
             self.rulev[self.header_rules[j]].p = NULL
-        e = find(head, end, b"\r\n", 2)
+        e = _crlf(head, 0, n)
         if e < 0:
-            e = end
+            return -1
         line0.p = head
         line0.n = e
         s = e + 2
-        while s < end:
-            e = find(head + s, end - s, b"\r\n", 2)
-            e = end if e < 0 else s + e
+        while True:
+            e = _crlf(head, s, n)
+            if e < 0:
+                return -1
+            if e == s:
+                self.errors[E_HEADER] += bad
+                return s + 2
             p = head + s
             nn = e - s
             s = e + 2
-            if nn == 0 or p[0] == 32 or p[0] == 9:
+            if p[0] == 32 or p[0] == 9:
                 continue
-            colon = <const char*>memchr(p, 58, nn)
-            if colon == NULL or colon == p:
-                self.errors[E_HEADER] += 1
+            j = find_byte(p, 0, nn, 58)
+            if j <= 0:
+                bad += 1
                 continue
-            vn = nn - (colon - p) - 1
-            v = colon + 1
-            nn = colon - p
+            vn = nn - j - 1
+            v = p + j + 1
+            nn = j
             strip(&v, &vn)
             if nn == 4:
                 if self.hv_host.p == NULL and eq_lower(p, nn, b"host", 4):
@@ -1285,15 +1424,16 @@ cdef class Engine:
                 if self.hv_baggage.p == NULL and eq_lower(p, nn, b"baggage", 7):
                     self.hv_baggage.p = v
                     self.hv_baggage.n = vn
-            for j in range(self.nheader_rules):
-                r = self.header_rules[j]
-                if self.rulev[r].p == NULL and eq_lower(p, nn, self.key[r], self.keylen[r]):
-                    self.rulev[r].p = v
-                    self.rulev[r].n = vn
+            if (self.header_rule_lens >> (nn if nn < 63 else 63)) & 1:  # a header rule's name is this long
+                for j in range(self.nheader_rules):
+                    r = self.header_rules[j]
+                    if self.rulev[r].p == NULL and eq_lower(p, nn, self.key[r], self.keylen[r]):
+                        self.rulev[r].p = v
+                        self.rulev[r].n = vn
 
-    cdef int _head(self, Flow* fl, int side, int64_t ts, const char* head, Py_ssize_t hn) except -1:
+    cdef int _head(self, Flow* fl, int side, int64_t ts, const char* head, Py_ssize_t hn, Span line) except -1:
+        """A complete head that ``_scan_head`` has just read (its header values are in ``hv_*``/``rulev``)."""
         cdef Dir* d = &fl.dirs[side]
-        cdef Span line
         cdef bint chunked
         cdef int64_t cl = -1
         cdef Py_ssize_t sp1, sp2, i, tn
@@ -1301,7 +1441,6 @@ cdef class Engine:
         cdef Req* req
         cdef int status
         cdef const char* target
-        self._parse_headers(head, hn, &line)
         chunked = self.hv_te.p != NULL and _contains_lower(self.hv_te.p, self.hv_te.n, b"chunked", 7)
         if self.hv_cl.p != NULL:
             cl = _digits(self.hv_cl.p, self.hv_cl.n)
@@ -1334,6 +1473,8 @@ cdef class Engine:
             else:
                 req = self._new_req(ts)
                 buf_set(&req.op, line.p, sp2 if sp2 < MAX_OP else MAX_OP)
+                if self.collapse_ids:
+                    req.op.n = _collapse(req.op.p, req.op.n)
                 if self.hv_host.p != NULL:
                     buf_set(&req.host, self.hv_host.p, self.hv_host.n if self.hv_host.n < MAX_VALUE else MAX_VALUE)
                 req.method_head = sp1 == 4 and memcmp(line.p, b"HEAD", 4) == 0
@@ -1420,18 +1561,8 @@ cdef class Engine:
         return 0
 
     cdef bint _is_ai(self, const char* target, Py_ssize_t tn, const char* host, Py_ssize_t hn) noexcept:
-        cdef char low[MAX_VALUE]
-        cdef Py_ssize_t i
-        cdef int j
-        for i in range(hn):
-            low[i] = lower(host[i])
-        for j in range(N_AI_HOSTS):
-            if find(low, hn, AI_HOSTS_C[j], AI_HOSTS_LEN[j]) >= 0:
-                return True
-        for j in range(N_AI_PATHS):
-            if find(target, tn, AI_PATHS_C[j], AI_PATHS_LEN[j]) >= 0:
-                return True
-        return False
+        return _any_marker(host, hn, AI_HOSTS_FIRST, AI_HOSTS_C, AI_HOSTS_LEN, True) or \
+            _any_marker(target, tn, AI_PATHS_FIRST, AI_PATHS_C, AI_PATHS_LEN, False)
 
     cdef int _http_ids(self, Req* req, const char* head, Py_ssize_t hn, const char* target,
                        Py_ssize_t tn) except -1:
@@ -1881,7 +2012,309 @@ cdef class Engine:
         return 0
 
 
+# ---- records ----------------------------------------------------------------------------------------------------------
+
+# The keywords an ``ObservedCall`` is made with, in one vectorcall; at most 15, for msgspec (0.22) takes a much slower
+# path from 16 keywords on. The fields that usually keep their default are set afterwards when they differ.
+cdef tuple CALL_KWNAMES = (
+    "window_start_us", "window_end_us", "node", "src_workload", "dst", "protocol", "operation", "tenant",
+    "tenant_method", "tenant_rule", "requests", "errors", "bytes_in", "bytes_out", "busy_us",
+)
+DEF N_CALL_ARGS = 15
+DEF TEXT_SLOTS = 1024
+DEF EP_SLOTS = 256
+DEF EP_KEY = 160
+
+
+cdef struct EpKey:
+    Py_ssize_t n
+    char k[EP_KEY]
+
+
+cdef class _Calls:
+    """Makes ``ObservedCall`` records from aggregate entries during one drain: the same records as
+    ``sensor._Builder.build`` makes from row tuples (the parser tests compare both builds), with texts decoded once
+    per distinct value (a direct-mapped cache of ``str``) and endpoint names asked of the builder once per edge."""
+    cdef object cls
+    cdef object node
+    cdef int64_t width
+    cdef list method_of
+    cdef list rule_of
+    cdef object src_name
+    cdef object dst_name
+    cdef dict srcs
+    cdef dict dsts
+    cdef list texts
+    cdef list raw
+    cdef int64_t win
+    cdef object win_start
+    cdef object win_end
+    cdef Buf kbuf
+    # endpoint names by raw key, direct-mapped in C before the dicts: no bytes object nor dict look-up per record
+    cdef EpKey src_keys[EP_SLOTS]
+    cdef EpKey dst_keys[EP_SLOTS]
+    cdef list src_names
+    cdef list dst_names
+
+    def __cinit__(self, builder):
+        cdef int t
+        self.cls = builder.cls
+        self.node = builder.node
+        self.width = builder.width
+        self.method_of = builder.method_of
+        self.rule_of = builder.rule_of
+        self.src_name = builder.src_name
+        self.dst_name = builder.dst_name
+        self.srcs = {}
+        self.dsts = {}
+        self.texts = [None] * TEXT_SLOTS
+        self.raw = [None] * TEXT_SLOTS
+        self.win = -1
+        memset(&self.kbuf, 0, sizeof(Buf))
+        for t in range(EP_SLOTS):
+            self.src_keys[t].n = -1
+            self.dst_keys[t].n = -1
+        self.src_names = [None] * EP_SLOTS
+        self.dst_names = [None] * EP_SLOTS
+
+    def __dealloc__(self):
+        buf_free(&self.kbuf)
+
+    cdef object _text(self, const char* p, Py_ssize_t n):
+        """``p[:n].decode("utf-8", "replace")``, the same ``str`` object for the same short ASCII value."""
+        cdef Py_ssize_t slot
+        if n == 0:
+            return ""
+        if n > MAX_OP:
+            return PyUnicode_DecodeUTF8(p, n, "replace")
+        slot = <Py_ssize_t>(hash_bytes(p, n) & (TEXT_SLOTS - 1))
+        obj = self.texts[slot]
+        if obj is not None and PyUnicode_GET_LENGTH(obj) == n and memcmp(PyUnicode_DATA(obj), p, n) == 0:
+            return obj
+        obj = PyUnicode_DecodeUTF8(p, n, "replace")
+        if PyUnicode_IS_COMPACT_ASCII(obj):  # only then are its characters the bytes compared above
+            self.texts[slot] = obj
+        return obj
+
+    cdef object _src(self, const char* addr):
+        cdef Py_ssize_t slot = <Py_ssize_t>(hash_bytes(addr, 16) & (EP_SLOTS - 1))
+        cdef EpKey* ek = &self.src_keys[slot]
+        if ek.n == 16 and memcmp(ek.k, addr, 16) == 0:
+            return self.src_names[slot]
+        key = PyBytes_FromStringAndSize(addr, 16)
+        name = self.srcs.get(key)
+        if name is None:
+            name = self.srcs[key] = self.src_name(key)
+        memcpy(ek.k, addr, 16)
+        ek.n = 16
+        self.src_names[slot] = name
+        return name
+
+    cdef object _dst(self, const char* k, const char* host, Py_ssize_t hostn):
+        """Destination name by (address, port, host): the key is those bytes side by side."""
+        cdef Py_ssize_t slot
+        cdef EpKey* ek = NULL
+        self.kbuf.n = 0
+        buf_add(&self.kbuf, k + 24, 18)
+        buf_add(&self.kbuf, host, hostn)
+        if self.kbuf.n <= EP_KEY:
+            slot = <Py_ssize_t>(hash_bytes(self.kbuf.p, self.kbuf.n) & (EP_SLOTS - 1))
+            ek = &self.dst_keys[slot]
+            if ek.n == self.kbuf.n and memcmp(ek.k, self.kbuf.p, ek.n) == 0:
+                return self.dst_names[slot]
+        key = PyBytes_FromStringAndSize(self.kbuf.p, self.kbuf.n)
+        name = self.dsts.get(key)
+        if name is None:
+            name = self.dsts[key] = self.dst_name(
+                key[:16], (<uint8_t>k[40] << 8) | <uint8_t>k[41], key[18:]
+            )
+        if ek != NULL:
+            memcpy(ek.k, self.kbuf.p, self.kbuf.n)
+            ek.n = self.kbuf.n
+            self.dst_names[slot] = name
+        return name
+
+    cdef object call(self, AggEntry* e):
+        cdef const char* k = e.key
+        cdef Py_ssize_t p = 8 + 16 + 16 + 2 + 1 + 12
+        cdef int32_t rules[3]
+        cdef const char* f[7]
+        cdef Py_ssize_t fn[7]
+        cdef uint32_t ln
+        cdef int t
+        cdef PyObject* args[N_CALL_ARGS]
+        cdef object requests, errors, bytes_in, bytes_out, busy  # Python ints: they go into args[] below
+        memcpy(rules, k + 43, 12)
+        for t in range(7):  # op, host, tenant, feature, agent, provider, model
+            memcpy(&ln, k + p, 4)
+            f[t] = k + p + 4
+            fn[t] = ln
+            p += 4 + ln
+        if e.window != self.win:
+            self.win = e.window
+            self.win_start = e.window
+            self.win_end = e.window + self.width
+        src = self._src(k + 8)
+        dst = self._dst(k, f[1], fn[1])
+        protocol = PROTOCOLS[<int>k[42]]
+        op = self._text(f[0], fn[0])
+        tenant = self._text(f[2], fn[2])
+        t = rules[0] if rules[0] >= 0 else len(self.method_of) - 1  # nothing matched: the last entry
+        method = self.method_of[t]
+        rule = self.rule_of[t]
+        requests = e.vals[0]
+        errors = e.vals[1]
+        bytes_in = e.vals[2]
+        bytes_out = e.vals[3]
+        busy = e.vals[4]
+        args[0] = <PyObject*>self.win_start
+        args[1] = <PyObject*>self.win_end
+        args[2] = <PyObject*>self.node
+        args[3] = <PyObject*>src
+        args[4] = <PyObject*>dst
+        args[5] = <PyObject*>protocol
+        args[6] = <PyObject*>op
+        args[7] = <PyObject*>tenant
+        args[8] = <PyObject*>method
+        args[9] = <PyObject*>rule
+        args[10] = <PyObject*>requests
+        args[11] = <PyObject*>errors
+        args[12] = <PyObject*>bytes_in
+        args[13] = <PyObject*>bytes_out
+        args[14] = <PyObject*>busy
+        call = PyObject_Vectorcall(self.cls, args, 0, CALL_KWNAMES)
+        if fn[3]:
+            call.feature = self._text(f[3], fn[3])
+        if fn[4]:
+            call.agent = self._text(f[4], fn[4])
+        if fn[5] or fn[6] or e.vals[5] or e.vals[6] or e.vals[7] or e.vals[8]:
+            call.tokens_in = e.vals[5]
+            call.tokens_out = e.vals[6]
+            call.tokens_cached = e.vals[7]
+            call.tokens_reasoning = e.vals[8]
+            call.provider = self._text(f[5], fn[5])
+            call.model = self._text(f[6], fn[6])
+        return call
+
+
 # ---- module-level helpers -------------------------------------------------------------------------------------------
+
+cdef const char* NIL_UUID = b"00000000-0000-0000-0000-000000000000"
+
+
+cdef inline bint _id_end(char c) noexcept nogil:
+    return c == 47 or c == 59 or c == 35 or c == 32  # / ; # and space (the only \\s in printable ASCII)
+
+
+cdef inline bint _hex(char c) noexcept nogil:
+    return 48 <= c <= 57 or 97 <= c <= 102 or 65 <= c <= 70
+
+
+cdef inline bint _uuid_at(const char* p) noexcept nogil:
+    """``p[:36]`` is 8-4-4-4-12 hex digits (the caller checked there are 36 bytes)."""
+    cdef int i
+    for i in range(36):
+        if i == 8 or i == 13 or i == 18 or i == 23:
+            if p[i] != 45:
+                return False
+        elif not _hex(p[i]):
+            return False
+    return True
+
+
+cdef Py_ssize_t _collapse(char* p, Py_ssize_t n) noexcept nogil:
+    """Twin of ``opkey.collapse_http_op`` (the redactor's ``shapes.cache_key`` for HTTP), in place; returns the new
+    length. Every write lands at or before the byte being read, so one buffer suffices."""
+    cdef Py_ssize_t i, j, w, pe
+    cdef const char* q
+    cdef char c
+    cdef bint foldable = False
+    for i in range(n):
+        if <uint8_t>p[i] < 32 or <uint8_t>p[i] > 126:
+            return n
+        if <uint8_t>(p[i] - 48) < 10 or p[i] == 63 or p[i] == 45:
+            foldable = True
+    if not foldable:  # no digit, "?" or "-": no number, UUID (even one of letters only) or query in it
+        return n
+    q = <const char*>memchr(p, 63, n)
+    pe = (q - p) if q != NULL else n
+    i = 0
+    w = 0
+    while i < pe:
+        c = p[i]
+        p[w] = c
+        w += 1
+        i += 1
+        if c != 47:
+            continue
+        j = i
+        while j < pe and 48 <= p[j] <= 57:
+            j += 1
+        if j > i and (j == pe or _id_end(p[j])):
+            if j - i == 36:
+                memcpy(p + w, NIL_UUID, 36)
+                w += 36
+            else:
+                p[w] = 48
+                w += 1
+            i = j
+        elif pe - i >= 36 and _uuid_at(p + i) and (i + 36 == pe or _id_end(p[i + 36])):
+            memcpy(p + w, NIL_UUID, 36)
+            w += 36
+            i += 36
+    if q == NULL:
+        return w
+    p[w] = 63
+    w += 1
+    i = pe + 1
+    while i < n:
+        c = p[i]
+        if c == 61:
+            i += 1
+            while i < n and not (p[i] == 38 or p[i] == 59 or p[i] == 35 or p[i] == 32):
+                i += 1
+            continue
+        p[w] = c
+        w += 1
+        i += 1
+    return w
+
+
+def collapse_http_op(bytes op):
+    """``_collapse`` for tests (the engine calls it in C)."""
+    cdef bytearray b = bytearray(op)
+    cdef Py_ssize_t n = _collapse(PyByteArray_AS_STRING(b), len(b))
+    return bytes(b[:n])
+
+
+cdef void _free_blocks(Block* b) noexcept:
+    cdef Block* nxt
+    while b != NULL:
+        nxt = b.next
+        free(b)
+        b = nxt
+
+
+cdef inline char* _kput(char* k, const char* p, Py_ssize_t n) noexcept nogil:
+    """One length-prefixed field of an aggregate key; the caller reserved room for it."""
+    cdef uint32_t ln = <uint32_t>n
+    memcpy(k, &ln, 4)
+    if n > 0:
+        memcpy(k + 4, p, n)
+    return k + 4 + n
+
+
+cdef inline Py_ssize_t _crlf(const char* p, Py_ssize_t s, Py_ssize_t n) noexcept nogil:
+    """Offset of the first ``\\r\\n`` in ``p[s:n]``, or -1."""
+    while s + 1 < n:
+        s = find_byte(p, s, n - 1, 13)
+        if s < 0:
+            return -1
+        if p[s + 1] == 10:
+            return s
+        s += 1
+    return -1
+
 
 def _ooo_first(ooo, nxt):
     """The waiting segment nearest after ``nxt`` (sequence numbers wrap at 2**32), as the twin picks it."""

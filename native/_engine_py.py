@@ -17,6 +17,7 @@ from collections import OrderedDict, deque
 
 from . import _net_py as net
 from .kinds import COUNTERS, ERROR_KINDS, C, E
+from .opkey import collapse_http_op
 from .rules import MAX_VALUE, SRC_BAGGAGE, SRC_HEADER, SRC_HOST, SRC_PY, SRC_QUERY, baggage_value, query_value
 
 P_UNKNOWN, P_HTTP, P_PG, P_TLS, P_DNS, P_OPAQUE = 0, 1, 2, 3, 4, 5
@@ -215,8 +216,17 @@ def pg_startup_like(data: bytes) -> bool:
 
 
 class Engine:
-    def __init__(self, slow, window_us: int, max_flows: int, pg_ports: list[int], http_ports: list[int]) -> None:
+    def __init__(
+        self,
+        slow,
+        window_us: int,
+        max_flows: int,
+        pg_ports: list[int],
+        http_ports: list[int],
+        collapse_ids: bool = False,
+    ) -> None:
         self.slow = slow
+        self.collapse_ids = bool(collapse_ids)
         self.rules = slow.rules
         self.window_us = max(1, int(window_us))
         self.max_flows = max(1, int(max_flows))
@@ -250,6 +260,12 @@ class Engine:
             "flows_open": len(self.flows),
             "aggregates_open": len(self.agg),
         }
+
+    def drain_calls(self, now_us: int, final: bool, builder) -> list:
+        """``ObservedCall`` records of the closed windows: the rows of ``drain`` through ``builder.build``."""
+        out: list = []
+        builder.build(self.drain(now_us, final), out)
+        return out
 
     def drain(self, now_us: int = -1, final: bool = False) -> list[tuple]:
         """Aggregates of closed windows (all of them when ``final``, which also ends every open flow)."""
@@ -702,7 +718,8 @@ class Engine:
                 return
             target = line[sp1 + 1 : sp2]
             self.counters[C["http_requests"]] += 1
-            req = Req(ts, (method + b" " + target)[:MAX_OP])
+            op = (method + b" " + target)[:MAX_OP]
+            req = Req(ts, collapse_http_op(op) if self.collapse_ids else op)
             req.target = target
             req.host = hdr.get(b"host", b"")[:MAX_VALUE]
             req.method_head = method == b"HEAD"

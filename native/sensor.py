@@ -155,7 +155,12 @@ class Sensor:
         self.slow = Slow(config)
         self.reader_cls = reader_cls or CaptureReader
         self.engine = (engine_cls or Engine)(
-            self.slow, self.window_us, config.sensor.max_flows, config.sensor.postgres_ports, config.sensor.http_ports
+            self.slow,
+            self.window_us,
+            config.sensor.max_flows,
+            config.sensor.postgres_ports,
+            config.sensor.http_ports,
+            config.sensor.collapse_ids,
         )
         self._workloads = [(ipaddress.ip_network(w.address, strict=False), w.port, w.name) for w in config.workloads]
         self._names: dict[tuple[bytes, int], str | None] = {}
@@ -228,56 +233,72 @@ class Sensor:
 
     def drain(self, now_us: int = -1, final: bool = False) -> list[ObservedCall]:
         """Records of the closed windows (all, and every open flow ended, when ``final``)."""
-        rules = self.slow.rules
-        out: list[ObservedCall] = []
         gc_was_on = gc.isenabled()
         gc.disable()  # records are made by the thousand and hold no cycles: no collection passes meanwhile
         try:
-            self._build(self.engine.drain(now_us, final), out, rules.methods, rules.names)
+            return self.engine.drain_calls(now_us, final, _Builder(self))
         finally:
             if gc_was_on:
                 gc.enable()
-        return out
 
-    def _build(self, rows: list[tuple], out: list[ObservedCall], methods: list[str], names: list[str]) -> None:
-        node, width = self.node, self.window_us
+
+class _Builder:
+    """What one drain needs to make ``ObservedCall`` records: the per-record constants and the endpoint naming.
+    The compiled engine makes the records from its C aggregates with these (``_engine._Calls``); the twin hands its
+    row tuples to ``build``. Both give the same records."""
+
+    cls = ObservedCall
+
+    def __init__(self, sensor: Sensor) -> None:
+        rules = sensor.slow.rules
+        self.node = sensor.node
+        self.width = sensor.window_us
+        self.method_of = [*rules.methods, "unallocated"]  # rule -1 (nothing matched) reads the last entry
+        self.rule_of = [*rules.names, ""]
+        self.src_name = lambda src: sensor._workload(src, 0) or address_text(src)
+        self.dst_name = sensor._dst
+
+    def build(self, rows: list[tuple], out: list[ObservedCall]) -> None:
+        node, width, method_of, rule_of = self.node, self.width, self.method_of, self.rule_of
         texts = _Memo(lambda raw: raw.decode("utf-8", "replace"))  # ids, provider, model repeat within a drain
-        srcs = _Memo(lambda src: self._workload(src, 0) or address_text(src))
-        dsts = _Memo(lambda key: self._dst(*key))
-        method_of = [*methods, "unallocated"]  # rule -1 (nothing matched) reads the last entry
-        rule_of = [*names, ""]
+        srcs = _Memo(self.src_name)
+        dsts = _Memo(lambda key: self.dst_name(*key))
         append = out.append
         for (
             window, src, dst, dport, proto, op, host, tv, tr, fv, _fr, av, _ar, provider, model,
             requests, errors, bytes_in, bytes_out, busy, tin, tout, tc, treason,
         ) in rows:  # fmt: skip
-            append(
-                ObservedCall(
-                    window_start_us=window,
-                    window_end_us=window + width,
-                    node=node,
-                    src_workload=srcs[src],
-                    dst=dsts[(dst, dport, host)],
-                    protocol=PROTOCOLS[proto],
-                    operation=op.decode("utf-8", "replace"),
-                    tenant=texts[tv],
-                    tenant_method=method_of[tr],
-                    tenant_rule=rule_of[tr],
-                    feature=texts[fv],
-                    agent=texts[av],
-                    requests=requests,
-                    errors=errors,
-                    bytes_in=bytes_in,
-                    bytes_out=bytes_out,
-                    busy_us=busy,
-                    tokens_in=tin,
-                    tokens_out=tout,
-                    tokens_cached=tc,
-                    tokens_reasoning=treason,
-                    provider=texts[provider],
-                    model=texts[model],
-                )
+            # At most 15 keywords: msgspec (0.22) takes a much slower path for a call with 16 or more, so the fields
+            # that usually keep their defaults (feature, agent, tokens, provider, model) are set only when they differ.
+            call = ObservedCall(
+                window_start_us=window,
+                window_end_us=window + width,
+                node=node,
+                src_workload=srcs[src],
+                dst=dsts[(dst, dport, host)],
+                protocol=PROTOCOLS[proto],
+                operation=op.decode("utf-8", "replace"),
+                tenant=texts[tv],
+                tenant_method=method_of[tr],
+                tenant_rule=rule_of[tr],
+                requests=requests,
+                errors=errors,
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                busy_us=busy,
             )
+            if fv:
+                call.feature = texts[fv]
+            if av:
+                call.agent = texts[av]
+            if provider or model or tin or tout or tc or treason:
+                call.tokens_in = tin
+                call.tokens_out = tout
+                call.tokens_cached = tc
+                call.tokens_reasoning = treason
+                call.provider = texts[provider]
+                call.model = texts[model]
+            append(call)
 
 
 class _Memo(dict):

@@ -202,6 +202,9 @@ class SensorConfig(_Section):
     postgres_ports: list[int] = msgspec.field(default_factory=lambda: [5432])
     http_ports: list[int] = msgspec.field(default_factory=lambda: [80, 8000, 8080])
     max_flows: int = 65536
+    #: Fold ids in HTTP paths and drop query values already in the sensor (the redactor's cache key, so what the
+    #: redactor emits is the same): requests to one route merge per window. False: operations exactly as seen.
+    collapse_ids: bool = True
     #: How many records one published batch holds at most.
     batch_records: int = 500
     # Live capture (eBPF, issue 4). Without --replay the sensor captures live on ``interfaces``.
