@@ -56,8 +56,22 @@ class StaticIdentity:
 
     def __init__(self, workloads: list[Workload]) -> None:
         self.entries = [(ipaddress.ip_network(w.address, strict=False), w.port, w.name) for w in workloads]
+        #: Endpoints looked up so far (the table never changes; flows are named every window, by the thousand).
+        self._seen: dict[tuple[str, int], str] = {}
 
     def name(self, addr: str, port: int) -> str:
+        key = (addr, port)
+        found = self._seen.get(key)
+        if found is None:
+            found = self._lookup(addr, port)
+            if len(self._seen) >= 65536:
+                self._seen.clear()
+            self._seen[key] = found
+        return found
+
+    def _lookup(self, addr: str, port: int) -> str:
+        if not self.entries:
+            return ""
         try:
             ip = ipaddress.ip_address(addr)
         except ValueError:

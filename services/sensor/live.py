@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import ctypes as ct
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -229,7 +230,9 @@ class LiveWindow:
 FlowNamer = Callable[[str, int], str]
 
 
+@functools.lru_cache(maxsize=65536)
 def _addr(raw: bytes) -> str:
+    """Text of a 16-byte address (IPv4 mapped into IPv6 shown as IPv4); cached: flows are named every window."""
     ip = ipaddress.IPv6Address(raw)
     return str(ip.ipv4_mapped) if ip.ipv4_mapped else str(ip)
 
