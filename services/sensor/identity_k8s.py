@@ -106,6 +106,9 @@ class KubernetesIdentity:
             except (ApiError, HTTPError) as exc:
                 ERRORS.labels("sensor", "kubernetes_api").inc()
                 log.warning("kubernetes pod watch interrupted, listing again in %.1f s: %s", delay, exc)
+            except Exception:  # an answer lightkube cannot read, say: naming must never stop the capture
+                ERRORS.labels("sensor", "kubernetes_api").inc()
+                log.exception("kubernetes pod watch failed, listing again in %.1f s", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 60.0)
 
