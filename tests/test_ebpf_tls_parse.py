@@ -133,12 +133,51 @@ def test_connections_of_one_process_to_one_host_make_one_record():
     assert (rec.src_workload, rec.dst, rec.requests) == ("agent[7]", "api.example", 3)
 
 
-def test_idle_connections_are_forgotten():
+def test_idle_connections_are_forgotten_and_a_reused_ssl_pointer_is_a_new_connection():
+    """SSL* pointers get reused: calls on a pointer seen again after its connection was forgotten are all counted
+    (a new made-up connection; the engine let the old one go)."""
     sink = TlsPlaintextSink(Config(), "n")
-    sink.feed_tls(call(T0, "write", b"GET / HTTP/1.1\r\n", ssl=1))
-    sink.feed_tls(call(T0 + IDLE_US + 10, "write", b"GET / HTTP/1.1\r\n", ssl=2))
+    request = b"GET /a HTTP/1.1\r\nHost: svc\r\nX-Tenant-ID: acme\r\n\r\n"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    for i in range(20):
+        sink.feed_tls(call(T0 + i, "write", request, ssl=1) + call(T0 + i, "read", ok, ssl=1))
+    assert sum(r.requests for r in sink.drain()) == 20
+    later = T0 + IDLE_US + 100
+    sink.feed_tls(call(later, "write", request, ssl=2))
     sink.drain()
     assert list(sink.conns) == [(7, 2)]
+    for i in range(3):
+        sink.feed_tls(call(later + i, "write", request, ssl=1) + call(later + i, "read", ok, ssl=1))
+    assert sum(r.requests for r in sink.drain() if r.operation == "GET /a") == 3
+
+
+def test_a_server_response_too_large_to_fill_restarts_at_once():
+    """A server's 3 MB response is cut at the chunk limit and is too large to fill: the made-up connection ends at
+    once (not at the next call), so the requests after it pair with their own responses."""
+    sink = TlsPlaintextSink(Config(), "n", name_of_pid=lambda pid, _cg, comm: "files")
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n" + b"x" * 3_000_000
+    sink.feed_tls(call(T0, "read", b"GET /file HTTP/1.1\r\nHost: files\r\n\r\n"))
+    sink.feed_tls([c for c in call(T0 + 1, "write", big) if c.offset < 16 * TLS_CHUNK])
+    for i in range(3):
+        request = f"GET /n{i} HTTP/1.1\r\nHost: files\r\n\r\n".encode()
+        sink.feed_tls(call(T0 + 10 + i, "read", request) + call(T0 + 10 + i, "write", b"HTTP/1.1 204 No\r\n\r\n"))
+    calls = {r.operation: r.requests for r in sink.drain()}
+    assert {op: calls.get(op) for op in ("GET /n0", "GET /n1", "GET /n2")} == dict.fromkeys(
+        ("GET /n0", "GET /n1", "GET /n2"), 1
+    )
+
+
+def test_a_call_whose_first_chunk_was_lost_does_not_displace_the_calls_after_it():
+    sink = TlsPlaintextSink(Config(), "n")
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    upload = b"POST /up HTTP/1.1\r\nHost: svc\r\nContent-Length: 9000\r\n\r\n" + b"u" * 9000
+    chunks = call(T0, "write", upload)
+    sink.feed_tls(chunks[1:] + call(T0 + 1, "read", ok))  # the ring had no room for the first chunk
+    for i in range(5):
+        request = f"GET /after{i} HTTP/1.1\r\nHost: svc\r\n\r\n".encode()
+        sink.feed_tls(call(T0 + 10 + i, "write", request) + call(T0 + 10 + i, "read", ok))
+    calls = {r.operation: r.requests for r in sink.drain()}
+    assert [calls.get(f"GET /after{i}") for i in range(5)] == [1] * 5
 
 
 def test_what_the_engine_counts_is_exported_each_drain():

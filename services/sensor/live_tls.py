@@ -41,6 +41,7 @@ _ME_PORT, _PEER_PORT = 1, 2
 _IP6 = struct.Struct("!IHBB16s16s")
 _TCP = struct.Struct("!HHIIBBHHH")
 _PSH_ACK = 0x18
+_RST = 0x04
 #: A gap up to this many bytes is filled with zeros (framing kept); a larger one waits for the next message head.
 MAX_FILL = 1 << 20
 _FILL_SEGMENT = 32768
@@ -59,6 +60,7 @@ class _Stream:
     next: int = 1
     base: int = 1
     fed: int = 1
+    length: int = 0  # of the current call
     waiting: bool = False  # after a gap too large to fill: nothing is fed until a call starts with a message head
 
 
@@ -71,7 +73,7 @@ class _Conn:
     comm: str
     out: _Stream = field(default_factory=_Stream)  # written by the process
     inp: _Stream = field(default_factory=_Stream)  # read by the process
-    gen: int = 0  # made-up TCP connection number: a new one after a gap that cannot be filled
+    gen: int = 0  # made-up TCP connection number (ports): a new one after a gap that cannot be filled
     last_us: int = 0
 
 
@@ -102,10 +104,17 @@ class TlsPlaintextSink:
         self.keep_plaintext = keep_plaintext
         self.plaintext: dict[tuple[int, int, str], bytearray] = {}
         self._latest_us = 0
+        self._gens = 0
+        self._retired: list[str] = []
+
+    def _new_gen(self) -> int:
+        self._gens += 1
+        return self._gens
 
     def _open(self, c: TlsChunk) -> _Conn:
         tail = (c.pid & 0xFFFFFFFF).to_bytes(4, "big") + (c.ssl & (2**64 - 1)).to_bytes(8, "big")
         conn = _Conn(me=_ME + tail, peer=_PEER + tail, pid=c.pid, cgroup_id=c.cgroup_id, comm=c.comm)
+        conn.gen = self._new_gen()  # an SSL* seen again later (pointers are reused) is a new made-up connection
         self.conns[(c.pid, c.ssl)] = conn
         self._ends[_text(conn.me)] = conn
         return conn
@@ -127,8 +136,10 @@ class TlsPlaintextSink:
                     kept += c.data[: self.keep_plaintext - len(kept)]
             written = c.direction == "write"
             st = conn.out if written else conn.inp
-            if c.offset == 0:  # a new call: it starts where the previous one ended, whatever was captured of it
-                st.base, st.next = st.next, st.next + c.length
+            if c.offset == 0 or c.length != st.length or st.base + c.offset >= st.next:
+                # A new call: it starts where the previous one ended, whatever was captured of it. A chunk past the
+                # current call, or of another length, is of a new call whose first chunk was lost.
+                st.base, st.next, st.length = st.next, st.next + c.length, c.length
             pos = st.base + c.offset
             if not c.data:
                 continue
@@ -136,23 +147,31 @@ class TlsPlaintextSink:
                 if c.offset or not c.data.startswith(_HEADS):
                     continue
                 st.waiting, st.fed = False, pos
-            elif pos > st.fed:  # bytes never captured: a call cut at the chunk limit, a short copy, a lost event
+            elif pos > st.fed:  # bytes never captured: a short copy, a lost event
                 ERRORS.labels("sensor", "tls_gap").inc()
                 if pos - st.fed <= MAX_FILL:
                     self._fill(c.ts_us, conn, written, st, pos)
-                else:  # too much to fill: the next message head starts a new made-up connection
-                    conn.gen += 1
-                    conn.out.waiting = conn.inp.waiting = True
+                else:
+                    self._restart(c.ts_us, conn)
                     if c.offset or not c.data.startswith(_HEADS):
                         continue
                     st.waiting, st.fed = False, pos
             self._segment(c.ts_us, conn, written, pos, c.data)
             st.fed = max(st.fed, pos + len(c.data))
             last = c.offset + TLS_CHUNK >= c.length or c.offset >= (self.max_chunks - 1) * TLS_CHUNK
-            if last and st.fed < st.next:  # the call's end was not captured: fill it now, before the other side
+            if last and st.fed < st.next:  # the call's end was not captured: deal with it now, before the other side
                 ERRORS.labels("sensor", "tls_gap").inc()
                 if st.next - st.fed <= MAX_FILL:
                     self._fill(c.ts_us, conn, written, st, st.next)
+                else:
+                    self._restart(c.ts_us, conn)
+
+    def _restart(self, ts_us: int, conn: _Conn) -> None:
+        """A gap too large to fill: the made-up connection ends (a reset, so the engine finishes what waits on it)
+        and the next one starts, on both streams, at the next message head."""
+        self._segment(ts_us, conn, True, conn.out.fed, b"", _RST)
+        conn.gen = self._new_gen()
+        conn.out.waiting = conn.inp.waiting = True
 
     def _fill(self, ts_us: int, conn: _Conn, written: bool, st: _Stream, pos: int) -> None:
         """Zeros in place of bytes the probe did not capture, so the engine keeps the message framing (a body of
@@ -162,13 +181,13 @@ class TlsPlaintextSink:
             self._segment(ts_us, conn, written, st.fed, bytes(n))
             st.fed += n
 
-    def _segment(self, ts_us: int, conn: _Conn, written: bool, pos: int, data: bytes) -> None:
+    def _segment(self, ts_us: int, conn: _Conn, written: bool, pos: int, data: bytes, flags: int = _PSH_ACK) -> None:
         me_port, peer_port = (2 * conn.gen + _ME_PORT) & 0xFFFF, (2 * conn.gen + _PEER_PORT) & 0xFFFF
         if written:
             src, dst, sport, dport, ack = conn.me, conn.peer, me_port, peer_port, conn.inp.fed
         else:
             src, dst, sport, dport, ack = conn.peer, conn.me, peer_port, me_port, conn.out.fed
-        tcp = _TCP.pack(sport, dport, pos & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, _PSH_ACK, 65535, 0, 0)
+        tcp = _TCP.pack(sport, dport, pos & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 65535, 0, 0)
         ip = _IP6.pack(6 << 28, len(tcp) + len(data), 6, 64, src, dst)
         self.sensor.feed_frame(ts_us, LINKTYPE_RAW, ip + tcp + data)
 
@@ -176,7 +195,11 @@ class TlsPlaintextSink:
         """The records of the windows the engine closed, with the made-up ends named, records that name the same
         ends merged; connections idle for ``IDLE_US`` are forgotten."""
         merged: dict[tuple, ObservedCall] = {}
-        for r in self.sensor.drain():
+        records = self.sensor.drain()
+        for name in self._retired:
+            self._ends.pop(name, None)
+        self._retired.clear()
+        for r in records:
             if r.src_workload.startswith(_PEER_TEXT):
                 r.src_workload = PEER_CALLER
             if r.dst.startswith("[" + _PEER_TEXT):
@@ -196,4 +219,6 @@ class TlsPlaintextSink:
     def _forget_idle(self) -> None:
         horizon = self._latest_us - IDLE_US
         for key in [k for k, conn in self.conns.items() if conn.last_us < horizon]:
-            self._ends.pop(_text(self.conns.pop(key).me), None)
+            conn = self.conns.pop(key)
+            self._segment(self._latest_us, conn, True, conn.out.fed, b"", _RST)  # the engine lets the flow go too
+            self._retired.append(_text(conn.me))  # named until the next drain, which has what the reset finished
