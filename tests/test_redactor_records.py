@@ -162,6 +162,20 @@ def test_nul_characters_become_replacement_characters_and_are_counted() -> None:
     assert stats.redactions["nul_character"] == 5
 
 
+def test_nul_revealed_by_percent_decoding_and_scope_ids_do_not_slip_through() -> None:
+    """Review findings: a decoded ``%00`` next to a secret came back as a real NUL, and an IPv6 scope id (free text
+    after ``%``) kept a link-local endpoint, and whatever followed it, as it was."""
+    from costmesh.redactor.records import redact_deep
+
+    secret = next(p.text for p in PLANTS if p.kind == "aws_access_key")
+    out, kinds = redact_deep("%00%41" + secret[1:])
+    assert "\x00" not in out and "nul_character" in kinds
+    redactor = RecordRedactor(Config())
+    for endpoint in (f"[fe80::1%{secret}]:443", "fe80::1%\x00"):
+        value, found = redactor.endpoint(endpoint)
+        assert secret not in value and "\x00" not in value and found
+
+
 def test_values_hidden_by_url_encoding_are_found() -> None:
     r = RecordRedactor(Config())
     v6 = "2001%3Adb8%3A%3A8a2e%3A370%3A7334"

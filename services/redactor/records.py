@@ -69,6 +69,8 @@ def _endpoint_address(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv
         if not p.isdigit():
             return None
         port = ":" + p
+    if "%" in host:  # an IPv6 scope id is free text (``fe80::1%<anything>``): not an address to keep as it is
+        return None
     try:
         return ipaddress.ip_address(host), port
     except ValueError:
@@ -93,6 +95,8 @@ def redact_deep(text: str) -> _Cached:
         decoded = unquote(out, errors="replace")
         again, hidden = scan.redact(decoded)
         if hidden:
+            if "\x00" in again:  # %00 decoded
+                again, nul = again.replace("\x00", "\ufffd"), (NUL_CHARACTER,)
             return again, nul + kinds + hidden
     return out, nul + kinds
 
