@@ -216,3 +216,33 @@ async def test_a_watch_keeps_the_snapshot_current_and_an_expired_one_lists_again
     assert k8s.pod_of_ip("10.244.2.99") == "default/debug"
     assert k8s.pod_of_ip("10.244.3.8") == ""
     assert k8s.pod_of_ip("10.244.1.17") == "shop/orders"
+
+
+async def test_a_deleted_pod_does_not_take_a_newer_pods_ip_with_it():
+    """Pod IPs are reused: a finished pod lingers (Jobs) while a new pod gets its IP. Deleting the old one must not
+    unname the new one; a finished pod names nothing."""
+    from lightkube.models.core_v1 import Container, PodSpec, PodStatus
+    from lightkube.models.meta_v1 import ObjectMeta
+    from lightkube.resources.core_v1 import Pod
+
+    def pod(name: str, phase: str) -> Pod:
+        return Pod(
+            metadata=ObjectMeta(name=name, namespace="default"),
+            spec=PodSpec(containers=[Container(name="main")]),
+            status=PodStatus(phase=phase, podIP="10.9.0.5"),
+        )
+
+    k8s = KubernetesIdentity.for_server("http://127.0.0.1:9")  # bare pods on no node: nothing is asked of it
+    try:
+        await k8s.apply("ADDED", pod("report-1", "Running"))
+        assert k8s.pod_of_ip("10.9.0.5") == "default/report-1"
+        await k8s.apply("MODIFIED", pod("report-1", "Succeeded"))
+        assert k8s.pod_of_ip("10.9.0.5") == ""
+        await k8s.apply("ADDED", pod("web", "Running"))
+        await k8s.apply("DELETED", pod("report-1", "Succeeded"))
+        assert k8s.pod_of_ip("10.9.0.5") == "default/web"
+        await k8s.apply("ADDED", pod("web-2", "Running"))  # the IP moved on while web's deletion is still to come
+        await k8s.apply("DELETED", pod("web", "Running"))
+        assert k8s.pod_of_ip("10.9.0.5") == "default/web-2"
+    finally:
+        await k8s.close()

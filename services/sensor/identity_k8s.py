@@ -115,11 +115,13 @@ class KubernetesIdentity:
     async def apply(self, kind: str, pod: Pod) -> None:
         """One watch event: the pod's previous entries go; unless it was deleted, its current ones come in."""
         meta = pod.metadata
-        ips, containers = self._keys.pop((meta.namespace or "default", meta.name or ""), ((), ()))
-        for ip in ips:
-            self.by_ip.pop(ip, None)
-        for cid in containers:
-            self.by_container.pop(cid, None)
+        key = (meta.namespace or "default", meta.name or "")
+        ips, containers = self._keys.pop(key, ((), ()))
+        for index, names in ((self.by_ip, ips), (self.by_container, containers)):
+            for name in names:
+                held = index.get(name)
+                if held is not None and (held.namespace, held.pod) == key:  # an IP may belong to a newer pod now
+                    del index[name]
         if kind != "DELETED":
             await self._add(pod, self.by_ip, self.by_container, self._keys)
 
@@ -134,7 +136,7 @@ class KubernetesIdentity:
         spec, status = pod.spec, pod.status
         ips: set[str] = set()
         containers: list[str] = []
-        if status is not None:
+        if status is not None and status.phase not in ("Succeeded", "Failed"):  # a finished pod's IP is reused
             if status.podIP and not (spec is not None and spec.hostNetwork):
                 ips = {status.podIP, *(p.ip for p in (status.podIPs or []))}
             for cs in [*(status.containerStatuses or []), *(status.initContainerStatuses or [])]:

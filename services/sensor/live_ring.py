@@ -111,6 +111,8 @@ class PacketRing:
                     self.map, self.block_size, self.block_count, self.current, engine, out, hellos, self.seen, 1
                 )
             except ValueError as exc:  # a block the kernel would never write: count it, give it back, go on
+                if not str(exc).startswith("ring block"):
+                    raise  # the ring's set-up itself, not one block: no block to skip
                 ERRORS.labels("sensor", "ring_block").inc()
                 log.error("%s: %s", self.ifname, exc)
                 struct.pack_into("=I", self.map, self.current * self.block_size + 8, 0)
