@@ -306,6 +306,8 @@ class MetricsConfig(_Section):
 
 class Config(_Section):
     node: str = ""
+    #: Where ``costmesh up`` keeps the embedded servers' data: relative to the working directory (unlike the file
+    #: paths of the other sections, which are relative to the config file), so one config serves several checkouts.
     data_dir: str = ".costmesh"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
