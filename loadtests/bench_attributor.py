@@ -34,19 +34,13 @@ from costmesh.common import natsio
 from costmesh.common.config import AttributorConfig, Config, NatsConfig
 from costmesh.common.embedded import EmbeddedNats, EmbeddedPostgres
 from costmesh.common.runtime import ServiceContext
-from costmesh.common.schemas import COUNTERS, Codec
+from costmesh.common.schemas import CONSUMPTION_KEY, COUNTERS, Codec
 
 TARGET = 300_000
 #: One row per record for the COPY baseline: the record's key and counters, as a plain ingest would store them.
 RECORD_COLUMNS = (
     "window_start_us",
-    "tenant",
-    "tenant_method",
-    "feature",
-    "agent",
-    "src_workload",
-    "dst",
-    "protocol",
+    *CONSUMPTION_KEY,
     "operation",
     *COUNTERS,
 )

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from costmesh.common.schemas import COUNTERS, Codec, ObservedCall
+from costmesh.common.schemas import CONSUMPTION_KEY, COUNTERS, Codec, ObservedCall
 
 #: Protocols whose operation (the topic) is part of the key; elsewhere the operation is not kept.
 QUEUE_PROTOCOLS = ("kafka", "amqp", "nats")
@@ -79,16 +79,11 @@ class Folder:
                 if not _I64_MIN <= getattr(r, name) <= _I64_MAX:
                     raise OverflowError(f"{name} does not fit 64 bits: {getattr(r, name)}")
         groups = self._groups
+        dims = operator.attrgetter(*CONSUMPTION_KEY)
         for r in records:
             key = (
                 minute_of(r.window_start_us),
-                r.tenant,
-                r.tenant_method,
-                r.feature,
-                r.agent,
-                r.src_workload,
-                r.dst,
-                r.protocol,
+                *dims(r),
                 r.operation if r.protocol in QUEUE_PROTOCOLS else "",
             )
             acc = groups.get(key)

@@ -25,20 +25,14 @@ from dataclasses import dataclass
 import asyncpg
 
 from costmesh.common.prices import PriceTable
-from costmesh.common.schemas import COUNTERS, CallBatch, ObservedCall
+from costmesh.common.schemas import CONSUMPTION_KEY, COUNTERS, CallBatch, ObservedCall
 from costmesh.native.fold import Folder
 
 #: The columns of ``staging_agg``, in COPY order: what ``costmesh.native.fold`` emits per (minute, key), the operation
 #: kept for queue calls only (it names the topic), the counters summed, the first and last window start.
 AGG_COLUMNS: tuple[str, ...] = (
     "m",
-    "tenant",
-    "tenant_method",
-    "feature",
-    "agent",
-    "src_workload",
-    "dst",
-    "protocol",
+    *CONSUMPTION_KEY,
     "operation",
     *COUNTERS,
     "first_us",

@@ -30,7 +30,7 @@ import asyncpg
 
 from costmesh.common.config import Config
 from costmesh.common.money import largest_remainder
-from costmesh.common.schemas import COUNTERS
+from costmesh.common.schemas import CONSUMPTION_KEY, COUNTERS
 
 if TYPE_CHECKING:
     from .storage import Upkeep
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MEASURES = COUNTERS
-DIMS = ("tenant", "tenant_method", "feature", "agent", "src_workload", "dst", "protocol")
+DIMS = CONSUMPTION_KEY
 #: Integer resolution of shares when splitting counts (parts per 10^12).
 SCALE = 10**12
 MAX_ITERATIONS = 1000

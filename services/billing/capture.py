@@ -8,11 +8,12 @@ report from a capture and the live pipeline see the same numbers.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from costmesh.common.config import Config
-from costmesh.common.schemas import ObservedCall
+from costmesh.common.schemas import CONSUMPTION_KEY, ObservedCall
 
 from .model import Usage
 
@@ -30,17 +31,9 @@ def observe(path: Path, config: Config) -> list[ObservedCall]:
 def per_minute(records: Iterable[ObservedCall]) -> list[tuple]:
     """Sum records into per-minute rows keyed like ``consumption_minute``'s primary key, measures in its order."""
     acc: dict[tuple, list[int]] = {}
+    dims = operator.attrgetter(*CONSUMPTION_KEY)
     for r in records:
-        key = (
-            r.window_start_us - r.window_start_us % _MINUTE_US,
-            r.tenant,
-            r.tenant_method,
-            r.feature,
-            r.agent,
-            r.src_workload,
-            r.dst,
-            r.protocol,
-        )
+        key = (r.window_start_us - r.window_start_us % _MINUTE_US, *dims(r))
         s = acc.get(key)
         if s is None:
             s = acc[key] = [0] * 9

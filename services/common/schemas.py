@@ -74,6 +74,10 @@ class ObservedCall(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 #: The additive counters of an ``ObservedCall`` (and the measure columns of the consumption tables), in contract order:
 #: records with the same key are merged by summing exactly these.
+#: The dimensions of a consumption row (the consumption tables' key after the minute, in their order): what records
+#: are summed by, everywhere they are summed (attributor, its fold, billing's capture path).
+CONSUMPTION_KEY: Final = ("tenant", "tenant_method", "feature", "agent", "src_workload", "dst", "protocol")
+
 COUNTERS: Final = (
     "requests",
     "errors",
