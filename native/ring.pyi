@@ -9,6 +9,3 @@ def feed_blocks(
     seen: object | None,
     max_blocks: int = 0,
 ) -> tuple[int, int, int]: ...
-def drain_blocks(
-    ring: object, block_size: int, block_count: int, current: int, out: list[tuple[int, bytes]], max_blocks: int = 0
-) -> tuple[int, int]: ...

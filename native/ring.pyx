@@ -127,11 +127,3 @@ def feed_blocks(object ring, Py_ssize_t block_size, Py_ssize_t block_count, Py_s
         current = (current + 1) % block_count
         taken += 1
     return taken, frames, current
-
-
-def drain_blocks(object ring, Py_ssize_t block_size, Py_ssize_t block_count, Py_ssize_t current, list out,
-                 Py_ssize_t max_blocks=0):
-    """Append ``(timestamp_us, frame)`` of every ready block to ``out`` and give each block back. Returns ``(blocks
-    taken, next current block)``."""
-    taken, _frames, current = feed_blocks(ring, block_size, block_count, current, None, out, None, None, max_blocks)
-    return taken, current

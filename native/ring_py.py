@@ -85,12 +85,3 @@ def feed_blocks(
         current = (current + 1) % block_count
         taken += 1
     return taken, frames, current
-
-
-def drain_blocks(
-    ring, block_size: int, block_count: int, current: int, out: list, max_blocks: int = 0
-) -> tuple[int, int]:
-    """Append ``(timestamp_us, frame)`` of every ready block to ``out`` and give each block back. Returns ``(blocks
-    taken, next current block)``."""
-    taken, _frames, current = feed_blocks(ring, block_size, block_count, current, None, out, None, None, max_blocks)
-    return taken, current

@@ -62,6 +62,14 @@ def make_ring(blocks: list[list[tuple[int, bytes]] | None], block: int = BLOCK) 
     return ring
 
 
+def drain(impl, ring, block_size: int, block_count: int, current: int, out: list, max_blocks: int = 0):
+    """The walk collecting ``(timestamp_us, frame)`` (no engine, no opening frames): ``(blocks taken, next block)``."""
+    taken, _frames, current = impl.feed_blocks(
+        ring, block_size, block_count, current, None, out, None, None, max_blocks
+    )
+    return taken, current
+
+
 def sample(seed: int) -> list[list[tuple[int, bytes]] | None]:
     rnd = random.Random(seed)
     print(f"seed {seed}")
@@ -86,12 +94,12 @@ def test_walk_reads_every_frame_and_gives_blocks_back(impl, seed):
     blocks[3] = None  # still the kernel's
     ring = make_ring(blocks)
     out: list = []
-    taken, current = impl.drain_blocks(ring, BLOCK, 4, 0, out)
+    taken, current = drain(impl, ring, BLOCK, 4, 0, out)
     assert (taken, current) == (3, 3)
     assert out == [f for b in blocks[:3] for f in b]
     for b in range(3):
         assert struct.unpack_from("=I", ring, b * BLOCK + 8)[0] == 0  # TP_STATUS_KERNEL again
-    assert impl.drain_blocks(ring, BLOCK, 4, 3, out) == (0, 3)
+    assert drain(impl, ring, BLOCK, 4, 3, out) == (0, 3)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -99,8 +107,8 @@ def test_wraps_around_and_honours_max_blocks(impl):
     blocks = sample(7)
     ring = make_ring(blocks)
     out: list = []
-    assert impl.drain_blocks(ring, BLOCK, 4, 2, out, 1) == (1, 3)
-    assert impl.drain_blocks(ring, BLOCK, 4, 3, out) == (3, 2)  # 3, then 0 and 1, then 2 is given back already
+    assert drain(impl, ring, BLOCK, 4, 2, out, 1) == (1, 3)
+    assert drain(impl, ring, BLOCK, 4, 3, out) == (3, 2)  # 3, then 0 and 1, then 2 is given back already
     assert out == blocks[2] + blocks[3] + blocks[0] + blocks[1]
 
 
@@ -109,8 +117,8 @@ def test_cython_and_python_agree_byte_for_byte():
     for seed in range(20):
         blocks = sample(100 + seed)
         a, b = [], []
-        ring_py.drain_blocks(make_ring(blocks), BLOCK, 4, 0, a)
-        ring_c.drain_blocks(make_ring(blocks), BLOCK, 4, 0, b)
+        drain(ring_py, make_ring(blocks), BLOCK, 4, 0, a)
+        drain(ring_c, make_ring(blocks), BLOCK, 4, 0, b)
         assert a == b
 
 
@@ -119,7 +127,7 @@ def test_a_corrupt_block_is_refused_instead_of_read_past(impl):
     ring = make_ring([[(1, b"x" * 10)]])
     struct.pack_into("=I", ring, 48 + 12, 10_000)  # tp_snaplen beyond the block
     with pytest.raises(ValueError, match="past the block end"):
-        impl.drain_blocks(ring, BLOCK, 1, 0, [])
+        drain(impl, ring, BLOCK, 1, 0, [])
 
 
 def packed(frames: list[tuple[int, bytes]], block: int = 1 << 16) -> tuple[mmap.mmap, int]:
@@ -242,7 +250,7 @@ def test_random_blocks_are_walked_or_refused_never_read_past_or_looped():
             ring[:] = bytes(block)
             out: list = []
             try:
-                impl.drain_blocks(ring, BLOCK, 1, 0, out)
+                drain(impl, ring, BLOCK, 1, 0, out)
                 outcomes.append(("read", out))
             except ValueError as exc:
                 outcomes.append(("refused", str(exc)))
