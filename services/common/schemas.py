@@ -91,6 +91,20 @@ COUNTERS: Final = (
 )
 
 
+def add_counters(into: ObservedCall, other: ObservedCall) -> None:
+    """Merge ``other`` into ``into`` (records of the same key): every counter of ``COUNTERS`` summed. Written out,
+    not looped over names: records are merged by the thousand on the node."""
+    into.requests += other.requests
+    into.errors += other.errors
+    into.bytes_in += other.bytes_in
+    into.bytes_out += other.bytes_out
+    into.busy_us += other.busy_us
+    into.tokens_in += other.tokens_in
+    into.tokens_out += other.tokens_out
+    into.tokens_cached += other.tokens_cached
+    into.tokens_reasoning += other.tokens_reasoning
+
+
 class FlowVolume(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Bytes and packets of one flow direction (``src`` → ``dst``) in one window, counted in the kernel.
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from costmesh.common.config import Config
-from costmesh.common.schemas import CallBatch, FlowVolume, ObservedCall
+from costmesh.common.schemas import CallBatch, FlowVolume, ObservedCall, add_counters
 
 from . import policy, pseudonym, scan, shapes
 
@@ -231,7 +231,7 @@ class RecordRedactor:
             if first is None:
                 merged[key] = r
             else:
-                _add_counters(first, r)
+                add_counters(first, r)
         stats.records_in += len(batch.records)
         flows = [self._flow(f, use) for f in batch.flows]
         records = list(merged.values())
@@ -301,15 +301,3 @@ CONTEXT_FIELDS = (
 )  # fmt: skip
 if set(CONTEXT_FIELDS) != policy.TEXT | policy.ENDPOINT | policy.TENANT | {"tenant_method"}:
     raise ImportError("records.CONTEXT_FIELDS does not cover the contract's text fields: classify the new field")
-
-
-def _add_counters(into: ObservedCall, other: ObservedCall) -> None:
-    into.requests += other.requests
-    into.errors += other.errors
-    into.bytes_in += other.bytes_in
-    into.bytes_out += other.bytes_out
-    into.busy_us += other.busy_us
-    into.tokens_in += other.tokens_in
-    into.tokens_out += other.tokens_out
-    into.tokens_cached += other.tokens_cached
-    into.tokens_reasoning += other.tokens_reasoning

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from costmesh.common.config import Config
 from costmesh.common.metrics import ERRORS
-from costmesh.common.schemas import COUNTERS, ObservedCall
+from costmesh.common.schemas import ObservedCall, add_counters
 from costmesh.native.sensor import Sensor
 
 from .live import ParserMetrics, TlsChunk
@@ -210,8 +210,7 @@ class TlsPlaintextSink:
             if same is None:
                 merged[key] = r
             else:
-                for name in COUNTERS:
-                    setattr(same, name, getattr(same, name) + getattr(r, name))
+                add_counters(same, r)
         self._forget_idle()
         self.metrics.export()
         return list(merged.values())
