@@ -42,6 +42,7 @@ from costmesh.common.config import Config
 from costmesh.common.metrics import ERRORS, REGISTRY
 from costmesh.common.schemas import FlowVolume, ObservedCall
 from costmesh.native import _net_py as net_py
+from costmesh.native._engine_py import HTTP_METHODS
 from costmesh.native.sensor import Sensor
 
 from . import bpf
@@ -242,8 +243,6 @@ def _raw_addr(addr: str) -> bytes:
     return (ipaddress.IPv6Address("::ffff:" + addr) if ip.version == 4 else ip).packed
 
 
-_HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"PATCH ", b"HEAD ", b"OPTIONS ")
-
 
 def client_hello_sni(payload: bytes) -> str:
     """The server name of a TLS ClientHello at the start of ``payload`` ("" when absent or cut short)."""
@@ -270,7 +269,7 @@ def client_hello_sni(payload: bytes) -> str:
 
 def http_host(payload: bytes) -> str:
     """The Host header of an HTTP/1.x request head at the start of ``payload`` (without port), or ""."""
-    if not payload.startswith(_HTTP_METHODS):
+    if not payload.startswith(HTTP_METHODS):
         return ""
     head = payload.split(b"\r\n\r\n", 1)[0]
     for line in head.split(b"\r\n")[1:]:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from costmesh.common.config import Config
 from costmesh.common.metrics import ERRORS
 from costmesh.common.schemas import ObservedCall, add_counters
+from costmesh.native._engine_py import HTTP_METHODS
 from costmesh.native.sensor import Sensor
 
 from .live import ParserMetrics, TlsChunk
@@ -45,7 +46,7 @@ _RST = 0x04
 #: A gap up to this many bytes is filled with zeros (framing kept); a larger one waits for the next message head.
 MAX_FILL = 1 << 20
 _FILL_SEGMENT = 32768
-_HEADS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"PATCH ", b"HEAD ", b"OPTIONS ", b"HTTP/1.")
+_HEADS = (*HTTP_METHODS, b"HTTP/1.")  # what the engine takes as the start of a request or a response
 
 
 def _text(addr: bytes) -> str:
