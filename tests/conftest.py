@@ -71,6 +71,13 @@ def processes_marked(mark: str) -> list[psutil.Process]:
     return found
 
 
+def metric(name: str, **labels: str) -> float:
+    """A sample of this process's Prometheus registry; 0 when never counted (a labelled counter starts absent)."""
+    from costmesh.common.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
     """Poll an async predicate until it returns a truthy value; fail the test with the last value after timeout."""
     end = asyncio.get_running_loop().time() + timeout

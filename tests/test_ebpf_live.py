@@ -26,6 +26,7 @@ from costmesh.common.config import Config
 from costmesh.common.embedded import free_port
 
 from .certs import server_chain
+from .conftest import metric, wait_for
 from .ebpf_harness import FrameRecorder, LiveHarness, RawCount, per_direction, requests_by_tenant
 
 TENANTS = {"acme": 7, "globex": 4, "": 3}  # "" = requests without a tenant header
@@ -39,10 +40,7 @@ async def _serve(app: web.Application, port: int) -> web.AppRunner:
 
 
 def _parsed_requests() -> float:
-    from costmesh.common.metrics import REGISTRY
-
-    labels = {"source": "frames", "counter": "http_requests"}
-    return REGISTRY.get_sample_value("costmesh_sensor_parsed_total", labels) or 0.0
+    return metric("costmesh_sensor_parsed_total", source="frames", counter="http_requests")
 
 
 async def test_two_services_requests_per_tenant_and_bytes_per_flow(tmp_path):
@@ -395,8 +393,6 @@ async def test_a_process_started_after_the_sensor_is_probed_at_once(self_signed,
     process, because it brings its own libssl.so.3 file. Its HTTPS calls are then captured like any other."""
     import shutil
 
-    from .conftest import wait_for
-
     cert, key = self_signed
     port = free_port()
     config = Config()
@@ -452,12 +448,11 @@ async def test_looks_at_started_programs_are_capped_and_the_rest_counted():
     skipped and left to the periodic scan."""
     import ctypes
 
-    from costmesh.common.metrics import REGISTRY
     from costmesh.sensor import bpf
     from costmesh.sensor.live import EXEC_LOOKS_PER_S
 
     def looks(outcome: str) -> float:
-        return REGISTRY.get_sample_value("costmesh_sensor_exec_looks_total", {"outcome": outcome}) or 0.0
+        return metric("costmesh_sensor_exec_looks_total", outcome=outcome)
 
     harness = await LiveHarness(Config(), tls=True).start()
     capture = harness.capture

@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
 from make_demo_capture import build as demo_frames
 from make_demo_capture import frame as tcp_frame
 
+from .conftest import metric
+
 try:
     from costmesh.native import ring as ring_c
 except ImportError:  # built with COSTMESH_NO_EXTENSIONS=1
@@ -262,12 +264,10 @@ def test_random_blocks_are_walked_or_refused_never_read_past_or_looped():
 def test_the_live_ring_counts_a_bad_block_gives_it_back_and_reads_on():
     """``PacketRing.feed`` (the live reader): a block that would be read past its end is counted
     (costmesh_input_errors_total{kind="ring_block"}), handed back to the kernel, and the blocks after it are read."""
-    from costmesh.common.metrics import REGISTRY
     from costmesh.sensor.live_ring import SEEN_CONNECTIONS, PacketRing
 
     def bad_blocks() -> float:
-        labels = {"service": "sensor", "kind": "ring_block"}
-        return REGISTRY.get_sample_value("costmesh_input_errors_total", labels) or 0.0
+        return metric("costmesh_input_errors_total", service="sensor", kind="ring_block")
 
     blocks = sample(21)[:3]
     ring = make_ring(blocks)

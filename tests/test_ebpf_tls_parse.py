@@ -15,6 +15,7 @@ from costmesh.sensor import live_tls
 from costmesh.sensor.live import TlsChunk
 from costmesh.sensor.live_tls import IDLE_US, TLS_CHUNK, TlsPlaintextSink
 
+from .conftest import metric
 from .test_native_parsers import BUILDS, conversation, pcap_bytes, run_capture
 from .test_sensor_ai import CASSETTES, _interactions, _wire
 
@@ -183,19 +184,14 @@ def test_a_call_whose_first_chunk_was_lost_does_not_displace_the_calls_after_it(
 def test_what_the_engine_counts_is_exported_each_drain():
     """Parser counters go to costmesh_sensor_parsed_total{source="tls"}, malformed input to
     costmesh_input_errors_total by kind, each drain adding only what grew since the last."""
-    from costmesh.common.metrics import REGISTRY
-
-    def value(name: str, labels: dict) -> float:
-        return REGISTRY.get_sample_value(name, labels) or 0.0
-
     requests = {"source": "tls", "counter": "http_requests"}
     chunk_errors = {"service": "sensor", "kind": "http_chunk"}
-    before = value("costmesh_sensor_parsed_total", requests), value("costmesh_input_errors_total", chunk_errors)
+    before = metric("costmesh_sensor_parsed_total", **requests), metric("costmesh_input_errors_total", **chunk_errors)
     sink = TlsPlaintextSink(Config(), "n")
     request = b"GET /a HTTP/1.1\r\nHost: svc\r\n\r\n"
     broken = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"  # not a chunk size
     sink.feed_tls(call(T0, "write", request) + call(T0 + 10, "read", broken))
     sink.drain()
     sink.drain()  # nothing new: nothing added
-    after = value("costmesh_sensor_parsed_total", requests), value("costmesh_input_errors_total", chunk_errors)
+    after = metric("costmesh_sensor_parsed_total", **requests), metric("costmesh_input_errors_total", **chunk_errors)
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1)

@@ -12,6 +12,7 @@ from costmesh.common.schemas import COUNTERS, CallBatch, FlowVolume, ObservedCal
 from costmesh.redactor import policy, scan
 from costmesh.redactor.records import RecordRedactor
 
+from .conftest import metric
 from .redactor_fixtures import PLANTS
 
 
@@ -196,14 +197,11 @@ def test_metrics_count_records_fields_and_kinds_with_bounded_labels() -> None:
     from costmesh.common.metrics import REGISTRY
     from costmesh.redactor.service import record_stats
 
-    def value(name: str, **labels: str) -> float:
-        return REGISTRY.get_sample_value(name, labels) or 0.0
-
     before = (
-        value("costmesh_redactor_records_in_total"),
-        value("costmesh_redactor_records_out_total"),
-        value("costmesh_redactor_redactions_total", kind="email"),
-        value("costmesh_redactor_fields_dropped_total", reason="sensitive_header"),
+        metric("costmesh_redactor_records_in_total"),
+        metric("costmesh_redactor_records_out_total"),
+        metric("costmesh_redactor_redactions_total", kind="email"),
+        metric("costmesh_redactor_fields_dropped_total", reason="sensitive_header"),
     )
     r = RecordRedactor(Config())
     email = "erin.leak" + "@" + "example.com"
@@ -215,12 +213,12 @@ def test_metrics_count_records_fields_and_kinds_with_bounded_labels() -> None:
     _out, stats = r.redact_batch(_roundtrip(batch))
     record_stats(stats)
     after = (
-        value("costmesh_redactor_records_in_total"),
-        value("costmesh_redactor_records_out_total"),
-        value("costmesh_redactor_redactions_total", kind="email"),
-        value("costmesh_redactor_fields_dropped_total", reason="sensitive_header"),
+        metric("costmesh_redactor_records_in_total"),
+        metric("costmesh_redactor_records_out_total"),
+        metric("costmesh_redactor_redactions_total", kind="email"),
+        metric("costmesh_redactor_fields_dropped_total", reason="sensitive_header"),
     )
     assert [a - b for a, b in zip(after, before, strict=True)] == [3, 2, 2, 1]
-    for metric in REGISTRY.collect():
-        if metric.name == "costmesh_redactor_redactions":
-            assert {s.labels["kind"] for s in metric.samples} <= set(scan.KINDS)
+    for family in REGISTRY.collect():
+        if family.name == "costmesh_redactor_redactions":
+            assert {s.labels["kind"] for s in family.samples} <= set(scan.KINDS)

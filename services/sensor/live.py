@@ -243,7 +243,6 @@ def _raw_addr(addr: str) -> bytes:
     return (ipaddress.IPv6Address("::ffff:" + addr) if ip.version == 4 else ip).packed
 
 
-
 def client_hello_sni(payload: bytes) -> str:
     """The server name of a TLS ClientHello at the start of ``payload`` ("" when absent or cut short)."""
     try:
