@@ -47,13 +47,13 @@ from ._engine_py import PROTOCOLS
 from .kinds import C as _C
 from .kinds import COUNTERS, ERROR_KINDS
 from .kinds import E as _E
-from .rules import MAX_VALUE as _MAX_VALUE
-from .rules import SRC_BAGGAGE as _SRC_BAGGAGE
-from .rules import SRC_HEADER as _SRC_HEADER
-from .rules import SRC_HOST as _SRC_HOST
-from .rules import SRC_PY as _SRC_PY
-from .rules import SRC_QUERY as _SRC_QUERY
-from .ai import AI_HOST_MARKERS, AI_PATH_MARKERS
+from .kinds import MAX_VALUE as _MAX_VALUE
+from .kinds import SRC_BAGGAGE as _SRC_BAGGAGE
+from .kinds import SRC_HEADER as _SRC_HEADER
+from .kinds import SRC_HOST as _SRC_HOST
+from .kinds import SRC_PY as _SRC_PY
+from .kinds import SRC_QUERY as _SRC_QUERY
+from .http import AI_HOST_MARKERS, AI_PATH_MARKERS
 from ._usage import PROVIDERS as _PROVIDERS_T
 
 __all__ = ["PROTOCOLS", "Engine", "collapse_http_op"]
@@ -230,7 +230,7 @@ cdef class Engine:
     cdef uint64_t header_rule_lens     # bit n: a header rule's name has n bytes (63 or more: bit 63)
     cdef bint any_baggage
     cdef list ai_body_skip             # [target][start]: needles of the body rules left, or None (see _ai_ids_none)
-    cdef bint collapse_ids             # fold ids and query values of HTTP operations (opkey.collapse_http_op)
+    cdef bint collapse_ids             # fold ids and query values of HTTP operations (http.collapse_http_op)
 
     def __cinit__(self):
         cdef int t
@@ -413,12 +413,12 @@ cdef class Engine:
         }
 
     def drain(self, int64_t now_us=-1, bint final=False):
-        """Raw per-window rows (tuples, see ``sensor._Builder.build`` for their layout) of the closed windows."""
+        """Raw per-window rows (tuples, see ``costmesh.sensor.core.sensor._Builder.build`` for their layout) of the closed windows."""
         return self._drain(now_us, final, None)
 
     def drain_calls(self, int64_t now_us, bint final, builder):
         """``ObservedCall`` records of the closed windows, made here from the C aggregates (no row tuples);
-        ``builder`` (``sensor._Builder``) names endpoints and holds the per-record constants."""
+        ``builder`` (``costmesh.sensor.core.sensor._Builder``) names endpoints and holds the per-record constants."""
         return self._drain(now_us, final, _Calls(builder))
 
     cdef list _drain(self, int64_t now_us, bint final, _Calls ctx):
@@ -2033,7 +2033,7 @@ cdef struct EpKey:
 
 cdef class _Calls:
     """Makes ``ObservedCall`` records from aggregate entries during one drain: the same records as
-    ``sensor._Builder.build`` makes from row tuples (the parser tests compare both builds), with texts decoded once
+    ``costmesh.sensor.core.sensor._Builder.build`` makes from row tuples (the parser tests compare both builds), with texts decoded once
     per distinct value (a direct-mapped cache of ``str``) and endpoint names asked of the builder once per edge."""
     cdef object cls
     cdef object node
@@ -2223,7 +2223,7 @@ cdef inline bint _uuid_at(const char* p) noexcept nogil:
 
 
 cdef Py_ssize_t _collapse(char* p, Py_ssize_t n) noexcept nogil:
-    """Twin of ``opkey.collapse_http_op`` (the redactor's ``shapes.cache_key`` for HTTP), in place; returns the new
+    """Twin of ``http.collapse_http_op`` (the redactor's ``shapes.cache_key`` for HTTP), in place; returns the new
     length. Every write lands at or before the byte being read, so one buffer suffices."""
     cdef Py_ssize_t i, j, w, pe
     cdef const char* q

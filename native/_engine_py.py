@@ -2,7 +2,7 @@
 
 Reads: frames (from ``CaptureReader`` or one at a time) and a ``slow`` object for the cold paths (extraction rules that
 need Python, AI usage, TLS ClientHello, DNS, PostgreSQL startup). Emits: raw aggregate tuples (see ``Engine.drain``)
-that ``costmesh.native.sensor`` turns into ``ObservedCall`` records.
+that the sensor (``costmesh.sensor.core``) turns into ``ObservedCall`` records.
 
 Per flow (a bounded LRU table, evictions counted) it orders TCP segments, drops retransmissions, recognises the
 protocol (from the first bytes, port hints for flows joined mid-stream) and runs one stream parser per direction:
@@ -16,9 +16,8 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 
 from . import _net_py as net
-from .kinds import COUNTERS, ERROR_KINDS, C, E
-from .opkey import collapse_http_op
-from .rules import MAX_VALUE, SRC_BAGGAGE, SRC_HEADER, SRC_HOST, SRC_PY, SRC_QUERY, baggage_value, query_value
+from .http import HTTP_METHODS, baggage_value, collapse_http_op, query_value
+from .kinds import COUNTERS, ERROR_KINDS, MAX_VALUE, SRC_BAGGAGE, SRC_HEADER, SRC_HOST, SRC_PY, SRC_QUERY, C, E
 
 P_UNKNOWN, P_HTTP, P_PG, P_TLS, P_DNS, P_OPAQUE = 0, 1, 2, 3, 4, 5
 #: Protocol codes of aggregate records (index into ``PROTOCOLS``).
@@ -41,7 +40,6 @@ PG_MAX_LEN = 1 << 30
 PG_MAX_STARTUP = 10000
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
-HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"PATCH ", b"HEAD ", b"OPTIONS ", b"CONNECT ", b"TRACE ")
 PG_FRONTEND = b"QPBEDSCHXFpdcf"
 PG_BACKEND = b"RKSZTDCEN123nstcGHWAIVvdf"
 

@@ -16,6 +16,7 @@ from costmesh import __version__
 from costmesh.common.config import Config, ConfigError, load_config
 from costmesh.common.logs import setup_logging
 from costmesh.common.natsio import Unreachable
+from costmesh.common.tables import render_table
 
 log = logging.getLogger("costmesh.cli")
 
@@ -224,19 +225,6 @@ def _demo(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def render_table(rows: list[dict], columns: list[str]) -> str:
-    """A plain aligned text table; empty tenant shows as ``(none)``."""
-    cells = [[str(r.get(c, "")) or "(none)" for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-
-    def line(values: list[str]) -> str:
-        return "  ".join(
-            v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
-        )
-
-    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "version":
@@ -255,12 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         config.log_level = args.log_level
     if args.command == "report":
         from costmesh.billing.report import main as report_main
+        from costmesh.sensor.replay import observe
 
-        return report_main(args, config)
+        return report_main(args, config, observe)
     if args.command == "billing" and args.action != "run":
         from costmesh.billing.commands import unmatched
+        from costmesh.sensor.replay import observe
 
-        return unmatched(args, config)
+        return unmatched(args, config, observe)
     if args.command in SERVICES:
         return _run_service(args, config)
     if args.command == "analyze":

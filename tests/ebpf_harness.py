@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 
 from costmesh.common.config import Config
-from costmesh.native.sensor import Sensor
 from costmesh.sensor.bpf import BpfUnavailable
+from costmesh.sensor.core import Sensor
 from costmesh.sensor.live import FrameListSink, LiveCapture, LiveWindow, SensorFrameSink
 from costmesh.sensor.live_tls import TlsPlaintextSink
 

@@ -191,7 +191,7 @@ async def test_https_ai_call_plaintext_and_tokens_by_uprobe(self_signed):
         per_tenant[r.tenant] += r.requests
     assert per_tenant == Counter(calls)
     n = len(bodies)
-    # tokens_in is billed input: prompt tokens less cache reads (costmesh.native.ai), as for captured frames.
+    # tokens_in is billed input: prompt tokens less cache reads (costmesh.sensor.core.ai), as for captured frames.
     cached = USAGE["prompt_tokens_details"]["cached_tokens"]
     assert sum(r.tokens_in for r in mine) == (USAGE["prompt_tokens"] - cached) * n
     assert sum(r.tokens_out for r in mine) == USAGE["completion_tokens"] * n

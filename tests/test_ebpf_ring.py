@@ -17,7 +17,7 @@ import pytest
 
 from costmesh.common.config import Config
 from costmesh.native import ring_py
-from costmesh.native.sensor import Sensor
+from costmesh.sensor.core import Sensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
 from make_demo_capture import build as demo_frames

@@ -152,8 +152,8 @@ async def cost(request: web.Request) -> web.Response:
 
 async def pnl(request: web.Request) -> web.Response:
     """``GET /v1/pnl?period=YYYY-MM[&currency=USD]``: customer P&L, negative margins first; amounts as strings."""
-    from costmesh.billing import store as billing_store
-    from costmesh.billing.pnl import customer_pnl
+    from costmesh.common import ledger
+    from costmesh.common.pnl import customer_pnl
 
     params = _params(request, {"period", "currency"})
     period = _period(params, required=True)
@@ -162,8 +162,8 @@ async def pnl(request: web.Request) -> web.Response:
     if not (len(currency) == 3 and currency.isalpha()):
         raise BadRequest(f"parameter 'currency': not a currency code: {currency!r}")
     async with request.app[POOL].acquire() as conn:
-        allocations = [a for a in await billing_store.load_allocations(conn, period) if a.currency == currency]
-        revenue = await billing_store.load_revenue(conn, period)
+        allocations = [a for a in await ledger.load_allocations(conn, period) if a.currency == currency]
+        revenue = await ledger.load_revenue(conn, period)
     report = customer_pnl(allocations, revenue, currency)
 
     def s(value: Decimal | None) -> str | None:
@@ -193,8 +193,8 @@ async def pnl(request: web.Request) -> web.Response:
 
 
 async def graph(request: web.Request) -> web.Response:
-    """``GET /v1/graph[?at=ISO][&window_s=300][&idle_s=3600]``: the live dependency graph (attributor.graph)."""
-    from costmesh.attributor.graph import live_graph
+    """``GET /v1/graph[?at=ISO][&window_s=300][&idle_s=3600]``: the live dependency graph (common.graph)."""
+    from costmesh.common.graph import live_graph
 
     params = _params(request, {"at", "window_s", "idle_s"})
     numbers = {}

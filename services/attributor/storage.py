@@ -4,7 +4,7 @@ Reads: ``storage_flavour`` (written by migration 3), ``dirty_minutes`` and ``con
 partitions of ``consumption_minute`` (plain flavour), ``consumption_hourly`` / ``consumption_daily`` (plain flavour;
 with TimescaleDB they are continuous aggregates refreshed by its own policies), and deletes what is past retention.
 
-Two flavours, one schema (``costmesh.common.schema``):
+Two flavours, one schema (``costmesh.common.migrations``):
 
 - ``timescaledb``: hypertable, continuous aggregates, compression and retention policies run inside the database;
   nothing to do here but the retention of the attributor's smaller side tables.

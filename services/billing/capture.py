@@ -1,15 +1,15 @@
 """Consumption from capture files, through the same sensor code the live system runs.
 
-Reads pcap/pcapng files; emits ``Usage`` rows. ``observe`` is the one seam to the sensor: it runs
-``costmesh.sensor.service.replay`` with the sensor's parsing core, exactly as a replaying sensor does.
-Records are summed per minute keyed like the attributor's ``consumption_minute`` (``per_minute``), so a
-report from a capture and the live pipeline see the same numbers.
+Reads ``ObservedCall`` records of pcap/pcapng files; emits ``Usage`` rows. Billing does not parse captures itself:
+the caller hands it ``observe`` (the CLI passes ``costmesh.sensor.replay.observe``, which runs a capture through the
+sensor's parsing core exactly as a replaying sensor does). Records are summed per minute keyed like the attributor's
+``consumption_minute`` (``per_minute``), so a report from a capture and the live pipeline see the same numbers.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from costmesh.common.config import Config
@@ -19,13 +19,8 @@ from .model import Usage
 
 _MINUTE_US = 60_000_000
 
-
-def observe(path: Path, config: Config) -> list[ObservedCall]:
-    """Run one capture through the sensor's parsing and tenant extraction; returns its call records."""
-    from costmesh.native.sensor import Sensor
-    from costmesh.sensor.service import replay
-
-    return replay(path, Sensor(config, config.node_name()))
+#: Every record of one capture file, as the sensor parses it with this config.
+Observe = Callable[[Path, Config], list[ObservedCall]]
 
 
 def per_minute(records: Iterable[ObservedCall]) -> list[tuple]:
@@ -78,8 +73,11 @@ def usage_from_records(records: Iterable[ObservedCall]) -> list[Usage]:
     return out
 
 
-def usage_from_captures(paths: Sequence[Path], config: Config) -> list[Usage]:
+def usage_from_captures(paths: Sequence[Path], config: Config, observe: Observe | None) -> list[Usage]:
+    """Per-minute ``Usage`` of the captures; ``observe`` reads them (it may be None only when there are none)."""
     records: list[ObservedCall] = []
     for path in paths:
+        if observe is None:
+            raise ValueError(f"{path}: no capture reader given (billing reads captures through the sensor's observe)")
         records.extend(observe(Path(path), config))
     return usage_from_records(records)

@@ -1,7 +1,9 @@
 """Billing domain types: what a cost line, a time window, a consumption row and an allocation are.
 
 Kept apart from the code that computes them (ingest, mapping, allocation) so that each of those reads and emits the
-same few shapes. Money is ``Decimal`` exactly as billed, never float; times are integer microseconds since the epoch.
+same few shapes. ``Allocation`` and the categories are defined in ``costmesh.common.ledger`` (the API reads them too)
+and named here with the rest. Money is ``Decimal`` exactly as billed, never float; times are integer microseconds
+since the epoch.
 """
 
 from __future__ import annotations
@@ -11,10 +13,20 @@ from typing import Final, Literal
 
 import msgspec
 
-#: The allocation categories, always all shown: measured on the call (``direct``), joined by trace id (``trace``),
-#: through the caller's inbound tenant mix (``propagated``), modeled background work (``platform``), and the rest.
-Category = Literal["direct", "trace", "propagated", "platform", "unallocated"]
-CATEGORIES: Final[tuple[Category, ...]] = ("direct", "trace", "propagated", "platform", "unallocated")
+from costmesh.common.ledger import CATEGORIES, Allocation, Category
+
+__all__ = [
+    "CATEGORIES",
+    "DIRECT_METHODS",
+    "Allocation",
+    "Category",
+    "CostLine",
+    "ImportProblem",
+    "ImportResult",
+    "ResourceKind",
+    "Usage",
+    "Window",
+]
 
 #: Tenant methods (``costmesh.common.schemas.TenantMethod``) that read the tenant on the call itself.
 DIRECT_METHODS: Final = frozenset({"header", "baggage", "jwt", "query", "path", "body", "db", "sni", "host", "tag"})
@@ -93,24 +105,6 @@ class Usage(msgspec.Struct, kw_only=True):
     tokens_reasoning: int = 0
     provider: str = ""
     model: str = ""
-
-
-class Allocation(msgspec.Struct, frozen=True, kw_only=True):
-    """A part of one cost line given to one tenant (``""`` when unallocated) by one ``method``.
-
-    ``basis`` names the signal the split used (``busy_us``, ``bytes``, ``tokens_cost``, ``tag:customer``…) so that
-    finance can tell measured from modeled.
-    """
-
-    line_id: str
-    tenant: str
-    method: Category
-    amount: Decimal
-    currency: str
-    feature: str = ""
-    agent: str = ""
-    resource: str = ""
-    basis: str = ""
 
 
 class ImportProblem(msgspec.Struct, frozen=True):

@@ -1,7 +1,7 @@
 """``costmesh report``: a chargeback report from bill files, without any deployment.
 
-Reads bill files (FOCUS, CUR), optionally captures (through the sensor's own parsing, ``capture.observe``), a revenue
-CSV and the config; prints a table, JSON or CSV. From bills alone the only signal is a tenant tag on the line
+Reads bill files (FOCUS, CUR), optionally captures (through the sensor's own parsing, handed in as ``observe``), a
+revenue CSV and the config; prints a table, JSON or CSV. From bills alone the only signal is a tenant tag on the line
 (``billing.tag_keys``); the rest is shown as unallocated. The JSON carries every amount as an exact decimal string and
 reconciles: the customers' costs plus ``unallocated`` equal ``billed``, exactly.
 """
@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from costmesh.common.config import Config
+from costmesh.common.pnl import customer_pnl
 
 from .bills import BillError, read_bill
-from .capture import usage_from_captures
+from .capture import Observe, usage_from_captures
 from .model import CATEGORIES, Allocation, CostLine
 from .pipeline import run
-from .pnl import customer_pnl
 from .revenue import Revenue, RevenueError, read_revenue
 
 CENT = Decimal("0.01")
@@ -49,6 +49,7 @@ def build_report(
     config: Config,
     *,
     captures: Sequence[Path] = (),
+    observe: Observe | None = None,
     revenue_file: Path | None = None,
     currency: str | None = None,
 ) -> dict[str, Any]:
@@ -69,7 +70,7 @@ def build_report(
             )
         currency = currencies[0] if currencies else "USD"
     lines = [x for x in lines if x.currency == currency]
-    usage = usage_from_captures(captures, config)
+    usage = usage_from_captures(captures, config, observe)
     result = run(lines, usage, config)
     revenue: list[Revenue] = []
     if revenue_file is not None:
@@ -231,12 +232,13 @@ def render_table(
     return "\n".join(lines)
 
 
-def main(args: Any, config: Config) -> int:
+def main(args: Any, config: Config, observe: Observe | None = None) -> int:
     try:
         report = build_report(
             [Path(p) for p in args.bill],
             config,
             captures=[Path(p) for p in args.capture],
+            observe=observe,
             revenue_file=Path(args.revenue) if args.revenue else None,
             currency=args.currency,
         )

@@ -14,8 +14,7 @@ import re
 from decimal import Decimal
 from pathlib import Path
 
-import msgspec
-
+from costmesh.common.ledger import Revenue
 from costmesh.common.metrics import ERRORS
 from costmesh.common.money import MoneyError, parse_amount
 
@@ -30,13 +29,6 @@ _ALIASES = {
     "currency": ("currency", "currency_code"),
 }
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-
-
-class Revenue(msgspec.Struct, frozen=True):
-    customer: str
-    period: str
-    amount: Decimal
-    currency: str
 
 
 class RevenueError(Exception):

@@ -1,4 +1,4 @@
-"""PostgreSQL helpers: connecting within a deadline and applying the versioned migrations of ``schema``."""
+"""PostgreSQL helpers: connecting within a deadline and applying the versioned migrations of ``migrations``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import logging
 import asyncpg
 
 from .config import PostgresConfig, resolve_secret
+from .migrations import MIGRATIONS
 from .natsio import CONNECT_DEADLINE_S, Unreachable
-from .schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
 

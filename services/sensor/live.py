@@ -8,7 +8,7 @@ Emits: ring frames to a ``FrameSink`` (by pointer into the compiled engine) and 
 ``FlowVolume`` records, and counters.
 
 The parsers are behind the two sink protocols so that this module does not know which parser runs: frames go to
-``SensorFrameSink``, the sensor's parsing core (``costmesh.native.sensor``, the same one capture replays use). The
+``SensorFrameSink``, the sensor's parsing core (``costmesh.sensor.core``, the same one capture replays use). The
 ring walk also picks out the frames that open a connection; ``AiFlowMarker`` reads their SNI or Host and calls
 ``LiveCapture.mark_ai_flow``, so the kernel passes an AI flow's whole payload.
 
@@ -42,10 +42,10 @@ from costmesh.common.config import Config
 from costmesh.common.metrics import ERRORS, REGISTRY
 from costmesh.common.schemas import FlowVolume, ObservedCall
 from costmesh.native import _net_py as net_py
-from costmesh.native._engine_py import HTTP_METHODS
-from costmesh.native.sensor import Sensor
+from costmesh.native.http import HTTP_METHODS
 
 from . import bpf
+from .core import Sensor
 from .live_ring import PacketRing
 
 log = logging.getLogger(__name__)

@@ -24,14 +24,13 @@ from prometheus_client import Counter
 from costmesh.common.config import Config
 from costmesh.common.metrics import REGISTRY
 from costmesh.common.runtime import ServiceContext
-from costmesh.common.schemas import CallBatch, FlowVolume, ObservedCall
-from costmesh.native.sensor import Sensor
 
 from .bpf import BpfUnavailable
+from .core import Sensor
 from .identity import IdentityResolver, ProcIdentity
 from .live import LiveCapture, LiveWindow, SensorFrameSink
 from .live_tls import TlsPlaintextSink
-from .service import BatchSender
+from .sender import BatchSender
 
 if TYPE_CHECKING:
     from .identity_k8s import KubernetesIdentity
@@ -44,29 +43,6 @@ WINDOWS_DROPPED = Counter(
     registry=REGISTRY,
 )
 QUEUE_WINDOWS = 30
-
-
-class LiveBatchSender(BatchSender):
-    """``BatchSender`` that also carries flow volumes: records and flows are chunked together."""
-
-    async def send_window(self, records: list[ObservedCall], flows: list[FlowVolume], stopping: asyncio.Event) -> int:
-        sent, size = 0, self.batch_records
-        r, f = 0, 0
-        while r < len(records) or f < len(flows):
-            take_r = records[r : r + size]
-            take_f = flows[f : f + size - len(take_r)]
-            r, f = r + len(take_r), f + len(take_f)
-            self.seq += 1
-            batch = CallBatch(
-                batch_id=f"{self.node}-{self.run_id}-{self.seq}",
-                node=self.node,
-                seq=self.seq,
-                records=take_r,
-                flows=take_f,
-            )
-            await self._deliver(batch, stopping)
-            sent += 1
-        return sent
 
 
 def _use_kubernetes(config: Config) -> bool:
@@ -116,7 +92,7 @@ async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> 
         ctx.health["tls"] = f"unavailable: {capture.tls_error}"
     else:
         ctx.health["tls"] = "probing " + ", ".join(capture.tls_files)
-    sender = LiveBatchSender(nc, node, config.sensor.batch_records)
+    sender = BatchSender(nc, node, config.sensor.batch_records)
     queue: asyncio.Queue[LiveWindow] = asyncio.Queue(QUEUE_WINDOWS)
 
     async def on_window(win: LiveWindow) -> None:
@@ -132,7 +108,7 @@ async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> 
     async def _send_loop() -> None:
         while True:
             win = await queue.get()
-            batches = await sender.send_window(win.records, win.flows, ctx.stopping)
+            batches = await sender.send(win.records, ctx.stopping, win.flows)
             ctx.health["batches_published"] = int(ctx.health.get("batches_published", 0)) + batches
             ctx.health["records_published"] = int(ctx.health.get("records_published", 0)) + len(win.records)
             ctx.health["flows_published"] = int(ctx.health.get("flows_published", 0)) + len(win.flows)

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from costmesh.common.config import Config
 from costmesh.common.metrics import ERRORS
 from costmesh.common.schemas import ObservedCall, add_counters
-from costmesh.native._engine_py import HTTP_METHODS
-from costmesh.native.sensor import Sensor
+from costmesh.native.http import HTTP_METHODS
 
+from .core import Sensor
 from .live import ParserMetrics, TlsChunk
 
 TLS_CHUNK = 4096  # records.h

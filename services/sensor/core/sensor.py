@@ -2,9 +2,9 @@
 
 Reads: a ``Config`` (extraction rules, workloads, sensor ports/limits) and frames, live or from capture files. Emits:
 ``ObservedCall`` per window, source, destination, protocol, operation and tenant/feature/agent, plus ``stats()``
-(frames, flows, parse errors by kind). The per-frame work runs in ``Engine`` (compiled ``_engine`` or its pure-Python
-twin ``_engine_py``, chosen by ``COSTMESH_NO_EXTENSIONS``); this module holds the cold paths both builds share (naming,
-rules that need Python, AI usage, DNS and TLS names) and builds the contract records.
+(frames, flows, parse errors by kind). The per-frame work runs in ``costmesh.native.engine.Engine`` (compiled or its
+pure-Python twin, chosen by ``COSTMESH_NO_EXTENSIONS``); this module holds the cold paths both builds call back
+(``Slow``: naming, rules that need Python, AI usage, DNS and TLS names) and builds the contract records.
 """
 
 from __future__ import annotations
@@ -18,22 +18,12 @@ from typing import BinaryIO
 
 from costmesh.common.config import Config
 from costmesh.common.schemas import ObservedCall
+from costmesh.native.capture import CaptureError, CaptureReader
+from costmesh.native.engine import BUILD, PROTOCOLS, Engine
+from costmesh.native.http import is_ai_request
 
-from . import NO_EXTENSIONS, ai, names
-from .capture import CaptureError, CaptureReader
-from .kinds import E
+from . import ai, names
 from .rules import RuleSet, decode_json
-
-if NO_EXTENSIONS:
-    from ._engine_py import PROTOCOLS, Engine
-else:
-    try:
-        from ._engine import PROTOCOLS, Engine
-    except ImportError:  # not built: the pure-Python twin, same behaviour
-        from ._engine_py import PROTOCOLS, Engine
-
-#: Which build runs: "cython" or "python".
-BUILD = "python" if Engine.__module__.endswith("_py") else "cython"
 
 __all__ = ["BUILD", "CaptureError", "CaptureReader", "Engine", "Sensor", "Slow", "address_text"]
 
@@ -58,7 +48,7 @@ class Slow:
         self.dns_names: OrderedDict[bytes, str] = OrderedDict()
 
     def is_ai(self, target: bytes, host: bytes) -> bool:
-        return ai.is_ai_request(target, host)
+        return is_ai_request(target, host)
 
     def _decode(self, body: bytes):
         """Decode a request body once for both the body rules and the AI request (same call completes both)."""
@@ -311,7 +301,3 @@ class _Memo(dict):
     def __missing__(self, key):
         value = self[key] = self._make(key)
         return value
-
-
-def error_kind_index(kind: str) -> int:
-    return E[kind]
