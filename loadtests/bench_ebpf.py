@@ -127,9 +127,10 @@ def sense(port: int, parse: bool, tls_processes: str = "", nats_url: str = "") -
 
     from costmesh.common.config import Config, Workload
     from costmesh.sensor.core import Sensor
-    from costmesh.sensor.live import LiveCapture, SensorFrameSink
-    from costmesh.sensor.live_service import build_capture
-    from costmesh.sensor.live_tls import TlsPlaintextSink
+    from costmesh.sensor.live.capture import LiveCapture
+    from costmesh.sensor.live.service import build_capture
+    from costmesh.sensor.live.sinks import SensorFrameSink
+    from costmesh.sensor.live.tls import TlsPlaintextSink
     from costmesh.sensor.sender import BatchSender
 
     config = Config(workloads=[Workload(address="127.0.0.1", port=port, name=SERVER_NAME)])

@@ -17,8 +17,9 @@ from aiohttp import web
 from costmesh.common.config import Config
 from costmesh.sensor.bpf import BpfUnavailable
 from costmesh.sensor.core import Sensor
-from costmesh.sensor.live import FrameListSink, LiveCapture, LiveWindow, SensorFrameSink
-from costmesh.sensor.live_tls import TlsPlaintextSink
+from costmesh.sensor.live.capture import LiveCapture
+from costmesh.sensor.live.sinks import FrameListSink, LiveWindow, SensorFrameSink
+from costmesh.sensor.live.tls import TlsPlaintextSink
 
 
 class FrameRecorder(FrameListSink):

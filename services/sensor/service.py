@@ -1,7 +1,7 @@
 """Sensor service: reads traffic (live through eBPF, or replayed capture files), aggregates it into ``ObservedCall``
 records per window and hands them to the node's redactor.
 
-Reads: capture files given with ``--replay`` (``replay``), else live traffic (``live_service``: eBPF on
+Reads: capture files given with ``--replay`` (``replay``), else live traffic (``live``: eBPF on
 ``sensor.interfaces``), both through the same parsing core (``core``). Emits: ``CallBatch`` on ``costmesh.raw.<node>``
 through ``sender.BatchSender``, confirmed by the redactor.
 """
@@ -35,7 +35,7 @@ async def main(ctx: ServiceContext, replay_files: list[Path], print_bpf: bool = 
             log.info("replayed capture", extra={"file": str(path), "records": records, "batches": batches})
         ctx.health["replay_done"] = True
         if not replay_files:
-            from .live_service import run_live  # the live machinery and its metrics load only for live capture
+            from .live.service import run_live  # the live machinery and its metrics load only for live capture
 
             await run_live(ctx, nc, print_programs=print_bpf)
         await ctx.stopping.wait()

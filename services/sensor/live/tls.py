@@ -28,8 +28,9 @@ from costmesh.common.metrics import ERRORS
 from costmesh.common.schemas import ObservedCall, add_counters
 from costmesh.native.http import HTTP_METHODS
 
-from .core import Sensor
-from .live import ParserMetrics, TlsChunk
+from ..core import Sensor
+from .metrics import ParserMetrics
+from .sinks import TlsChunk
 
 TLS_CHUNK = 4096  # records.h
 LINKTYPE_RAW = 101

@@ -1,7 +1,7 @@
 """Live mode of the sensor service (``costmesh sensor`` without ``--replay``): capture on the configured interfaces,
 name both ends of every flow, and send each window's calls and flow volumes to the node's redactor.
 
-Reads: ``LiveCapture`` windows (see ``live``), workload identity (``identity``, ``identity_k8s``). Emits:
+Reads: ``LiveCapture`` windows (see ``capture``), workload identity (``identity``, ``identity_k8s``). Emits:
 ``CallBatch`` messages with ``records`` and ``flows`` on ``costmesh.raw.<node>``, through the same confirmed
 request/reply as replayed captures.
 
@@ -19,29 +19,23 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter
-
 from costmesh.common.config import Config
-from costmesh.common.metrics import REGISTRY
 from costmesh.common.runtime import ServiceContext
 
-from .bpf import BpfUnavailable
-from .core import Sensor
+from ..bpf import BpfUnavailable
+from ..core import Sensor
+from ..sender import BatchSender
+from .capture import LiveCapture
 from .identity import IdentityResolver, ProcIdentity
-from .live import LiveCapture, LiveWindow, SensorFrameSink
-from .live_tls import TlsPlaintextSink
-from .sender import BatchSender
+from .metrics import WINDOWS_DROPPED
+from .sinks import LiveWindow, SensorFrameSink
+from .tls import TlsPlaintextSink
 
 if TYPE_CHECKING:
     from .identity_k8s import KubernetesIdentity
 
 log = logging.getLogger(__name__)
 
-WINDOWS_DROPPED = Counter(
-    "costmesh_sensor_windows_dropped_total",
-    "Live windows dropped because the redactor did not keep up (the capture never waits).",
-    registry=REGISTRY,
-)
 QUEUE_WINDOWS = 30
 
 
