@@ -10,9 +10,11 @@ Public modules (import these; they pick the build): ``engine`` (``Engine``: fram
 
 - ``_capture.pyx`` / ``_capture_py.py``: pcap and pcapng, streamed.
 - ``_net.pyx`` / ``_net_py.py``: link, IPv4/IPv6, TCP/UDP headers.
-- ``_engine.pyx`` / ``_engine_py.py``: flow table, TCP ordering, HTTP/1.1, PostgreSQL, TLS ClientHello and DNS-over-TCP
-  stream parsers, window aggregation; its C surface is ``_engine.pxd``, its inline helpers ``_bytes.pxd`` (buffers,
-  scans), ``_http.pxd`` (header values), ``_pgwire.pxd`` (message recognition).
+- the engine, one extension module split by concern, each file with its twin (a protocol is one such pair; how to add
+  one: ``_engine.pyx``): ``_engine.pyx`` / ``_engine_py.py`` (surface, per-protocol dispatch; its C surface is
+  ``_engine.pxd``), ``_flows.pxi`` / ``_flows_py.py`` (flow table, TCP ordering), ``_records.pxi`` /
+  ``_records_py.py`` (aggregation, records), ``_http.pxi`` / ``_http_py.py`` (HTTP/1.1), ``_pg.pxi`` / ``_pg_py.py``
+  (PostgreSQL), ``_tls.pxi`` / ``_tls_py.py`` (TLS ClientHello, DNS); inline helpers in ``_bytes.pxd``.
 - ``_usage.pyx`` / ``_usage_py.py``: the AI usage fast path (provider, model, tokens of a plain JSON response read in C
   when the answer is certain to equal the sensor's ``ai`` module; otherwise the engine calls back into it). The
   compiled engine calls it; the pure-Python engine always takes the full path, and the tests hold the twin and ``ai``

@@ -59,6 +59,10 @@ COUNTERS: Final = (
 )
 C = {name: i for i, name in enumerate(COUNTERS)}
 
+#: Protocol names of the engine's records, by record code (``R_*``): the contract's ``ObservedCall.protocol``.
+PROTOCOLS: Final = ("http", "postgres", "tls", "dns")
+R_HTTP, R_PG, R_TLS, R_DNS = 0, 1, 2, 3
+
 #: Longest id (tenant, feature, agent, host) kept, in bytes; longer values are cut, in both builds.
 MAX_VALUE: Final = 128
 

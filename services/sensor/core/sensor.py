@@ -19,7 +19,7 @@ from typing import BinaryIO
 from costmesh.common.config import Config
 from costmesh.common.schemas import ObservedCall
 from costmesh.native.capture import CaptureError, CaptureReader
-from costmesh.native.engine import BUILD, PROTOCOLS, Engine
+from costmesh.native.engine import BUILD, Engine
 from costmesh.native.http import is_ai_request
 
 from . import ai, names
@@ -233,9 +233,9 @@ class Sensor:
 
 
 class _Builder:
-    """What one drain needs to make ``ObservedCall`` records: the per-record constants and the endpoint naming.
-    The compiled engine makes the records from its C aggregates with these (``_engine._Calls``); the twin hands its
-    row tuples to ``build``. Both give the same records."""
+    """What one drain needs to make ``ObservedCall`` records: the record class, the per-record constants and the
+    endpoint naming. The engine makes the records with these (compiled: ``_Calls`` in ``_records.pxi``, twin:
+    ``_records_py.build``); both give the same records."""
 
     cls = ObservedCall
 
@@ -247,57 +247,3 @@ class _Builder:
         self.rule_of = [*rules.names, ""]
         self.src_name = lambda src: sensor._workload(src, 0) or address_text(src)
         self.dst_name = sensor._dst
-
-    def build(self, rows: list[tuple], out: list[ObservedCall]) -> None:
-        node, width, method_of, rule_of = self.node, self.width, self.method_of, self.rule_of
-        texts = _Memo(lambda raw: raw.decode("utf-8", "replace"))  # ids, provider, model repeat within a drain
-        srcs = _Memo(self.src_name)
-        dsts = _Memo(lambda key: self.dst_name(*key))
-        append = out.append
-        for (
-            window, src, dst, dport, proto, op, host, tv, tr, fv, _fr, av, _ar, provider, model,
-            requests, errors, bytes_in, bytes_out, busy, tin, tout, tc, treason,
-        ) in rows:  # fmt: skip
-            # At most 15 keywords: msgspec (0.22) takes a much slower path for a call with 16 or more, so the fields
-            # that usually keep their defaults (feature, agent, tokens, provider, model) are set only when they differ.
-            call = ObservedCall(
-                window_start_us=window,
-                window_end_us=window + width,
-                node=node,
-                src_workload=srcs[src],
-                dst=dsts[(dst, dport, host)],
-                protocol=PROTOCOLS[proto],
-                operation=op.decode("utf-8", "replace"),
-                tenant=texts[tv],
-                tenant_method=method_of[tr],
-                tenant_rule=rule_of[tr],
-                requests=requests,
-                errors=errors,
-                bytes_in=bytes_in,
-                bytes_out=bytes_out,
-                busy_us=busy,
-            )
-            if fv:
-                call.feature = texts[fv]
-            if av:
-                call.agent = texts[av]
-            if provider or model or tin or tout or tc or treason:
-                call.tokens_in = tin
-                call.tokens_out = tout
-                call.tokens_cached = tc
-                call.tokens_reasoning = treason
-                call.provider = texts[provider]
-                call.model = texts[model]
-            append(call)
-
-
-class _Memo(dict):
-    """A dict that computes a missing value once (one lookup per hit, no ``get`` + store dance)."""
-
-    def __init__(self, make) -> None:
-        super().__init__()
-        self._make = make
-
-    def __missing__(self, key):
-        value = self[key] = self._make(key)
-        return value
