@@ -113,34 +113,38 @@ async def ensure_partitions(conn: asyncpg.Connection, cfg: AttributorConfig, now
 
 async def expire(conn: asyncpg.Connection, cfg: AttributorConfig, now: datetime, plain: bool, up: Upkeep) -> None:
     """Drop what is past retention: whole partitions (plain flavour), rows of the DEFAULT partition, hourly rows,
-    and the side tables. Daily rollups are kept."""
-    base = await retention_base(conn, now)
-    cutoff = base - timedelta(days=cfg.retention_minute_days)
-    if plain:
-        for r in await conn.fetch(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'consumption_minute' "
-            "AND c.relname LIKE 'consumption\\_minute\\_p%'"
-        ):
-            day = datetime.strptime(r["relname"][-8:], "%Y%m%d").replace(tzinfo=UTC)
-            if day + timedelta(days=1) <= cutoff:
-                await conn.execute(f"DROP TABLE {r['relname']}")
-                up.partitions_dropped.append(r["relname"])
-        status = await conn.execute("DELETE FROM consumption_minute_default WHERE minute < $1", cutoff)
+    and the side tables. Daily rollups are kept.
+
+    The retention base and the deletes read one snapshot (REPEATABLE READ): rows committed while the pass runs (an old
+    capture replayed into an empty store as the first pass starts) are neither behind the base nor deleted by it."""
+    async with conn.transaction(isolation="repeatable_read"):
+        base = await retention_base(conn, now)
+        cutoff = base - timedelta(days=cfg.retention_minute_days)
+        if plain:
+            for r in await conn.fetch(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'consumption_minute' "
+                "AND c.relname LIKE 'consumption\\_minute\\_p%'"
+            ):
+                day = datetime.strptime(r["relname"][-8:], "%Y%m%d").replace(tzinfo=UTC)
+                if day + timedelta(days=1) <= cutoff:
+                    await conn.execute(f"DROP TABLE {r['relname']}")
+                    up.partitions_dropped.append(r["relname"])
+            status = await conn.execute("DELETE FROM consumption_minute_default WHERE minute < $1", cutoff)
+            up.rows_expired += int(status.split()[-1])
+            status = await conn.execute(
+                "DELETE FROM consumption_hourly WHERE hour < $1", base - timedelta(days=cfg.retention_hourly_days)
+            )
+            up.rows_expired += int(status.split()[-1])
+        for table in MINUTE_TABLES:
+            status = await conn.execute(f"DELETE FROM {table} WHERE minute < $1", cutoff)
+            up.rows_expired += int(status.split()[-1])
+        status = await conn.execute("DELETE FROM graph_node WHERE last_seen < $1", cutoff)
         up.rows_expired += int(status.split()[-1])
         status = await conn.execute(
-            "DELETE FROM consumption_hourly WHERE hour < $1", base - timedelta(days=cfg.retention_hourly_days)
+            "DELETE FROM applied_batches WHERE applied_at < $1", now - timedelta(days=cfg.applied_batches_keep_days)
         )
         up.rows_expired += int(status.split()[-1])
-    for table in MINUTE_TABLES:
-        status = await conn.execute(f"DELETE FROM {table} WHERE minute < $1", cutoff)
-        up.rows_expired += int(status.split()[-1])
-    status = await conn.execute("DELETE FROM graph_node WHERE last_seen < $1", cutoff)
-    up.rows_expired += int(status.split()[-1])
-    status = await conn.execute(
-        "DELETE FROM applied_batches WHERE applied_at < $1", now - timedelta(days=cfg.applied_batches_keep_days)
-    )
-    up.rows_expired += int(status.split()[-1])
 
 
 async def refresh_rollups(conn: asyncpg.Connection, minutes: list[datetime], up: Upkeep) -> None:
