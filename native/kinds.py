@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from costmesh.common.errors import InputError
+
 ERROR_KINDS: Final = (
     "capture_format",
     "capture_truncated",
@@ -71,7 +73,7 @@ MAX_VALUE: Final = 128
 SRC_HEADER, SRC_BAGGAGE, SRC_QUERY, SRC_HOST, SRC_PY = 0, 1, 2, 3, 4
 
 
-class CaptureError(Exception):
+class CaptureError(InputError):
     """A capture that cannot be read further: ``path``, byte ``offset`` of the bad record, ``kind``, ``reason``.
 
     Defined once here so both capture readers raise the same class."""

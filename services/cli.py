@@ -14,6 +14,7 @@ from pathlib import Path
 
 from costmesh import __version__
 from costmesh.common.config import Config, ConfigError, load_config
+from costmesh.common.errors import StartupError
 from costmesh.common.logs import setup_logging
 from costmesh.common.natsio import Unreachable
 from costmesh.common.tables import render_table
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.api_port:
             config.api.port = args.api_port
         return run_up(config, args.config, Path(args.data_dir or config.data_dir), args.replay)
-    except (Unreachable, RuntimeError) as exc:
+    except (Unreachable, StartupError) as exc:
         print(f"costmesh: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:

@@ -10,11 +10,13 @@ import gzip
 import io
 from pathlib import Path
 
+from costmesh.common.errors import InputError
+
 from .focus import FocusError, read_focus
 from .model import ImportResult
 
 
-class BillError(Exception):
+class BillError(InputError):
     """A bill file that cannot be read; the message names the file and why."""
 
 

@@ -24,6 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from costmesh.common.errors import InputError
 from costmesh.common.metrics import ERRORS
 from costmesh.common.money import MoneyError, parse_amount
 
@@ -39,7 +40,7 @@ CHARGE_CATEGORIES = {"usage", "purchase", "tax", "credit", "adjustment"}
 NULLS = {"", "NULL", "null"}
 
 
-class FocusError(Exception):
+class FocusError(InputError):
     """A file that cannot be read as FOCUS at all (missing required columns, not CSV/Parquet); names the file."""
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from costmesh.common.config import Config
+from costmesh.common.errors import InputError
 from costmesh.common.pnl import customer_pnl
 
 from .bills import BillError, read_bill
@@ -29,7 +30,7 @@ from .revenue import Revenue, RevenueError, read_revenue
 CENT = Decimal("0.01")
 
 
-class ReportError(Exception):
+class ReportError(InputError):
     """Input that makes a report impossible (unreadable files, mixed currencies); the message says which."""
 
 

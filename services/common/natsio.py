@@ -19,6 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from nats.js.errors import NotFoundError
 
 from .config import ConfigError, NatsConfig, resolve_secret
+from .errors import CostmeshError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ ALERTS_SUBJECT = "costmesh.alerts"
 CONNECT_DEADLINE_S = 8.0
 
 
-class Unreachable(Exception):
+class Unreachable(CostmeshError):
     """A required server (NATS or PostgreSQL) could not be reached; the message names it and why."""
 
 
