@@ -420,8 +420,35 @@ cdef int tcp_deliver(Engine eng, int32_t slot, int side, int64_t ts, const uint8
     if fin:
         d.fin = True
         eng._fin(fl, side, ts)
+    if COSTMESH_DEBUG:  # the parsers ran on this flow: its request list must still hold
+        flow_check(fl)
         if fl.dirs[0].fin and fl.dirs[1].fin:
             flow_close(eng, slot)
+    return 0
+
+
+cdef int flow_check(Flow* fl) except -1:
+    """The invariants of a flow's request list (see the top of this file), checked after every delivery in a
+    ``COSTMESH_DEBUG=1`` build (``setup.py``); raises ``AssertionError`` naming the one broken."""
+    cdef Req* r = fl.pend_head
+    cdef Req* last = NULL
+    cdef int n = 0
+    cdef bint found0 = fl.dirs[0].req == NULL
+    cdef bint found1 = fl.dirs[1].req == NULL
+    while r != NULL:
+        n += 1
+        if n > MAX_PENDING:
+            raise AssertionError(f"flow request list: more than {MAX_PENDING} requests (or a cycle)")
+        found0 = found0 or r == fl.dirs[0].req
+        found1 = found1 or r == fl.dirs[1].req
+        last = r
+        r = r.next
+    if n != fl.npend:
+        raise AssertionError(f"flow request list: {n} requests, npend says {fl.npend}")
+    if last != fl.pend_tail:
+        raise AssertionError("flow request list: pend_tail is not its last request")
+    if not (found0 and found1):
+        raise AssertionError("Dir.req points at a request no longer in its flow's list")
     return 0
 
 

@@ -213,6 +213,8 @@ cdef int agg_raw(Engine eng, int64_t ts, const uint8_t* src, const uint8_t* dst,
     k = _kput(k, prov, provn)
     k = _kput(k, model, modeln)
     eng.kbuf.n = k - eng.kbuf.p
+    if COSTMESH_DEBUG and eng.kbuf.n != total:  # the fields were written unchecked into a buffer of ``total`` bytes
+        raise AssertionError(f"aggregate key of {eng.kbuf.n} bytes, {total} reserved")
     h = hash_bytes(eng.kbuf.p, eng.kbuf.n)
     mask = eng.agg_cap - 1
     i = h & mask
