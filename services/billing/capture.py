@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from costmesh.common.config import Config
-from costmesh.common.schemas import CONSUMPTION_KEY, ObservedCall
+from costmesh.common.schemas import CONSUMPTION_KEY, COUNTERS, ObservedCall
 
 from .model import Usage
 
@@ -27,47 +27,28 @@ def per_minute(records: Iterable[ObservedCall]) -> list[tuple]:
     """Sum records into per-minute rows keyed like ``consumption_minute``'s primary key, measures in its order."""
     acc: dict[tuple, list[int]] = {}
     dims = operator.attrgetter(*CONSUMPTION_KEY)
+    measures = operator.attrgetter(*COUNTERS)
     for r in records:
         key = (r.window_start_us - r.window_start_us % _MINUTE_US, *dims(r))
         s = acc.get(key)
         if s is None:
-            s = acc[key] = [0] * 9
-        s[0] += r.requests
-        s[1] += r.errors
-        s[2] += r.bytes_in
-        s[3] += r.bytes_out
-        s[4] += r.busy_us
-        s[5] += r.tokens_in
-        s[6] += r.tokens_out
-        s[7] += r.tokens_cached
-        s[8] += r.tokens_reasoning
+            s = acc[key] = [0] * len(COUNTERS)
+        for i, v in enumerate(measures(r)):
+            s[i] += v
     return [(*k, *v) for k, v in sorted(acc.items())]
 
 
 def usage_from_records(records: Iterable[ObservedCall]) -> list[Usage]:
-    """Per-minute ``Usage`` rows, keyed and summed like ``consumption_minute``."""
+    """Per-minute ``Usage`` rows, keyed and summed like ``consumption_minute`` (``Usage`` carries every counter but
+    ``errors``)."""
     out = []
     for row in per_minute(records):
-        minute, tenant, method, feature, agent, src, dst, protocol, *m = row
+        minute, *key = row[: 1 + len(CONSUMPTION_KEY)]
+        measures = dict(zip(COUNTERS, row[1 + len(CONSUMPTION_KEY) :], strict=True))
+        del measures["errors"]
         out.append(
             Usage(
-                src_workload=src,
-                dst=dst,
-                protocol=protocol,
-                tenant=tenant,
-                tenant_method=method,
-                feature=feature,
-                agent=agent,
-                start_us=minute,
-                end_us=minute + _MINUTE_US,
-                requests=m[0],
-                bytes_in=m[2],
-                bytes_out=m[3],
-                busy_us=m[4],
-                tokens_in=m[5],
-                tokens_out=m[6],
-                tokens_cached=m[7],
-                tokens_reasoning=m[8],
+                **dict(zip(CONSUMPTION_KEY, key, strict=True)), start_us=minute, end_us=minute + _MINUTE_US, **measures
             )
         )
     return out
