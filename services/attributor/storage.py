@@ -154,22 +154,19 @@ async def refresh_rollups(conn: asyncpg.Connection, minutes: list[datetime], up:
     re-reading the hour; the caller runs this in the transaction that clears those minutes from ``dirty_minutes``.
     """
     hours = sorted({m.replace(minute=0, second=0, microsecond=0) for m in minutes})
-    for hour in hours:
-        await conn.execute("DELETE FROM consumption_hourly WHERE hour = $1", hour)
-        await conn.execute(
-            f"INSERT INTO consumption_hourly (hour, {_DIMS}, {_MEASURES}) "
-            f"SELECT $1::timestamptz, {_DIMS}, {_SUMS} FROM consumption_minute "
-            f"WHERE minute >= $1 AND minute < $1::timestamptz + interval '1 hour' GROUP BY {_DIMS}",
-            hour,
-        )
     days = sorted({h.replace(hour=0) for h in hours})
-    for day in days:
-        await conn.execute("DELETE FROM consumption_daily WHERE day = $1", day)
-        await conn.execute(
-            f"INSERT INTO consumption_daily (day, {_DIMS}, {_MEASURES}) "
-            f"SELECT $1::timestamptz, {_DIMS}, {_SUMS} FROM consumption_hourly "
-            f"WHERE hour >= $1 AND hour < $1::timestamptz + interval '1 day' GROUP BY {_DIMS}",
-            day,
-        )
+    for buckets, table, column, source, source_column, width in (
+        (hours, "consumption_hourly", "hour", "consumption_minute", "minute", "1 hour"),
+        (days, "consumption_daily", "day", "consumption_hourly", "hour", "1 day"),
+    ):
+        for bucket in buckets:
+            await conn.execute(f"DELETE FROM {table} WHERE {column} = $1", bucket)
+            await conn.execute(
+                f"INSERT INTO {table} ({column}, {_DIMS}, {_MEASURES}) "
+                f"SELECT $1::timestamptz, {_DIMS}, {_SUMS} FROM {source} "
+                f"WHERE {source_column} >= $1 AND {source_column} < $1::timestamptz + interval '{width}' "
+                f"GROUP BY {_DIMS}",
+                bucket,
+            )
     up.hours_refreshed += len(hours)
     up.days_refreshed += len(days)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from costmesh.common.errors import InputError
 
-from .focus import FocusError, read_focus
+from .focus import FocusError, file_bytes, read_focus
 from .model import ImportResult
 
 
@@ -47,11 +47,7 @@ def read_bill(
 ) -> ImportResult:
     """Read a bill file; ``source`` names where it came from and prefixes its line ids (default: its format)."""
     name = str(path)
-    if data is None:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise BillError(f"{name}: cannot read: {exc.strerror}") from exc
+    data = file_bytes(path, data, BillError)
     try:
         kind = bill_format(columns_of(data))
     except (OSError, EOFError, ValueError) as exc:

