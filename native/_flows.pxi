@@ -6,6 +6,8 @@
 # desynchronises the direction's parser. In-order bytes go to ``Engine._data`` (the protocol dispatch), a FIN to
 # ``Engine._fin``, the end of a flow (FIN both ways, RST, eviction, final drain) to ``Engine._finish``.
 #
+# One file for a flow's whole life (its slot, its segments, its requests): the three share the invariants below.
+#
 # Invariants: a ``Req*`` is owned by its flow's pending list (or is being completed); ``Dir.req`` only ever points at a
 # request still in that list and is cleared when it leaves. Callers of ``_data`` keep the flow alive; only
 # ``tcp_segment`` and ``tcp_deliver`` close flows, and they re-check ``gen`` after anything that may have done so.

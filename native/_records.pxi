@@ -4,7 +4,8 @@
 # protocol, operation, host, tenant/feature/agent with their rules, provider, model) in an open-addressing table keyed
 # by a packed byte key, entries bump-allocated in blocks released per drain. ``agg_take`` hands the closed windows on
 # as row tuples, or as ``ObservedCall`` records made in C by ``_Calls`` (the builder gives the per-record constants
-# and names the endpoints).
+# and names the endpoints). The table and the records are one file because ``_Calls`` reads the packed keys
+# ``agg_raw`` writes: their layout is stated once, here.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
