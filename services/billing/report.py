@@ -20,7 +20,7 @@ from typing import Any
 from costmesh.common.config import Config
 
 from .bills import BillError, read_bill
-from .capture import usage_from_captures
+from .capture import consumption_from_captures
 from .model import CATEGORIES, Allocation, CostLine
 from .pipeline import run
 from .pnl import customer_pnl
@@ -69,8 +69,8 @@ def build_report(
             )
         currency = currencies[0] if currencies else "USD"
     lines = [x for x in lines if x.currency == currency]
-    usage = usage_from_captures(captures, config)
-    result = run(lines, usage, config)
+    consumption = consumption_from_captures(captures, config)
+    result = run(lines, consumption, config)
     revenue: list[Revenue] = []
     if revenue_file is not None:
         try:
