@@ -30,7 +30,9 @@ def test_rate_card_prices_hours_exactly_and_allocates_by_server_time():
 def test_token_lines_priced_per_model_and_kind_and_split_by_that_kind():
     prices = PriceTable.from_config(
         [
-            Price(provider="openai", model="gpt-4o-mini", input_micros_per_mtok=150_000, output_micros_per_mtok=600_000),
+            Price(
+                provider="openai", model="gpt-4o-mini", input_micros_per_mtok=150_000, output_micros_per_mtok=600_000
+            ),
             Price(provider="anthropic", model="*", input_micros_per_mtok=3_000_000, output_micros_per_mtok=15_000_000),
         ]
     )

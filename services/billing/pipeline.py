@@ -13,6 +13,7 @@ always take the per-line engine.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -39,6 +40,28 @@ class Run(msgspec.Struct):
     allocations: list[Allocation]
     targets: dict[str, Target | None]
     unmatched: list[Unmatched]
+
+
+def period_window(period: str) -> Window:
+    """The month of a ``YYYY-MM`` billing period, as a window (UTC)."""
+    year, month = (int(x) for x in period.split("-"))
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
+    return Window(_us(start), _us(end))
+
+
+def periods_window(lines: Sequence[CostLine]) -> Window | None:
+    """From the first billing period's month start to the last one's end: the window the billing service prices
+    rate cards and tokens over, period by period, and so the one ``costmesh report`` uses too."""
+    periods = sorted({line.billing_period for line in lines})
+    if not periods:
+        return None
+    return Window(period_window(periods[0]).start_us, period_window(periods[-1]).end_us)
+
+
+def _us(dt: datetime) -> int:
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def span(lines: Sequence[CostLine]) -> Window | None:

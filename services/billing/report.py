@@ -22,7 +22,7 @@ from costmesh.common.config import Config
 from .bills import BillError, read_bill
 from .capture import consumption_from_captures
 from .model import CATEGORIES, Allocation, CostLine
-from .pipeline import run
+from .pipeline import periods_window, run
 from .pnl import customer_pnl
 from .revenue import Revenue, RevenueError, read_revenue
 
@@ -70,7 +70,7 @@ def build_report(
         currency = currencies[0] if currencies else "USD"
     lines = [x for x in lines if x.currency == currency]
     consumption = consumption_from_captures(captures, config)
-    result = run(lines, consumption, config)
+    result = run(lines, consumption, config, window=periods_window(lines))
     revenue: list[Revenue] = []
     if revenue_file is not None:
         try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime
 
 import asyncpg
 
@@ -24,17 +23,10 @@ from costmesh.common.runtime import ServiceContext
 from . import store
 from .importer import import_source
 from .model import Window
-from .pipeline import run, span
+from .pipeline import period_window, run, span
 from .revenue import RevenueError, read_revenue
 
 log = logging.getLogger(__name__)
-
-
-def month_window(period: str) -> Window:
-    year, month = (int(x) for x in period.split("-"))
-    start = datetime(year, month, 1, tzinfo=UTC)
-    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
-    return Window(store.to_us(start), store.to_us(end))
 
 
 async def import_all(conn: asyncpg.Connection, config: Config) -> set[str]:
@@ -58,7 +50,7 @@ async def allocate_period(
 ) -> int:
     """Allocate one billing period from what is stored; returns the number of allocation rows written."""
     lines = await store.load_lines(conn, period)
-    month = month_window(period)
+    month = period_window(period)
     lines_span = span(lines) or month
     window = Window(min(month.start_us, lines_span.start_us), max(month.end_us, lines_span.end_us))
     consumption = await store.load_consumption(conn, window, config.attributor.queue_window_s)
