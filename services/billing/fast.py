@@ -80,7 +80,9 @@ def split_rows(units: np.ndarray, weights: Sequence[int]) -> np.ndarray:
     rank = np.empty((n, k), dtype=np.int64)
     np.put_along_axis(rank, order, np.broadcast_to(np.arange(k), (n, k)), axis=1)
     q = q + (rank < np.asarray(left, dtype=q.dtype)[:, None])
-    return np.where(negative[:, None], -q, q)
+    parts = np.where(negative[:, None], -q, q)
+    # each part is at most its line's units: wide weights never make the parts wider than the input
+    return parts.astype(np.int64) if units.dtype != object else parts
 
 
 class Columns(msgspec.Struct):

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from costmesh.common.usage import HOUR_US, Consumption, QueueUse
+from costmesh.common.usage import HOUR_US, Consumption, QueueUse, hourly_usage
 
 from .model import Allocation, CostLine, ImportResult, Usage, Window
 from .revenue import Revenue
@@ -223,66 +223,18 @@ async def load_consumption(conn: asyncpg.Connection, window: Window, queue_windo
     calls = await conn.fetch(_CALLS_BY_HOUR, to_dt(lo), to_dt(hi))
     queues = await conn.fetch(_QUEUES_BY_HOUR, to_dt(_hour_floor(lo - queue_window_s * 1_000_000)), to_dt(hi))
     ai = await conn.fetch(_AI_BY_HOUR, to_dt(lo), to_dt(hi))
-    out = Consumption()
-    for r in calls:
-        start = to_us(r["hour"])
-        out.usage.append(
-            Usage(
-                src_workload=r["src_workload"],
-                dst=r["dst"],
-                protocol=r["protocol"],
-                tenant=r["tenant"],
-                tenant_method=r["tenant_method"],
-                feature=r["feature"],
-                agent=r["agent"],
-                start_us=start,
-                end_us=start + HOUR_US,
-                requests=r["requests"],
-                bytes_in=r["bytes_in"],
-                bytes_out=r["bytes_out"],
-                busy_us=r["busy_us"],
-                tokens_in=r["tokens_in"],
-                tokens_out=r["tokens_out"],
-                tokens_cached=r["tokens_cached"],
-                tokens_reasoning=r["tokens_reasoning"],
-            )
-        )
-    for r in queues:
-        start = to_us(r["hour"])
-        out.queues.append(
+    out = Consumption(
+        usage=[hourly_usage(to_us(r["hour"]), {k: v for k, v in r.items() if k != "hour"}) for r in calls],
+        queues=[
             QueueUse(
-                topic=r["topic"],
-                role=r["role"],
-                workload=r["workload"],
-                tenant=r["tenant"],
-                tenant_method=r["tenant_method"],
-                start_us=start,
-                end_us=start + HOUR_US,
-                requests=r["requests"],
-                bytes=r["bytes"],
+                start_us=to_us(r["hour"]),
+                end_us=to_us(r["hour"]) + HOUR_US,
+                **{k: v for k, v in r.items() if k != "hour"},
             )
-        )
-    for r in ai:
-        start = to_us(r["hour"])
-        out.ai.append(
-            Usage(
-                src_workload=r["src_workload"],
-                dst=r["dst"],
-                tenant=r["tenant"],
-                tenant_method=r["tenant_method"],
-                feature=r["feature"],
-                agent=r["agent"],
-                start_us=start,
-                end_us=start + HOUR_US,
-                requests=r["requests"],
-                tokens_in=r["tokens_in"],
-                tokens_out=r["tokens_out"],
-                tokens_cached=r["tokens_cached"],
-                tokens_reasoning=r["tokens_reasoning"],
-                provider=r["provider"],
-                model=r["model"],
-            )
-        )
+            for r in queues
+        ],
+        ai=[hourly_usage(to_us(r["hour"]), {k: v for k, v in r.items() if k != "hour"}) for r in ai],
+    )
     # one order whatever the database returned: the allocation is deterministic in its input
     out.usage.sort(key=_usage_order)
     out.ai.sort(key=_usage_order)

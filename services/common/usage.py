@@ -11,7 +11,7 @@ Times are integer microseconds since the epoch; every measure is an integer.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final, Literal
 
 import msgspec
@@ -118,6 +118,15 @@ def queue_role(operation: str, bytes_in: int, bytes_out: int) -> Literal["produc
     return "producer" if bytes_out >= bytes_in else "consumer"
 
 
+_TOKENS: Final = ("tokens_in", "tokens_out", "tokens_cached", "tokens_reasoning")
+
+
+def hourly_usage(hour_us: int, fields: Mapping[str, str | int]) -> Usage:
+    """A ``Usage`` row of the hour starting at ``hour_us`` from its named dimensions and measures (a database record
+    of an hourly table or a sum in memory: the same row either way)."""
+    return Usage(start_us=hour_us, end_us=hour_us + HOUR_US, **fields)  # type: ignore[arg-type]
+
+
 def _hour(us: int) -> int:
     return us - us % HOUR_US
 
@@ -162,26 +171,12 @@ def hourly_from_records(records: Iterable[ObservedCall]) -> Consumption:
         q[0] += requests
         q[1] += b_in + b_out
     out = Consumption()
-    for (hour, tenant, method, feature, agent, src, dst, protocol), m in sorted(calls.items()):
+    call_names = ("tenant", "tenant_method", "feature", "agent", "src_workload", "dst", "protocol")
+    call_measures = ("requests", "bytes_in", "bytes_out", "busy_us", *_TOKENS)
+    for (hour, *dims_), m in sorted(calls.items()):
         out.usage.append(
-            Usage(
-                src_workload=src,
-                dst=dst,
-                protocol=protocol,
-                tenant=tenant,
-                tenant_method=method,
-                feature=feature,
-                agent=agent,
-                start_us=hour,
-                end_us=hour + HOUR_US,
-                requests=m[0],
-                bytes_in=m[1],
-                bytes_out=m[2],
-                busy_us=m[3],
-                tokens_in=m[4],
-                tokens_out=m[5],
-                tokens_cached=m[6],
-                tokens_reasoning=m[7],
+            hourly_usage(
+                hour, {**dict(zip(call_names, dims_, strict=True)), **dict(zip(call_measures, m, strict=True))}
             )
         )
     for (hour, topic, role, workload, tenant, method), (requests, nbytes) in sorted(queues.items()):
@@ -198,24 +193,11 @@ def hourly_from_records(records: Iterable[ObservedCall]) -> Consumption:
                 bytes=nbytes,
             )
         )
-    for (hour, tenant, method, feature, agent, src, dst, provider, model), m in sorted(ai.items()):
+    ai_names = ("tenant", "tenant_method", "feature", "agent", "src_workload", "dst", "provider", "model")
+    for (hour, *dims_), m in sorted(ai.items()):
         out.ai.append(
-            Usage(
-                src_workload=src,
-                dst=dst,
-                tenant=tenant,
-                tenant_method=method,
-                feature=feature,
-                agent=agent,
-                start_us=hour,
-                end_us=hour + HOUR_US,
-                requests=m[0],
-                tokens_in=m[1],
-                tokens_out=m[2],
-                tokens_cached=m[3],
-                tokens_reasoning=m[4],
-                provider=provider,
-                model=model,
+            hourly_usage(
+                hour, {**dict(zip(ai_names, dims_, strict=True)), **dict(zip(("requests", *_TOKENS), m, strict=True))}
             )
         )
     return out
