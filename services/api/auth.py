@@ -40,8 +40,10 @@ REFUSALS = Counter(
     registry=REGISTRY,
 )
 
-#: The role a route needs, kept on its aiohttp resource (``None``: public, e.g. the console's static files).
+#: The role each route template needs (absent or ``None``: public, e.g. the console's static files).
 ROUTE_ROLE: Final = web.AppKey("route_roles", dict)
+#: The caller's role on a request (``None``: no or an unknown token, on a public route).
+ROLE: Final = web.RequestKey("role", object)
 
 
 class Tokens:
@@ -123,7 +125,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def middleware(tokens: Tokens) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     """Checks the role each route needs (``ROUTE_ROLE``; ``None``: public) and puts the caller's role in
-    ``request["role"]``; without tokens every caller is ``admin`` (loopback only)."""
+    ``request[ROLE]``; without tokens every caller is ``admin`` (loopback only)."""
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -131,12 +133,12 @@ def middleware(tokens: Tokens) -> Callable[[web.Request, Handler], Awaitable[web
         template = route.resource.canonical if route.resource is not None else ""
         needed: Role | None = request.app[ROUTE_ROLE].get(template)
         if not tokens.enabled:
-            request["role"] = "admin"
+            request[ROLE] = "admin"
             return await handler(request)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         presented = token.strip() if scheme.lower() == "bearer" else ""
         if needed is None:
-            request["role"] = tokens.role_of(presented) if presented else None
+            request[ROLE] = tokens.role_of(presented) if presented else None
             return await handler(request)
         if not presented:
             REFUSALS.labels(template, "missing_token").inc()
@@ -150,7 +152,7 @@ def middleware(tokens: Tokens) -> Callable[[web.Request, Handler], Awaitable[web
             return error_response(
                 403, f"role {role!r} may not read {template}: it needs {needed!r}", required_role=needed
             )
-        request["role"] = role
+        request[ROLE] = role
         return await handler(request)
 
     return check

@@ -36,7 +36,7 @@ class BadRequest(web.HTTPBadRequest):
 
     def __init__(self, message: str) -> None:
         ERRORS.labels("api", "bad_request").inc()
-        super().__init__(body=msgspec.json.encode(Error(error=message)), content_type="application/json")
+        super().__init__(text=msgspec.json.encode(Error(error=message)).decode(), content_type="application/json")
 
 
 @dataclass(frozen=True)

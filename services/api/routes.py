@@ -17,6 +17,7 @@ from costmesh.common.config import Config
 
 from . import answers as a
 from . import queries, tables
+from .auth import ROLE
 from .params import (
     COST_FILTER_NAMES,
     COST_FILTERS,
@@ -299,11 +300,11 @@ def handler_of(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResp
         args = parse(request, params)
         async with request.app[POOL].acquire() as conn:
             answer = await route.handler(
-                Call(args, conn, request.app[CONFIG], request.get("role"), request.app[AUTH_REQUIRED])
+                Call(args, conn, request.app[CONFIG], request.get(ROLE), request.app[AUTH_REQUIRED])
             )
         if answer is None:
             raise web.HTTPNotFound(
-                body=msgspec.json.encode(a.Error(error=f"{request.path}: {route.not_found}")),
+                text=msgspec.json.encode(a.Error(error=f"{request.path}: {route.not_found}")).decode(),
                 content_type="application/json",
             )
         if args.get("format") == "csv":
