@@ -52,8 +52,8 @@ async def seeded_database(postgres: EmbeddedPostgres, scale: Scale | None = None
 class Api:
     """A client of one running app; ``get`` checks the answer against the document unless told not to."""
 
-    def __init__(self, http: aiohttp.ClientSession, document: dict[str, Any], app: Any) -> None:
-        self.http, self.document, self.app = http, document, app
+    def __init__(self, http: aiohttp.ClientSession, document: dict[str, Any], app: Any, base: str) -> None:
+        self.http, self.document, self.app, self.base = http, document, app, base
         self.checked: set[tuple[str, int]] = set()
 
     def schema_of(self, template: str, status: int) -> dict[str, Any] | None:
@@ -103,6 +103,6 @@ async def running_api(pool: asyncpg.Pool, config: Config | None = None, tokens: 
         async with aiohttp.ClientSession(str(server.make_url(""))) as http:
             async with http.get("/v1/openapi.json") as resp:
                 document = await resp.json()
-            yield Api(http, document, app)
+            yield Api(http, document, app, str(server.make_url("")).rstrip("/"))
     finally:
         await server.close()
