@@ -130,7 +130,7 @@ export function dependencyGraph(nodes, edges) {
   const rowH = 86;
   const rows = Math.max(1, ...columns.map((c) => c.length));
   const width = Math.max(640, columns.length * colW + 40);
-  const height = Math.max(220, rows * rowH + 40);
+  const height = Math.max(260, rows * rowH + 90);
   const pos = new Map();
   columns.forEach((col, ci) => {
     const gap = height / (col.length + 1);
@@ -149,16 +149,21 @@ export function dependencyGraph(nodes, edges) {
     const x1 = a.x + 64;
     const x2 = b.x - 66;
     const mx = (x1 + x2) / 2;
+    // An edge that skips columns bows below the nodes in between instead of running through them.
+    const span = Math.round((b.x - a.x) / colW);
+    const bow = span > 1 ? 34 + 22 * (span - 1) : 0;
     const d =
       e.src === e.dst
         ? `M${a.x + 40},${a.y - 18} C${a.x + 90},${a.y - 70} ${a.x - 90},${a.y - 70} ${a.x - 40},${a.y - 18}`
-        : `M${x1},${a.y} C${mx},${a.y} ${mx},${b.y} ${x2},${b.y}`;
+        : span > 1
+          ? `M${a.x},${a.y + 20} C${a.x + 40},${a.y + 20 + bow * 1.6} ${b.x - 40},${b.y + 20 + bow * 1.6} ${b.x},${b.y + 22}`
+          : `M${x1},${a.y} C${mx},${a.y} ${mx},${b.y} ${x2},${b.y}`;
     const cls = e.errors > 0 ? "edge err" : "edge";
     const tip = `${e.src} → ${e.dst} (${e.protocol}): ${e.calls} calls, ${e.errors} errors`;
     svg += `<path class="${cls}" d="${d}" stroke-width="${sw.toFixed(1)}" marker-end="url(#arrow)"`;
     svg += ` data-src="${esc(e.src)}" data-dst="${esc(e.dst)}"><title>${esc(tip)}</title></path>`;
-    const lx = x1 + (x2 - x1) * 0.5;
-    const ly = a.y + (b.y - a.y) * 0.5 - 6;
+    const lx = span > 1 ? (a.x + b.x) / 2 : x1 + (x2 - x1) * 0.5;
+    const ly = span > 1 ? (a.y + b.y) / 2 + 20 + bow * 1.2 + 4 : a.y + (b.y - a.y) * 0.5 - 6;
     svg += `<text class="elabel" x="${lx}" y="${ly}" text-anchor="middle">${esc(e.protocol)}</text>`;
   }
   for (const n of nodes) {

@@ -318,7 +318,7 @@ async function customerPage(id) {
 }
 
 async function resourcePage(id) {
-  const r = await api(`/v1/resources/${encodeURIComponent(id)}`, { period: state.period });
+  const r = await api(`/v1/resources/${encodeURIComponent(id)}`, { period: state.period, limit: 15 });
   const total = r.totals[0];
   const consumers = r.consumers
     .map(
