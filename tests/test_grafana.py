@@ -21,7 +21,11 @@ METRIC_MODULES = (
     "costmesh.sensor.live_service",
 )
 _METRIC = re.compile(r"\b(costmesh_[a-z0-9_]+)\b")
-_SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count"), "summary": ("_sum", "_count")}
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "summary": ("_sum", "_count"),
+}
 
 
 def exported() -> set[str]:
