@@ -69,7 +69,7 @@ class Scale:
     days: int = 31
     #: Extra allocation rows per (line, tenant) beyond one, spread over features and agents.
     splits: int = 1
-    consumption_rows: int = 3000
+    consumption_rows: int = 9000
     ai_rows: int = 1500
     seed: int = 7
 
@@ -221,17 +221,32 @@ async def seed(conn: asyncpg.Connection, scale: Scale = Scale()) -> dict[str, in
         ],
         columns=("minute", "src", "dst", "protocol", "calls", "errors", "bytes_in", "bytes_out", "busy_us"),
     )
+    # a fixed set of call keys (tenant, feature, agent, edge) seen minute after minute, as live traffic is
     consumption = {}
     edges = [e for e in GRAPH if not e[0].startswith("topic:")]
-    span = max(1, scale.consumption_rows // 40) if scale.consumption_rows > 60 * 40 else 60
-    while len(consumption) < scale.consumption_rows:
-        minute = LIVE_END - timedelta(minutes=rnd.randint(1, span))
+    keys_n = max(1, min(1000, scale.consumption_rows // 180))  # at least three hours of minutes
+    call_keys = set()
+    while len(call_keys) < keys_n:
         src, dst, proto = rnd.choice(edges)
         t = rnd.choices(tenants, [weight[x] for x in tenants])[0]
-        feature, agent = rnd.choice(FEATURES), rnd.choice(AGENTS)
-        key = (minute, t, "header", feature, agent, src, dst, proto)
-        req = rnd.randint(1, 400)
-        consumption[key] = (req, req // 90, req * 300, req * 900, req * rnd.randint(400, 4000), 0, 0, 0, 0)
+        call_keys.add((t, "header", rnd.choice(FEATURES), rnd.choice(AGENTS), src, dst, proto))
+    ordered = sorted(call_keys)
+    minute = LIVE_END
+    while len(consumption) < scale.consumption_rows:
+        minute -= timedelta(minutes=1)
+        for key in ordered[: scale.consumption_rows - len(consumption)]:
+            req = rnd.randint(1, 400)
+            consumption[(minute, *key)] = (
+                req,
+                req // 90,
+                req * 300,
+                req * 900,
+                req * rnd.randint(400, 4000),
+                0,
+                0,
+                0,
+                0,
+            )
     await conn.copy_records_to_table(
         "consumption_minute",
         records=[(*k, *v) for k, v in consumption.items()],
