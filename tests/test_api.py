@@ -451,3 +451,20 @@ async def test_health_says_the_auth_mode(pool):
         assert "/v1/pnl" in api.document["paths"]
     async with running_api(pool) as api, api.http.get("/healthz") as resp:
         assert (await resp.json())["auth"] == "tokens"
+
+
+@pytest.mark.parametrize("path", ["compose/costmesh.toml", "deploy/kubernetes/configmap.yaml"])
+def test_deployed_configs_serve_beyond_loopback_only_with_tokens(path, tmp_path):
+    import yaml
+
+    from costmesh.common.config import load_config
+
+    from .conftest import REPO
+
+    file = REPO / path
+    if file.suffix == ".yaml":
+        data = yaml.safe_load(file.read_text())["data"]
+        file = tmp_path / "costmesh.toml"
+        file.write_text(next(v for k, v in data.items() if k.endswith(".toml")))
+    api = load_config(file).api
+    assert auth.is_loopback(api.host) or api.tokens_env, f"{path}: a public api.host without api.tokens_env"
