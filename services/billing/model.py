@@ -1,19 +1,20 @@
 """Billing domain types: what a cost line, a time window, a consumption row and an allocation are.
 
 Kept apart from the code that computes them (ingest, mapping, allocation) so that each of those reads and emits the
-same few shapes. ``Allocation`` and the categories are defined in ``costmesh.common.ledger`` (the API reads them too)
-and named here with the rest. Money is ``Decimal`` exactly as billed, never float; times are integer microseconds
-since the epoch.
+same few shapes. ``Allocation`` is defined in ``costmesh.common.ledger`` and the consumption shapes and categories in
+``costmesh.common.usage`` (the API and the attribution model read them too); they are named here with the rest.
+Money is ``Decimal`` exactly as billed, never float; times are integer microseconds since the epoch.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Final, Literal
+from typing import Literal
 
 import msgspec
 
-from costmesh.common.ledger import CATEGORIES, Allocation, Category
+from costmesh.common.ledger import Allocation
+from costmesh.common.usage import CATEGORIES, DIRECT_METHODS, Category, Usage, Window
 
 __all__ = [
     "CATEGORIES",
@@ -28,25 +29,8 @@ __all__ = [
     "Window",
 ]
 
-#: Tenant methods (``costmesh.common.schemas.TenantMethod``) that read the tenant on the call itself.
-DIRECT_METHODS: Final = frozenset({"header", "baggage", "jwt", "query", "path", "body", "db", "sni", "host", "tag"})
-
 #: Resource kinds, as in ``config.ResourceMapping.kind``; each has its own consumption metric (see ``allocate``).
 ResourceKind = Literal["database", "queue", "nat_gateway", "cross_az", "compute", "ai_api", "storage", "other"]
-
-
-class Window(msgspec.Struct, frozen=True):
-    """A half-open time interval ``[start_us, end_us)``."""
-
-    start_us: int
-    end_us: int
-
-    def __post_init__(self) -> None:
-        if self.end_us < self.start_us:
-            raise ValueError(f"window ends ({self.end_us}) before it starts ({self.start_us})")
-
-    def overlaps(self, start_us: int, end_us: int) -> bool:
-        return start_us < self.end_us and end_us > self.start_us
 
 
 class CostLine(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,38 +57,16 @@ class CostLine(msgspec.Struct, frozen=True, kw_only=True):
     operation: str = ""
     charge_category: str = ""
     description: str = ""
+    #: FOCUS ``SkuId`` / ``SkuMeter`` and ``PricingUnit``: with ``usage_type``, ``description`` and ``unit`` they say
+    #: which kind of AI token a line meters (``tokenkind``).
+    sku: str = ""
+    sku_meter: str = ""
+    pricing_unit: str = ""
     region: str = ""
     zone: str = ""
     quantity: Decimal | None = None
     unit: str = ""
     tags: dict[str, str] = {}
-
-
-class Usage(msgspec.Struct, kw_only=True):
-    """Consumption of one destination by one caller for one tenant/feature/agent over a window (summed records).
-
-    The same fields as ``consumption_minute`` and ``ObservedCall``: the allocation reads either.
-    """
-
-    src_workload: str
-    dst: str
-    protocol: str = ""
-    tenant: str = ""
-    tenant_method: str = "unallocated"
-    feature: str = ""
-    agent: str = ""
-    start_us: int = 0
-    end_us: int = 0
-    requests: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    busy_us: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    tokens_cached: int = 0
-    tokens_reasoning: int = 0
-    provider: str = ""
-    model: str = ""
 
 
 class ImportProblem(msgspec.Struct, frozen=True):

@@ -22,9 +22,9 @@ from costmesh.common.errors import InputError
 from costmesh.common.pnl import customer_pnl
 
 from .bills import BillError, read_bill
-from .capture import Observe, usage_from_captures
+from .capture import Observe, consumption_from_captures
 from .model import CATEGORIES, Allocation, CostLine
-from .pipeline import run
+from .pipeline import periods_window, run
 from .revenue import Revenue, RevenueError, read_revenue
 
 CENT = Decimal("0.01")
@@ -71,8 +71,8 @@ def build_report(
             )
         currency = currencies[0] if currencies else "USD"
     lines = [x for x in lines if x.currency == currency]
-    usage = usage_from_captures(captures, config, observe)
-    result = run(lines, usage, config)
+    consumption = consumption_from_captures(captures, config, observe)
+    result = run(lines, consumption, config, window=periods_window(lines))
     revenue: list[Revenue] = []
     if revenue_file is not None:
         try:

@@ -9,15 +9,13 @@ stored in ``numeric`` columns, never float.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Final, Literal
 
 import asyncpg
 import msgspec
 
-#: The allocation categories, always all shown: measured on the call (``direct``), joined by trace id (``trace``),
-#: through the caller's inbound tenant mix (``propagated``), modeled background work (``platform``), and the rest.
-Category = Literal["direct", "trace", "propagated", "platform", "unallocated"]
-CATEGORIES: Final[tuple[Category, ...]] = ("direct", "trace", "propagated", "platform", "unallocated")
+from .usage import CATEGORIES, Category
+
+__all__ = ["CATEGORIES", "Allocation", "Category", "Revenue", "load_allocations", "load_revenue"]
 
 
 class Allocation(msgspec.Struct, frozen=True, kw_only=True):
