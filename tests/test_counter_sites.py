@@ -14,13 +14,14 @@ from pathlib import Path
 
 import msgspec
 
+from costmesh.attributor import storage
 from costmesh.attributor.apply import AGG_COLUMNS, apply_batches, prepare
 from costmesh.billing import store
-from costmesh.billing.capture import per_minute, usage_from_records
-from costmesh.billing.model import Usage, Window
+from costmesh.billing.model import Window
 from costmesh.common import db
 from costmesh.common.prices import PriceTable
 from costmesh.common.schemas import CONSUMPTION_KEY, COUNTERS, CallBatch, Codec, ObservedCall, add_counters
+from costmesh.common.usage import Usage, hourly_from_records
 from costmesh.native import _fold_py
 from costmesh.sensor.analyze import render_table
 
@@ -81,11 +82,12 @@ SITES = {
     "services/common/migrations.py": ["test_tables_columns_and_the_apply_path"],
     "services/attributor/apply.py": ["test_tables_columns_and_the_apply_path"],
     "services/billing/store.py": ["test_tables_columns_and_the_apply_path"],
-    "services/billing/model.py": ["test_usage_fields_and_the_capture_path"],
+    "services/common/usage.py": ["test_usage_fields_and_the_capture_path"],
     "native/_fold.pyx": ["test_both_folds_put_each_counter_in_its_column"],
     "native/_records.pxi": ["test_both_engines_make_records_with_each_counter_in_its_field"],
     "native/_records_py.py": ["test_both_engines_make_records_with_each_counter_in_its_field"],
     "services/sensor/analyze.py": ["test_analyze_shows_each_counter_where_its_column_says"],
+    "services/api/answers.py": ["test_api_answers_declare_the_counters_in_contract_order"],
 }
 
 
@@ -114,12 +116,13 @@ def test_usage_fields_and_the_capture_path():
     fields = [f.name for f in msgspec.structs.fields(Usage)]
     start = fields.index(USAGE_COUNTERS[0])
     assert tuple(fields[start : start + len(USAGE_COUNTERS)]) == USAGE_COUNTERS
-    (row,) = per_minute([record(), record()])
-    assert row[1 : 1 + len(CONSUMPTION_KEY)] == tuple(getattr(record(), k) for k in CONSUMPTION_KEY)
-    assert row[1 + len(CONSUMPTION_KEY) :] == tuple(2 * v for v in VALUES.values())
-    (usage,) = usage_from_records([record()])
-    assert {c: getattr(usage, c) for c in USAGE_COUNTERS} == {c: VALUES[c] for c in USAGE_COUNTERS}
+    consumption = hourly_from_records([record(), record()])
+    (usage,) = consumption.usage
+    assert {c: getattr(usage, c) for c in USAGE_COUNTERS} == {c: 2 * VALUES[c] for c in USAGE_COUNTERS}
     assert all(getattr(usage, k) == getattr(record(), k) for k in CONSUMPTION_KEY)
+    (ai,) = consumption.ai
+    tokens = [c for c in USAGE_COUNTERS if c.startswith("tokens_")]
+    assert {c: getattr(ai, c) for c in ["requests", *tokens]} == {c: 2 * VALUES[c] for c in ["requests", *tokens]}
 
 
 def test_both_folds_put_each_counter_in_its_column():
@@ -144,7 +147,7 @@ async def test_tables_columns_and_the_apply_path(fresh_dsn):
             ):
                 tables.setdefault(r["table_name"], []).append(r["column_name"])
             full = {t for t, cols in tables.items() if set(COUNTERS) <= set(cols)}
-            assert {"consumption_minute", "consumption_hourly", "consumption_daily", "attributed_minute"} <= full
+            assert {"consumption_minute", "consumption_hourly", "consumption_daily"} <= full
             for name, cols in tables.items():  # any counters a table has, in contract order; all nine where it says
                 assert tuple(c for c in cols if c in COUNTERS) == tuple(c for c in COUNTERS if c in cols), name
                 if name in full:
@@ -158,7 +161,11 @@ async def test_tables_columns_and_the_apply_path(fresh_dsn):
             await apply_batches(conn, [CallBatch(batch_id="b", node="n", seq=1, records=[record()])], PriceTable())
             row = await conn.fetchrow("SELECT * FROM consumption_minute")
             assert {c: row[c] for c in COUNTERS} == VALUES
-            (usage,) = await store.load_usage(conn, Window(T0 - 3_600_000_000, T0 + 3_600_000_000))
+            minute = row["minute"]
+            await storage.refresh_rollups(conn, [minute], storage.Upkeep(flavour=await storage.flavour(conn)))
+            await storage.refresh_side_rollups(conn, [minute])
+            consumption = await store.load_consumption(conn, Window(T0 - 3_600_000_000, T0 + 3_600_000_000))
+            (usage,) = consumption.usage
             assert {c: getattr(usage, c) for c in USAGE_COUNTERS} == {c: VALUES[c] for c in USAGE_COUNTERS}
     finally:
         await pool.close()
@@ -197,3 +204,14 @@ def test_analyze_shows_each_counter_where_its_column_says():
     assert tenant == ["acme", *map(str, shown)]
     edge = rows[rows.index(["src", "dst", "protocol", "calls", "bytes", "busy_us"]) + 2]
     assert edge == ["web", "db", "http", *map(str, (v["requests"], v["bytes_in"] + v["bytes_out"], v["busy_us"]))]
+
+
+def test_api_answers_declare_the_counters_in_contract_order():
+    """The API's usage rows carry every counter, and the customer page's edge rows a subset, each in contract order
+    (``queries`` builds its SQL from these declarations, so a counter in the wrong place would be a wrong column)."""
+    from costmesh.api import answers, queries
+
+    usage = [f.name for f in msgspec.structs.fields(answers.UsageRow) if f.name in COUNTERS]
+    assert tuple(usage) == COUNTERS
+    edge = [f.name for f in msgspec.structs.fields(answers.Operation) if f.name in COUNTERS]
+    assert tuple(edge) == tuple(c for c in COUNTERS if c in edge) == queries.OPERATION_MEASURES

@@ -634,17 +634,20 @@ async def usage(
     )
 
 
+#: What the customer page shows per edge: the counters ``answers.Operation`` declares, in contract order.
+OPERATION_MEASURES: Final = tuple(f.name for f in msgspec.structs.fields(a.Operation) if f.name in COUNTERS)
+
+
 async def top_operations(
     conn: asyncpg.Connection, tenant: str, start: datetime, end: datetime, limit: int
 ) -> list[a.Operation]:
     q = Sql()
     hourly, minutely = await consumption_parts(conn, q, start, end)
     who = f" AND tenant = {q(tenant)}"
-    fields = "src_workload, dst, protocol, requests, errors, busy_us, bytes_in, bytes_out, tokens_in, tokens_out"
+    fields = ", ".join(("src_workload", "dst", "protocol", *OPERATION_MEASURES))
+    sums = ", ".join(f"sum({m})::bigint AS {m}" for m in OPERATION_MEASURES)
     rows = await conn.fetch(
-        "SELECT src_workload, dst, protocol, sum(requests)::bigint AS requests, sum(errors)::bigint AS errors, "
-        "sum(busy_us)::bigint AS busy_us, sum(bytes_in)::bigint AS bytes_in, sum(bytes_out)::bigint AS bytes_out, "
-        "sum(tokens_in)::bigint AS tokens_in, sum(tokens_out)::bigint AS tokens_out FROM ("
+        f"SELECT src_workload, dst, protocol, {sums} FROM ("
         f"SELECT {fields} FROM consumption_hourly WHERE {hourly}{who} UNION ALL "
         f"SELECT {fields} FROM consumption_minute WHERE {minutely}{who}"
         f") u GROUP BY 1, 2, 3 ORDER BY busy_us DESC, requests DESC, 1, 2, 3 LIMIT {int(limit)}",
