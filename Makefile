@@ -7,9 +7,12 @@ deps:
 demo: deps
 	.venv/bin/costmesh demo --capture tests/data/demo_tenants.pcap --config tests/data/demo/costmesh.toml --keep
 
+# The suite runs twice: on the compiled build, then on the pure-Python twins (COSTMESH_NO_EXTENSIONS=1, inherited by
+# every service the tests start), so that no path is tested on one build only.
 test: deps
 	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -q
+	COSTMESH_NO_EXTENSIONS=1 .venv/bin/python -m pytest -q
 
 lint: deps
 	.venv/bin/ruff check .

@@ -1,7 +1,10 @@
 """Build script: maps the source folders onto the ``costmesh`` package and compiles ``native/*.pyx``.
 
 ``services/`` is the package ``costmesh`` and ``native/`` is ``costmesh.native``. With ``COSTMESH_NO_EXTENSIONS=1`` no
-extension is compiled and the pure-Python twins are used, the same switch the runtime reads.
+extension is compiled and the pure-Python twins are used, the same switch the runtime reads. With ``COSTMESH_DEBUG=1``
+the extensions are built for finding bugs: ``-O0 -g``, Cython's bounds checks, and the engine's own invariant checks
+(``if COSTMESH_DEBUG:`` in ``native/``: a flow's request list after every delivery, the packed aggregate keys), which
+raise ``AssertionError``; ``tests/test_debug_build.py`` builds it and runs the parser corpus through it.
 """
 
 import glob
@@ -72,7 +75,7 @@ setup(
     package_dir=PACKAGE_DIRS,
     packages=_packages(),
     package_data={
-        "costmesh.native": ["*.pxd", "*.pyi", "*.c", "*.h"],
+        "costmesh.native": ["*.pxd", "*.pxi", "*.pyi", "*.c", "*.h"],
         "costmesh.sensor.bpf": ["*.c", "*.h"],
         "costmesh.api": ["console/*"],
     },

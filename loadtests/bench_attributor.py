@@ -79,12 +79,9 @@ async def raw_copy(dsn: str, batches) -> tuple[float, int]:
     rows = [as_row(r) for _bid, data in batches for r in codec.decode_batch(data).records]
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(
-            "CREATE TABLE copy_baseline (window_start_us bigint, tenant text, tenant_method text, feature text, "
-            "agent text, src_workload text, dst text, protocol text, operation text, requests bigint, errors bigint, "
-            "bytes_in bigint, bytes_out bigint, busy_us bigint, tokens_in bigint, tokens_out bigint, "
-            "tokens_cached bigint, tokens_reasoning bigint)"
-        )
+        numeric = {"window_start_us", *COUNTERS}
+        columns = ", ".join(f"{c} {'bigint' if c in numeric else 'text'}" for c in RECORD_COLUMNS)
+        await conn.execute(f"CREATE TABLE copy_baseline ({columns})")
         start = time.perf_counter()
         for i in range(0, len(rows), 32_000):
             await conn.copy_records_to_table("copy_baseline", records=rows[i : i + 32_000], columns=RECORD_COLUMNS)

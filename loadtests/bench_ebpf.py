@@ -120,16 +120,18 @@ def redactor(nats_url: str) -> None:
 
 def sense(port: int, parse: bool, tls_processes: str = "", nats_url: str = "") -> None:
     """Capture on lo until SIGTERM, then print one JSON line: requests observed on ``port``, drops, kernel counts.
-    With ``parse`` the frames go to the parser of the day (``costmesh.native.sensor.Sensor``), else to ``NullSink``.
-    With ``nats_url`` every window's records and flows are sent as the live service sends them (``LiveBatchSender``,
+    With ``parse`` the frames go to the parser of the day (``costmesh.sensor.core.Sensor``), else to ``NullSink``.
+    With ``nats_url`` every window's records and flows are sent as the live service sends them (``BatchSender``,
     confirmed request/reply), so the sensor's CPU includes encoding and sending."""
     import uvloop
 
     from costmesh.common.config import Config, Workload
-    from costmesh.native.sensor import Sensor
-    from costmesh.sensor.live import LiveCapture, SensorFrameSink
-    from costmesh.sensor.live_service import LiveBatchSender, build_capture
-    from costmesh.sensor.live_tls import TlsPlaintextSink
+    from costmesh.sensor.core import Sensor
+    from costmesh.sensor.live.capture import LiveCapture
+    from costmesh.sensor.live.service import build_capture
+    from costmesh.sensor.live.sinks import SensorFrameSink
+    from costmesh.sensor.live.tls import TlsPlaintextSink
+    from costmesh.sensor.sender import BatchSender
 
     config = Config(workloads=[Workload(address="127.0.0.1", port=port, name=SERVER_NAME)])
     config.sensor.interfaces = ["lo"]
@@ -166,14 +168,12 @@ def sense(port: int, parse: bool, tls_processes: str = "", nats_url: str = "") -
             import nats
 
             nc = await nats.connect(nats_url)
-            sender = LiveBatchSender(nc, "bench", config.sensor.batch_records)
+            sender = BatchSender(nc, "bench", config.sensor.batch_records)
 
         async def on_window_sent(win):
             await on_window(win)
             if sender is not None and (win.records or win.flows):
-                totals["batches"] = totals.get("batches", 0) + await sender.send_window(
-                    win.records, win.flows, stopping
-                )
+                totals["batches"] = totals.get("batches", 0) + await sender.send(win.records, stopping, win.flows)
 
         print("ready", flush=True)
         try:
@@ -337,8 +337,8 @@ def main() -> int:
     print(
         "\nratio = generator throughput with the sensor / alone (same run). capture = kernel filter, flow counters,"
         "\nrings, AI-flow marker and TLS probes, frames handed to a sink that parses nothing; capture+parse = the same"
-        "\nwith the sensor's parsing core (costmesh.native.sensor) behind the FrameSink seam; full sensor = that, and"
-        "\nevery window's records and flows sent as the live service sends them (LiveBatchSender, confirmed by a"
+        "\nwith the sensor's parsing core (costmesh.sensor.core) behind the FrameSink seam; full sensor = that, and"
+        "\nevery window's records and flows sent as the live service sends them (BatchSender, confirmed by a"
         "\nstand-in redactor over a local nats-server). observed/done ="
         "\nrequests the sensor paired with their responses / requests wrk completed (wrk leaves out those in flight"
         "\nwhen it stops). @target = CPU per request × the target rate, as % of one core (wrk holds a rate only"

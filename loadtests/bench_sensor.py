@@ -151,7 +151,7 @@ def run_costmesh(
     ``collapse_ids``: the sensor's default (ids in paths and query values folded, as the redactor's cache key);
     False keeps operations exactly as seen, so nearly every request here is its own record."""
     from costmesh.common.config import Config, SensorConfig
-    from costmesh.native.sensor import Sensor
+    from costmesh.sensor.core import Sensor
 
     config = Config(sensor=SensorConfig(collapse_ids=collapse_ids))
     sensor = Sensor(config, "bench", engine_cls=engine_cls, reader_cls=reader_cls)

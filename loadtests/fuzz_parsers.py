@@ -34,7 +34,7 @@ from bench_sensor import make_http_capture, make_pg_capture  # noqa: E402
 
 from costmesh.common.config import Config  # noqa: E402
 from costmesh.native import _capture, _capture_py, _engine, _engine_py  # noqa: E402
-from costmesh.native.sensor import Sensor  # noqa: E402
+from costmesh.sensor.core import Sensor  # noqa: E402
 
 
 def corpus() -> list[tuple[int, bytes]]:

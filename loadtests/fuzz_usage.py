@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from costmesh.native import _usage, _usage_py, ai
+from costmesh.native import _usage, _usage_py
+from costmesh.sensor.core import ai
 
 ROOT = Path(__file__).resolve().parent.parent
 AI = ROOT.parent / "shared" / "data" / "ai"

@@ -4,10 +4,11 @@ read in C, without decoding it into Python objects.
 Reads: the request target and ``Host``, the response body after de-chunking, its ``Content-Type`` and whether it has a
 ``Content-Encoding``. Emits: a ``Usage`` struct (tokens in/out/cached/reasoning as ``ai._tokens`` computes them, and
 the span of the top-level ``"model"`` string in the body), or *no answer*. Why: an AI call costs ~10 us through the
-generic JSON decode in ``ai.py``, and the engine would spend most of its time there on realistic traffic.
+generic JSON decode in ``ai`` (``costmesh.sensor.core.ai``), and the engine would spend most of its time there on
+realistic traffic.
 
-Correctness first: it answers only when the result is certain to equal ``ai.response_usage`` (then
-``sensor.Slow.ai``). It validates the whole body as strict JSON (strings with valid UTF-8, no control characters) and
+Correctness first: it answers only when the result is certain to equal ``ai.response_usage`` (then ``Slow.ai``). It
+validates the whole body as strict JSON (strings with valid UTF-8, no control characters) and
 gives up, so the caller takes the full Python path, on anything unusual: a ``\\u`` escape of a surrogate, an escaped key
 where keys matter, a duplicate ``model``/``usage`` or usage key, a float/negative/huge token count, any content
 coding, an event stream, non-empty objects under the keys the Python path searches (``response``, ``message``, ``metadata``) or

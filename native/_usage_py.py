@@ -1,10 +1,11 @@
 """Pure-Python twin of ``_usage.pyx`` (same scan, same answers, same refusals): the AI usage fast path.
 
 Reads: a response body, its ``Content-Type`` and ``Content-Encoding``; a request target and ``Host``. Emits:
-``(model, tokens_in, tokens_out, tokens_cached, tokens_reasoning)`` or None where the full path (``ai.py``) must
-decide; ``provider`` as ``ai.provider_of`` gives it. Why a twin: the parser tests run both builds and require the same
-output, so the compiled scanner's rules are written out once more here, readable, and checked against it. The
-pure-Python engine does not call it (the full path through msgspec is faster than this in Python).
+``(model, tokens_in, tokens_out, tokens_cached, tokens_reasoning)`` or None where the full path
+(``costmesh.sensor.core.ai``) must decide; ``provider`` as ``ai.provider_of`` gives it. Why a twin: the parser tests
+run both builds and require the same output, so the compiled scanner's rules are written out once more here, readable,
+and checked against it. The pure-Python engine does not call it (the full path through msgspec is faster than this in
+Python).
 """
 
 from __future__ import annotations

@@ -1,11 +1,15 @@
-"""Names of the sensor's counters and parse-error kinds, shared by both builds (they count into arrays by index).
+"""What the engine and its callers agree on, shared by both builds: counter and parse-error names (the engine counts
+into arrays by index), the kinds of extraction rule the engine evaluates itself, the longest id it keeps, and the one
+``CaptureError``.
 
-Error kinds label ``costmesh_errors_total{service="sensor",kind=...}``; counters describe what was seen.
+Error kinds label ``costmesh_input_errors_total{service="sensor",kind=...}``; counters describe what was seen.
 """
 
 from __future__ import annotations
 
 from typing import Final
+
+from costmesh.common.errors import InputError
 
 ERROR_KINDS: Final = (
     "capture_format",
@@ -57,8 +61,19 @@ COUNTERS: Final = (
 )
 C = {name: i for i, name in enumerate(COUNTERS)}
 
+#: Protocol names of the engine's records, by record code (``R_*``): the contract's ``ObservedCall.protocol``.
+PROTOCOLS: Final = ("http", "postgres", "tls", "dns")
+R_HTTP, R_PG, R_TLS, R_DNS = 0, 1, 2, 3
 
-class CaptureError(Exception):
+#: Longest id (tenant, feature, agent, host) kept, in bytes; longer values are cut, in both builds.
+MAX_VALUE: Final = 128
+
+#: Kinds of extraction rule (``RuleSet.kinds``): the engine reads a header, a baggage key, a query parameter or the host
+#: itself; anything else (``SRC_PY``: JWT, path, body, patterns) it hands to the rules' Python slow path.
+SRC_HEADER, SRC_BAGGAGE, SRC_QUERY, SRC_HOST, SRC_PY = 0, 1, 2, 3, 4
+
+
+class CaptureError(InputError):
     """A capture that cannot be read further: ``path``, byte ``offset`` of the bad record, ``kind``, ``reason``.
 
     Defined once here so both capture readers raise the same class."""

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Walks the ready blocks of a TPACKET_V3 receive ring (see ``costmesh.sensor.live_ring``) and hands each frame on.
+"""Walks the ready blocks of a TPACKET_V3 receive ring (see ``costmesh.sensor.live.ring``) and hands each frame on.
 
 The live sensor's path (``feed_blocks`` with a compiled ``Engine``) makes no Python object per frame: frames go by
 pointer into the engine's C entry while the block is still ours, and only the rare frame that opens a connection

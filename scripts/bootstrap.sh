@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything costmesh needs, idempotently: Debian packages (apt-get when root; otherwise a message naming
 # them), then .venv with the project (Cython extensions built) and its dev extra. Re-running does nothing unless
-# pyproject.toml, setup.py or native/ changed.
+# pyproject.toml, setup.py or the Cython sources in native/ changed.
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ done
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 stamp=.venv/.costmesh-installed
-want=$(cat pyproject.toml setup.py native/*.pyx native/*.pxd 2>/dev/null | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py native/*.pyx native/*.pxd native/*.pxi 2>/dev/null | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing costmesh and its dependencies into .venv (log: .venv/pip.log)"
   if ! .venv/bin/python -m pip install --disable-pip-version-check -e '.[dev]' > .venv/pip.log 2>&1; then

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from costmesh import __version__
 from costmesh.common.config import Config, ConfigError, load_config
+from costmesh.common.errors import StartupError
 from costmesh.common.logs import setup_logging
 from costmesh.common.natsio import Unreachable
+from costmesh.common.tables import render_table
 
 log = logging.getLogger("costmesh.cli")
 
@@ -36,8 +38,13 @@ def _load(path: str | None) -> Config:
         raise SystemExit(2) from None
 
 
+def _command(sub: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
+    """A subcommand whose one line of help is also its description."""
+    return sub.add_parser(name, help=text, description=text)
+
+
 def _service_parser(sub: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=SERVICES[name], description=SERVICES[name])
+    p = _command(sub, name, SERVICES[name])
     p.add_argument("--config", help="config file (TOML); defaults apply without one")
     p.add_argument("--nats-url", default="", help="NATS URL (default: nats.url from config)")
     p.add_argument("--dsn", default="", help="PostgreSQL DSN (default: postgres.dsn / dsn_env from config)")
@@ -84,21 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser(
-        "up",
-        help="Run everything: embedded NATS and PostgreSQL (unless configured) and all services.",
-        description="Run everything: embedded NATS and PostgreSQL (unless configured) and all services.",
-    )
+    up = _command(sub, "up", "Run everything: embedded NATS and PostgreSQL (unless configured) and all services.")
     up.add_argument("--config", help="config file (TOML)")
     up.add_argument("--data-dir", help="folder for embedded NATS and PostgreSQL data (default: data_dir from config)")
     up.add_argument("--replay", action="append", default=[], metavar="CAPTURE", help="capture for the sensor to replay")
     up.add_argument("--api-port", type=int, default=0, help="API listen port (default: api.port from config)")
 
-    demo = sub.add_parser(
-        "demo",
-        help="Replay a capture through the whole embedded pipeline and print usage per tenant.",
-        description="Replay a capture through the whole embedded pipeline and print usage per tenant.",
-    )
+    demo = _command(sub, "demo", "Replay a capture through the whole embedded pipeline and print usage per tenant.")
     demo.add_argument("--capture", required=True, help="capture file (pcap) to replay")
     demo.add_argument("--config", help="config file (TOML)")
     demo.add_argument("--timeout", type=float, default=60, help="seconds to wait for the pipeline (default 60)")
@@ -109,10 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in SERVICES:
         _service_parser(sub, name)
 
-    report = sub.add_parser(
-        "report",
-        help="Print a chargeback report (cost and margin per customer) from bill files, without a deployment.",
-        description="Print a chargeback report (cost and margin per customer) from bill files, without a deployment.",
+    report = _command(
+        sub, "report", "Print a chargeback report (cost and margin per customer) from bill files, without a deployment."
     )
     report.add_argument("--bill", nargs="+", required=True, metavar="FILE", help="bill files: FOCUS or AWS CUR")
     report.add_argument(
@@ -123,25 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output (default table)")
     report.add_argument("--currency", help="report only lines in this currency (needed when bills mix currencies)")
 
-    analyze = sub.add_parser(
-        "analyze",
-        help="Analyze a capture offline through the sensor's parser and print calls per tenant.",
-        description="Analyze a capture offline through the sensor's parser and print calls per tenant.",
+    analyze = _command(
+        sub, "analyze", "Analyze a capture offline through the sensor's parser and print calls per tenant."
     )
     analyze.add_argument("capture", metavar="CAPTURE", help="capture file (pcap or pcapng)")
     analyze.add_argument("--config", help="config file (TOML): extraction rules, workloads, sensor ports")
     analyze.add_argument("--format", choices=["table", "json"], default="table", help="output format (default table)")
 
-    config = sub.add_parser("config", help="Work with config files.", description="Work with config files.")
+    config = _command(sub, "config", "Work with config files.")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    check = config_sub.add_parser(
-        "check",
-        help="Validate a config file; exit 2 naming file, key and reason if invalid.",
-        description="Validate a config file; exit 2 naming file, key and reason if invalid.",
-    )
+    check = _command(config_sub, "check", "Validate a config file; exit 2 naming file, key and reason if invalid.")
     check.add_argument("file", help="config file (TOML)")
 
-    sub.add_parser("version", help="Print the costmesh version.", description="Print the costmesh version.")
+    _command(sub, "version", "Print the costmesh version.")
     return parser
 
 
@@ -235,19 +226,6 @@ def _demo(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def render_table(rows: list[dict], columns: list[str]) -> str:
-    """A plain aligned text table; empty tenant shows as ``(none)``."""
-    cells = [[str(r.get(c, "")) or "(none)" for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-
-    def line(values: list[str]) -> str:
-        return "  ".join(
-            v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
-        )
-
-    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "version":
@@ -266,12 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         config.log_level = args.log_level
     if args.command == "report":
         from costmesh.billing.report import main as report_main
+        from costmesh.sensor.replay import observe
 
-        return report_main(args, config)
+        return report_main(args, config, observe)
     if args.command == "billing" and args.action != "run":
         from costmesh.billing.commands import unmatched
+        from costmesh.sensor.replay import observe
 
-        return unmatched(args, config)
+        return unmatched(args, config, observe)
     if args.command in SERVICES:
         return _run_service(args, config)
     if args.command == "analyze":
@@ -287,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.api_port:
             config.api.port = args.api_port
         return run_up(config, args.config, Path(args.data_dir or config.data_dir), args.replay)
-    except (Unreachable, RuntimeError) as exc:
+    except (Unreachable, StartupError) as exc:
         print(f"costmesh: {exc}", file=sys.stderr)
         return 1
     except ConfigError as exc:

@@ -31,6 +31,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.basetemp = str(REPO / ".pytest-tmp")
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which build this run tests (``make test`` runs the suite on both)."""
+    from costmesh.native.engine import BUILD
+
+    how = "COSTMESH_NO_EXTENSIONS=1: the pure-Python twins" if BUILD == "python" else "the compiled extensions"
+    return f"costmesh build: {BUILD} ({how})"
+
+
 @pytest.fixture
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
     """A JetStream server per test (it starts in ~50 ms): streams share subjects, so tests must not share servers."""

@@ -15,10 +15,11 @@ import pytest
 from aiohttp import web
 
 from costmesh.common.config import Config
-from costmesh.native.sensor import Sensor
 from costmesh.sensor.bpf import BpfUnavailable
-from costmesh.sensor.live import FrameListSink, LiveCapture, LiveWindow, SensorFrameSink
-from costmesh.sensor.live_tls import TlsPlaintextSink
+from costmesh.sensor.core import Sensor
+from costmesh.sensor.live.capture import LiveCapture
+from costmesh.sensor.live.sinks import FrameListSink, LiveWindow, SensorFrameSink
+from costmesh.sensor.live.tls import TlsPlaintextSink
 
 
 class FrameRecorder(FrameListSink):

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from costmesh.common.config import Config, Rule
-from costmesh.native import _usage_py, ai
+from costmesh.native import _usage_py
+from costmesh.sensor.core import ai
 
 from .conftest import SHARED_DATA
 from .test_native_parsers import BUILDS, conversation, pcap_bytes, run_capture

@@ -230,12 +230,14 @@ async def test_filters_take_several_values_and_csv_matches_json(api, pool):
 
 
 async def test_pnl_is_the_one_pnl_rule_over_every_row(api, pool):
-    from costmesh.billing import store
-    from costmesh.billing.pnl import customer_pnl
+    from costmesh.common import ledger
+    from costmesh.common.pnl import customer_pnl
 
     body = await api.get("/v1/pnl", {"period": PERIOD}, role="finance")
     async with pool.acquire() as conn:
-        report = customer_pnl(await store.load_allocations(conn, PERIOD), await store.load_revenue(conn, PERIOD), "USD")
+        report = customer_pnl(
+            await ledger.load_allocations(conn, PERIOD), await ledger.load_revenue(conn, PERIOD), "USD"
+        )
     assert [c["customer"] for c in body["customers"]] == [c.customer for c in report.customers]
     assert [Decimal(c["margin"]) for c in body["customers"]] == [c.margin for c in report.customers]
     assert Decimal(body["billed"]) == report.billed and Decimal(body["unallocated"]) == report.not_allocated

@@ -11,9 +11,9 @@ from aiohttp.test_utils import TestServer
 
 from costmesh.api.app import make_app
 from costmesh.attributor.apply import apply_batches, prepare
-from costmesh.attributor.graph import live_graph
 from costmesh.common import db
 from costmesh.common.config import Config
+from costmesh.common.graph import live_graph
 from costmesh.common.prices import PriceTable
 from costmesh.common.runtime import ServiceContext
 from costmesh.common.schemas import CallBatch, ObservedCall

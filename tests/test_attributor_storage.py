@@ -136,3 +136,25 @@ async def test_old_replay_is_not_expired_on_arrival(fresh_dsn):
     finally:
         await writer.close()
         await upkeep.close()
+
+
+async def test_an_old_replay_committed_while_the_pass_expires_is_kept(fresh_dsn, monkeypatch):
+    """The first maintenance pass reads an empty store (retention counts back from now) while an old capture's first
+    batch commits: the pass must not then delete those rows as past retention (it did: the base and the deletes read
+    different snapshots)."""
+    writer, upkeep = await _setup(fresh_dsn)
+    old = datetime(2026, 1, 1, 9, tzinfo=UTC)
+    real_base = storage.retention_base
+
+    async def base_then_replay(conn: asyncpg.Connection, now: datetime) -> datetime:
+        base = await real_base(conn, now)
+        await apply_batches(writer, [batch("o", old, "acme", 1)], PriceTable())  # commits meanwhile
+        return base
+
+    monkeypatch.setattr(storage, "retention_base", base_then_replay)
+    try:
+        await maintenance.run_pass(upkeep, Config(), NOW)
+        assert await upkeep.fetchval("SELECT sum(requests) FROM consumption_minute") == 1
+    finally:
+        await writer.close()
+        await upkeep.close()

@@ -7,10 +7,10 @@ from decimal import Decimal
 import pytest
 
 from costmesh.billing import store
-from costmesh.billing.model import Allocation
-from costmesh.billing.pnl import customer_pnl
-from costmesh.billing.revenue import Revenue, RevenueError, read_revenue
-from costmesh.common import db
+from costmesh.billing.revenue import RevenueError, read_revenue
+from costmesh.common import db, ledger
+from costmesh.common.ledger import Allocation, Revenue
+from costmesh.common.pnl import customer_pnl
 
 
 def a(tenant: str, method: str, amount: str, currency: str = "USD") -> Allocation:
@@ -80,6 +80,6 @@ async def test_revenue_store_replaces(fresh_dsn):
         async with pool.acquire() as conn:
             await store.replace_revenue(conn, [Revenue("acme", "2024-09", Decimal("1.5"), "USD")])
             await store.replace_revenue(conn, [Revenue("acme", "2024-09", Decimal("2.5"), "USD")])
-            assert await store.load_revenue(conn, "2024-09") == [Revenue("acme", "2024-09", Decimal("2.5"), "USD")]
+            assert await ledger.load_revenue(conn, "2024-09") == [Revenue("acme", "2024-09", Decimal("2.5"), "USD")]
     finally:
         await pool.close()

@@ -72,6 +72,7 @@ def test_demo_prints_tenants_then_cost_and_margin_and_leaves_nothing_running():
     from decimal import Decimal
 
     from costmesh.billing.report import build_report
+    from costmesh.sensor.replay import observe
 
     demo = DATA / "demo"
     mark = uuid.uuid4().hex
@@ -102,6 +103,7 @@ def test_demo_prints_tenants_then_cost_and_margin_and_leaves_nothing_running():
         sorted((demo / "bills").iterdir()),
         config,
         captures=[DATA / "demo_tenants.pcap"],
+        observe=observe,
         revenue_file=demo / "revenue.csv",
     )
     cent = Decimal("0.01")

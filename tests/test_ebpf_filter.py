@@ -18,7 +18,8 @@ from costmesh.common.config import Config
 from costmesh.common.embedded import free_port
 from costmesh.common.metrics import REGISTRY
 from costmesh.sensor import bpf
-from costmesh.sensor.live import LiveCapture, client_hello_sni, http_host
+from costmesh.sensor.live.ai_marker import client_hello_sni, http_host
+from costmesh.sensor.live.capture import LiveCapture
 
 from .ebpf_harness import FrameRecorder, LiveHarness, RawCount, open_or_skip, per_direction, settled_flows, text_server
 

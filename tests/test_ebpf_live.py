@@ -191,7 +191,7 @@ async def test_https_ai_call_plaintext_and_tokens_by_uprobe(self_signed):
         per_tenant[r.tenant] += r.requests
     assert per_tenant == Counter(calls)
     n = len(bodies)
-    # tokens_in is billed input: prompt tokens less cache reads (costmesh.native.ai), as for captured frames.
+    # tokens_in is billed input: prompt tokens less cache reads (costmesh.sensor.core.ai), as for captured frames.
     cached = USAGE["prompt_tokens_details"]["cached_tokens"]
     assert sum(r.tokens_in for r in mine) == (USAGE["prompt_tokens"] - cached) * n
     assert sum(r.tokens_out for r in mine) == USAGE["completion_tokens"] * n
@@ -360,7 +360,7 @@ async def test_only_the_named_processes_are_probed(self_signed):
         config.sensor.tls_processes = ["^ai-agent$"]
         harness = await LiveHarness(config, tls=True).start()
         agent = clients["ai-agent"].pid
-        assert set(harness.capture._tls_pids) == {agent}
+        assert set(harness.capture.tls_probes.pids) == {agent}
         for proc in clients.values():
             proc.stdin.write(b"go\n")
             proc.stdin.flush()
@@ -369,8 +369,8 @@ async def test_only_the_named_processes_are_probed(self_signed):
             proc.stdin.close()
             await asyncio.to_thread(proc.wait, 10)
         await asyncio.sleep(0.3)
-        harness.capture.attach_tls_libraries()  # the agent has ended: its probes go
-        assert harness.capture._tls_pids == {} and not harness.capture.tls_bpf.uprobe_fds
+        harness.capture.tls_probes.attach()  # the agent has ended: its probes go
+        assert harness.capture.tls_probes.pids == {} and not harness.capture.tls_bpf.uprobe_fds
         await harness.stop()
     finally:
         for proc in (*clients.values(), server):
@@ -426,7 +426,7 @@ async def test_a_process_started_after_the_sensor_is_probed_at_once(self_signed,
 
         async def probed() -> bool:
             if mode == "named process":
-                return bool(harness.capture._tls_pids.get(client.pid))
+                return bool(harness.capture.tls_probes.pids.get(client.pid))
             return _probes(harness.capture, libdir / "libssl.so.3")
 
         await wait_for(probed, timeout=5)
@@ -449,7 +449,7 @@ async def test_looks_at_started_programs_are_capped_and_the_rest_counted():
     import ctypes
 
     from costmesh.sensor import bpf
-    from costmesh.sensor.live import EXEC_LOOKS_PER_S
+    from costmesh.sensor.live.tls_probes import EXEC_LOOKS_PER_S
 
     def looks(outcome: str) -> float:
         return metric("costmesh_sensor_exec_looks_total", outcome=outcome)
@@ -458,11 +458,12 @@ async def test_looks_at_started_programs_are_capped_and_the_rest_counted():
     capture = harness.capture
     try:
         await asyncio.sleep(0.1)  # the capture loop is running (started programs are looked at from it)
-        capture._exec_budget = EXEC_LOOKS_PER_S  # as at the start of a window: the real events of this host aside
+        # as at the start of a window: the real events of this host aside
+        capture.tls_probes.exec_budget = EXEC_LOOKS_PER_S
         looked, skipped = looks("looked"), looks("skipped")
         event = ctypes.create_string_buffer(bpf.EXEC_EVENT.pack(2**31 - 1, b"cc1"))  # a pid that does not exist
         for _ in range(EXEC_LOOKS_PER_S + 7):
-            capture._on_exec(None, ctypes.addressof(event), bpf.EXEC_EVENT.size)
+            capture.tls_probes.on_exec(None, ctypes.addressof(event), bpf.EXEC_EVENT.size)
         assert looks("looked") - looked == EXEC_LOOKS_PER_S
         assert looks("skipped") - skipped == 7
     finally:

@@ -17,7 +17,7 @@ import pytest
 
 from costmesh.common.config import Config
 from costmesh.native import ring_py
-from costmesh.native.sensor import Sensor
+from costmesh.sensor.core import Sensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
 from make_demo_capture import build as demo_frames
@@ -264,7 +264,7 @@ def test_random_blocks_are_walked_or_refused_never_read_past_or_looped():
 def test_the_live_ring_counts_a_bad_block_gives_it_back_and_reads_on():
     """``PacketRing.feed`` (the live reader): a block that would be read past its end is counted
     (costmesh_input_errors_total{kind="ring_block"}), handed back to the kernel, and the blocks after it are read."""
-    from costmesh.sensor.live_ring import SEEN_CONNECTIONS, PacketRing
+    from costmesh.sensor.live.ring import SEEN_CONNECTIONS, PacketRing
 
     def bad_blocks() -> float:
         return metric("costmesh_input_errors_total", service="sensor", kind="ring_block")

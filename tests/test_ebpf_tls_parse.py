@@ -1,4 +1,4 @@
-"""TLS plaintext through the sensor's own engine (``live_tls.TlsPlaintextSink``), without the kernel: every recorded
+"""TLS plaintext through the sensor's own engine (``live.tls.TlsPlaintextSink``), without the kernel: every recorded
 AI conversation gives the same call over TLS as in plaintext on the wire; streams split across calls and chunks;
 the server side; a call cut by the chunk limit; connections of one process merged; idle connections forgotten.
 (The live uprobe path is tested in test_ebpf_live.py.)"""
@@ -11,9 +11,9 @@ import json
 import pytest
 
 from costmesh.common.config import Config
-from costmesh.sensor import live_tls
-from costmesh.sensor.live import TlsChunk
-from costmesh.sensor.live_tls import IDLE_US, TLS_CHUNK, TlsPlaintextSink
+from costmesh.sensor.live import tls as live_tls
+from costmesh.sensor.live.sinks import TlsChunk
+from costmesh.sensor.live.tls import IDLE_US, TLS_CHUNK, TlsPlaintextSink
 
 from .conftest import metric
 from .test_native_parsers import BUILDS, conversation, pcap_bytes, run_capture

@@ -17,8 +17,7 @@ METRIC_MODULES = (
     "costmesh.common.metrics",
     "costmesh.api.app",
     "costmesh.redactor.metrics",
-    "costmesh.sensor.live",
-    "costmesh.sensor.live_service",
+    "costmesh.sensor.live.metrics",
 )
 _METRIC = re.compile(r"\b(costmesh_[a-z0-9_]+)\b")
 _SUFFIXES = {

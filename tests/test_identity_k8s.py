@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 from costmesh.common.config import Config
-from costmesh.sensor.identity import IdentityResolver
-from costmesh.sensor.identity_k8s import KubernetesIdentity
+from costmesh.sensor.live.identity import IdentityResolver
+from costmesh.sensor.live.identity_k8s import KubernetesIdentity
 
 from .conftest import DATA, wait_for
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from costmesh.common.config import Config, Workload
-from costmesh.sensor.identity import (
+from costmesh.sensor.live.identity import (
     IdentityResolver,
     ProcIdentity,
     StaticIdentity,

@@ -23,7 +23,7 @@ from costmesh.billing import service, store, tokenkind
 from costmesh.billing.allocate import Allocator, Target
 from costmesh.billing.model import CostLine, ImportResult, Window
 from costmesh.billing.pipeline import period_window, run
-from costmesh.common import db
+from costmesh.common import db, ledger
 from costmesh.common.attribution import inbound_mixes
 from costmesh.common.config import Config, ResourceMapping, Workload
 from costmesh.common.prices import PriceTable
@@ -176,7 +176,7 @@ async def _live(dsn: str, records: list[ObservedCall], lines: list[CostLine], cf
     await maintenance.run_pass(upkeep, cfg, T + timedelta(hours=3))
     await store.import_file(upkeep, ImportResult("bill.csv", "sha-bill", lines, []), "focus")
     await service.allocate_period(upkeep, "2026-03", cfg)
-    return writer, upkeep, await store.load_allocations(upkeep, "2026-03")
+    return writer, upkeep, await ledger.load_allocations(upkeep, "2026-03")
 
 
 def _rows(allocations) -> set[tuple]:
@@ -237,7 +237,7 @@ async def test_live_path_follows_queues_splits_ai_by_kind_and_reallocates_after_
         for table in ("consumption_minute", "queue_minute", "ai_usage_minute"):
             assert await upkeep.fetchval(f"SELECT count(*) FROM {table} WHERE minute < $1", T + timedelta(hours=1)) == 0
         await service.allocate_period(upkeep, "2026-03", CFG)
-        again = await store.load_allocations(upkeep, "2026-03")
+        again = await ledger.load_allocations(upkeep, "2026-03")
         assert _rows(again) == _rows(first)
     finally:
         await writer.close()

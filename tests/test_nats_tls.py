@@ -30,7 +30,7 @@ from costmesh.common.runtime import ServiceContext
 from costmesh.common.schemas import ObservedCall
 from costmesh.common.supervisor import Stack, http_json
 from costmesh.redactor import service as redactor_service
-from costmesh.sensor.service import BatchSender
+from costmesh.sensor.sender import BatchSender
 
 from .certs import make_pki
 from .conftest import DATA, wait_for

@@ -39,14 +39,6 @@ def test_every_contract_field_has_a_class() -> None:
     assert ints - set(COUNTERS) == {"v", "window_start_us", "window_end_us"}
 
 
-def test_add_counters_sums_every_counter_of_the_contract() -> None:
-    from costmesh.common.schemas import add_counters
-
-    into = _call(**{name: i + 1 for i, name in enumerate(COUNTERS)})
-    add_counters(into, _call(**{name: 100 * (i + 1) for i, name in enumerate(COUNTERS)}))
-    assert [getattr(into, name) for name in COUNTERS] == [101 * (i + 1) for i in range(len(COUNTERS))]
-
-
 def test_records_that_shape_alike_merge_with_counters_summed() -> None:
     r = RecordRedactor(Config())
     batch = _batch(

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from costmesh.billing.report import ReportError, build_report
 from costmesh.common.config import Config, load_config
+from costmesh.sensor.replay import observe
 
 from .conftest import DATA, SHARED_DATA
 
@@ -97,7 +98,7 @@ def _capture_bill(tmp_path) -> tuple:
 
 def test_with_a_capture_through_the_sensor_code(tmp_path):
     bill, config = _capture_bill(tmp_path)
-    report = build_report([bill], load_config(config), captures=[CAPTURE])
+    report = build_report([bill], load_config(config), captures=[CAPTURE], observe=observe)
     reconciles(report)
     assert set(report["customers"]) == {"acme", "globex", "initech"}
     costs = {k: Decimal(v["cost"]) for k, v in report["customers"].items()}

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from costmesh.native import ai
+from costmesh.sensor.core import ai
 
 from .conftest import SHARED_DATA
 from .test_native_parsers import BUILDS, conversation, pcap_bytes, run_capture
@@ -19,7 +19,7 @@ from .test_native_parsers import BUILDS, conversation, pcap_bytes, run_capture
 AI = SHARED_DATA / "ai"
 
 #: (tokens_in, tokens_out, tokens_cached, tokens_reasoning, model) read from the files (``tokens_in`` excludes cache
-#: reads and includes cache writes, see ``costmesh.native.ai``).
+#: reads and includes cache writes, see ``costmesh.sensor.core.ai``).
 EXPECTED = {
     "openai/chat_gpt-4o-mini.json": (8, 9, 0, 0, "gpt-4o-mini-2024-07-18"),
     "openai/chat_o3-mini_reasoning.json": (7, 87, 0, 64, "o3-mini-2025-01-31"),

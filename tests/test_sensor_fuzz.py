@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from costmesh.native import ai, names
+from costmesh.sensor.core import ai, names
 
 from .data.make_demo_capture import frame
 from .test_native_parsers import BUILDS, PCAPS, run_capture, sensor_for

@@ -14,10 +14,10 @@ import pytest
 from costmesh.common.config import Config, SensorConfig
 from costmesh.common.schemas import CallBatch
 from costmesh.native import _capture, _capture_py, _engine, _engine_py
-from costmesh.native.opkey import collapse_http_op
-from costmesh.native.sensor import Sensor
+from costmesh.native.http import collapse_http_op
 from costmesh.redactor import shapes
 from costmesh.redactor.records import RecordRedactor
+from costmesh.sensor.core import Sensor
 
 from .conftest import DATA, SHARED_DATA
 from .data.make_demo_capture import frame

@@ -189,9 +189,9 @@ class Operation(_Answer, kw_only=True):
     protocol: str
     requests: int
     errors: int
-    busy_us: int
     bytes_in: int
     bytes_out: int
+    busy_us: int
     tokens_in: int
     tokens_out: int
 

@@ -5,8 +5,8 @@ Reads: ``allocations`` and ``cost_lines`` (billing), ``revenue``, ``allocation_r
 ``ai_usage_minute``, ``alert_state`` and the graph tables. Sums are done by PostgreSQL in ``numeric`` (exact); column
 names are never taken from a request (every grouping goes through a fixed mapping).
 
-The indexes these queries rely on are migration 200 (``costmesh.common.schema``); ``loadtests/bench_api.py`` measures
-them over 1 M consumption rows and 100 k allocation rows.
+The indexes these queries rely on are migration 200 (``costmesh.common.migrations``); ``loadtests/bench_api.py``
+measures them over 1 M consumption rows and 100 k allocation rows.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 
+from costmesh.common.graph import live_graph
+from costmesh.common.ledger import Allocation, Revenue
+from costmesh.common.pnl import customer_pnl
 from costmesh.common.schemas import COUNTERS
 
 from . import answers as a
@@ -204,9 +207,6 @@ async def cost(
 async def pnl(conn: asyncpg.Connection, period: str, currency: str, tenants: Sequence[str]) -> a.PnlAnswer:
     """Customer P&L through the one P&L rule (``customer_pnl``), fed with the period's allocations summed per tenant
     and method by the database (the same sums as row by row, without loading every row)."""
-    from costmesh.billing.model import Allocation  # moves to costmesh.common with issue 17
-    from costmesh.billing.pnl import customer_pnl  # moves to costmesh.common with issue 17
-    from costmesh.billing.revenue import Revenue  # moves to costmesh.common with issue 17
 
     q = Sql()
     where = allocation_where(
@@ -634,17 +634,20 @@ async def usage(
     )
 
 
+#: What the customer page shows per edge: the counters ``answers.Operation`` declares, in contract order.
+OPERATION_MEASURES: Final = tuple(f.name for f in msgspec.structs.fields(a.Operation) if f.name in COUNTERS)
+
+
 async def top_operations(
     conn: asyncpg.Connection, tenant: str, start: datetime, end: datetime, limit: int
 ) -> list[a.Operation]:
     q = Sql()
     hourly, minutely = await consumption_parts(conn, q, start, end)
     who = f" AND tenant = {q(tenant)}"
-    fields = "src_workload, dst, protocol, requests, errors, busy_us, bytes_in, bytes_out, tokens_in, tokens_out"
+    fields = ", ".join(("src_workload", "dst", "protocol", *OPERATION_MEASURES))
+    sums = ", ".join(f"sum({m})::bigint AS {m}" for m in OPERATION_MEASURES)
     rows = await conn.fetch(
-        "SELECT src_workload, dst, protocol, sum(requests)::bigint AS requests, sum(errors)::bigint AS errors, "
-        "sum(busy_us)::bigint AS busy_us, sum(bytes_in)::bigint AS bytes_in, sum(bytes_out)::bigint AS bytes_out, "
-        "sum(tokens_in)::bigint AS tokens_in, sum(tokens_out)::bigint AS tokens_out FROM ("
+        f"SELECT src_workload, dst, protocol, {sums} FROM ("
         f"SELECT {fields} FROM consumption_hourly WHERE {hourly}{who} UNION ALL "
         f"SELECT {fields} FROM consumption_minute WHERE {minutely}{who}"
         f") u GROUP BY 1, 2, 3 ORDER BY busy_us DESC, requests DESC, 1, 2, 3 LIMIT {int(limit)}",
@@ -719,8 +722,6 @@ async def alerts(
 
 
 async def graph(conn: asyncpg.Connection, at: datetime | None, window_s: int, idle_s: int) -> a.GraphAnswer:
-    from costmesh.attributor.graph import live_graph  # moves to costmesh.common with issue 17
-
     return msgspec.convert(await live_graph(conn, at, window_s, idle_s), a.GraphAnswer)
 
 

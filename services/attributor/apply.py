@@ -65,13 +65,13 @@ CREATE TEMP TABLE IF NOT EXISTS staging_ai (
 """
 
 _MEASURES = COUNTERS
-_KEY = ("minute", "tenant", "tenant_method", "feature", "agent", "src_workload", "dst", "protocol")
+_KEY = ("minute", *CONSUMPTION_KEY)
 
 MERGE_CONSUMPTION = f"""
 INSERT INTO consumption_minute AS c ({", ".join(_KEY)}, {", ".join(_MEASURES)})
-SELECT to_timestamp(m * 60), tenant, tenant_method, feature, agent, src_workload, dst, protocol,
+SELECT to_timestamp(m * 60), {", ".join(CONSUMPTION_KEY)},
     {", ".join(f"sum({m})" for m in _MEASURES)}
-FROM staging_agg GROUP BY m, tenant, tenant_method, feature, agent, src_workload, dst, protocol
+FROM staging_agg GROUP BY m, {", ".join(CONSUMPTION_KEY)}
 ON CONFLICT ({", ".join(_KEY)}) DO UPDATE SET
     {", ".join(f"{m} = c.{m} + EXCLUDED.{m}" for m in _MEASURES)}
 """

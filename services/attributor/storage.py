@@ -6,7 +6,7 @@ with TimescaleDB they are continuous aggregates refreshed by its own policies), 
 ``ai_usage_hourly`` (both flavours), and deletes what is past retention. The hourly tables carry every dimension
 allocation reads, so billing allocates from them alone and a period allocates the same after its minutes expired.
 
-Two flavours, one schema (``costmesh.common.schema``):
+Two flavours, one schema (``costmesh.common.migrations``):
 
 - ``timescaledb``: hypertable, continuous aggregates, compression and retention policies run inside the database;
   nothing to do here but the retention of the attributor's smaller side tables.
@@ -129,39 +129,43 @@ async def ensure_partitions(conn: asyncpg.Connection, cfg: AttributorConfig, now
 
 async def expire(conn: asyncpg.Connection, cfg: AttributorConfig, now: datetime, plain: bool, up: Upkeep) -> None:
     """Drop what is past retention: whole partitions (plain flavour), rows of the DEFAULT partition, hourly rows,
-    and the side tables. Daily rollups are kept."""
-    base = await retention_base(conn, now)
-    cutoff = base - timedelta(days=cfg.retention_minute_days)
-    if plain:
-        for r in await conn.fetch(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'consumption_minute' "
-            "AND c.relname LIKE 'consumption\\_minute\\_p%'"
-        ):
-            day = datetime.strptime(r["relname"][-8:], "%Y%m%d").replace(tzinfo=UTC)
-            if day + timedelta(days=1) <= cutoff:
-                await conn.execute(f"DROP TABLE {r['relname']}")
-                up.partitions_dropped.append(r["relname"])
-        status = await conn.execute("DELETE FROM consumption_minute_default WHERE minute < $1", cutoff)
+    and the side tables. Daily rollups are kept.
+
+    The retention base and the deletes read one snapshot (REPEATABLE READ): rows committed while the pass runs (an old
+    capture replayed into an empty store as the first pass starts) are neither behind the base nor deleted by it."""
+    async with conn.transaction(isolation="repeatable_read"):
+        base = await retention_base(conn, now)
+        cutoff = base - timedelta(days=cfg.retention_minute_days)
+        if plain:
+            for r in await conn.fetch(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'consumption_minute' "
+                "AND c.relname LIKE 'consumption\\_minute\\_p%'"
+            ):
+                day = datetime.strptime(r["relname"][-8:], "%Y%m%d").replace(tzinfo=UTC)
+                if day + timedelta(days=1) <= cutoff:
+                    await conn.execute(f"DROP TABLE {r['relname']}")
+                    up.partitions_dropped.append(r["relname"])
+            status = await conn.execute("DELETE FROM consumption_minute_default WHERE minute < $1", cutoff)
+            up.rows_expired += int(status.split()[-1])
+            status = await conn.execute(
+                "DELETE FROM consumption_hourly WHERE hour < $1", base - timedelta(days=cfg.retention_hourly_days)
+            )
+            up.rows_expired += int(status.split()[-1])
+        for table in MINUTE_TABLES:
+            status = await conn.execute(f"DELETE FROM {table} WHERE minute < $1", cutoff)
+            up.rows_expired += int(status.split()[-1])
+        status = await conn.execute("DELETE FROM graph_node WHERE last_seen < $1", cutoff)
         up.rows_expired += int(status.split()[-1])
         status = await conn.execute(
-            "DELETE FROM consumption_hourly WHERE hour < $1", base - timedelta(days=cfg.retention_hourly_days)
+            "DELETE FROM applied_batches WHERE applied_at < $1", now - timedelta(days=cfg.applied_batches_keep_days)
         )
         up.rows_expired += int(status.split()[-1])
-    for table, *_ in SIDE_ROLLUPS:
-        status = await conn.execute(
-            f"DELETE FROM {table} WHERE hour < $1", base - timedelta(days=cfg.retention_hourly_days)
-        )
-        up.rows_expired += int(status.split()[-1])
-    for table in MINUTE_TABLES:
-        status = await conn.execute(f"DELETE FROM {table} WHERE minute < $1", cutoff)
-        up.rows_expired += int(status.split()[-1])
-    status = await conn.execute("DELETE FROM graph_node WHERE last_seen < $1", cutoff)
-    up.rows_expired += int(status.split()[-1])
-    status = await conn.execute(
-        "DELETE FROM applied_batches WHERE applied_at < $1", now - timedelta(days=cfg.applied_batches_keep_days)
-    )
-    up.rows_expired += int(status.split()[-1])
+        for table, *_ in SIDE_ROLLUPS:
+            status = await conn.execute(
+                f"DELETE FROM {table} WHERE hour < $1", base - timedelta(days=cfg.retention_hourly_days)
+            )
+            up.rows_expired += int(status.split()[-1])
 
 
 async def refresh_rollups(conn: asyncpg.Connection, minutes: list[datetime], up: Upkeep) -> None:
@@ -171,23 +175,20 @@ async def refresh_rollups(conn: asyncpg.Connection, minutes: list[datetime], up:
     re-reading the hour; the caller runs this in the transaction that clears those minutes from ``dirty_minutes``.
     """
     hours = sorted({m.replace(minute=0, second=0, microsecond=0) for m in minutes})
-    for hour in hours:
-        await conn.execute("DELETE FROM consumption_hourly WHERE hour = $1", hour)
-        await conn.execute(
-            f"INSERT INTO consumption_hourly (hour, {_DIMS}, {_MEASURES}) "
-            f"SELECT $1::timestamptz, {_DIMS}, {_SUMS} FROM consumption_minute "
-            f"WHERE minute >= $1 AND minute < $1::timestamptz + interval '1 hour' GROUP BY {_DIMS}",
-            hour,
-        )
     days = sorted({h.replace(hour=0) for h in hours})
-    for day in days:
-        await conn.execute("DELETE FROM consumption_daily WHERE day = $1", day)
-        await conn.execute(
-            f"INSERT INTO consumption_daily (day, {_DIMS}, {_MEASURES}) "
-            f"SELECT $1::timestamptz, {_DIMS}, {_SUMS} FROM consumption_hourly "
-            f"WHERE hour >= $1 AND hour < $1::timestamptz + interval '1 day' GROUP BY {_DIMS}",
-            day,
-        )
+    for buckets, table, column, source, source_column, width in (
+        (hours, "consumption_hourly", "hour", "consumption_minute", "minute", "1 hour"),
+        (days, "consumption_daily", "day", "consumption_hourly", "hour", "1 day"),
+    ):
+        for bucket in buckets:
+            await conn.execute(f"DELETE FROM {table} WHERE {column} = $1", bucket)
+            await conn.execute(
+                f"INSERT INTO {table} ({column}, {_DIMS}, {_MEASURES}) "
+                f"SELECT $1::timestamptz, {_DIMS}, {_SUMS} FROM {source} "
+                f"WHERE {source_column} >= $1 AND {source_column} < $1::timestamptz + interval '{width}' "
+                f"GROUP BY {_DIMS}",
+                bucket,
+            )
     up.hours_refreshed += len(hours)
     up.days_refreshed += len(days)
 

@@ -10,11 +10,13 @@ import gzip
 import io
 from pathlib import Path
 
-from .focus import FocusError, read_focus
+from costmesh.common.errors import InputError
+
+from .focus import FocusError, file_bytes, read_focus
 from .model import ImportResult
 
 
-class BillError(Exception):
+class BillError(InputError):
     """A bill file that cannot be read; the message names the file and why."""
 
 
@@ -45,11 +47,7 @@ def read_bill(
 ) -> ImportResult:
     """Read a bill file; ``source`` names where it came from and prefixes its line ids (default: its format)."""
     name = str(path)
-    if data is None:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise BillError(f"{name}: cannot read: {exc.strerror}") from exc
+    data = file_bytes(path, data, BillError)
     try:
         kind = bill_format(columns_of(data))
     except (OSError, EOFError, ValueError) as exc:

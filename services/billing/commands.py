@@ -11,7 +11,7 @@ from pathlib import Path
 from costmesh.common.config import Config
 
 from .bills import BillError, read_bill
-from .capture import consumption_from_captures
+from .capture import Observe, consumption_from_captures
 from .mapping import Mapper, Unmatched, largest_unmatched
 from .model import CostLine
 from .pipeline import observed_names
@@ -58,7 +58,7 @@ def format_unmatched(items: list[Unmatched], total: int) -> str:
     return "\n".join(text)
 
 
-def unmatched(args: argparse.Namespace, config: Config) -> int:
+def unmatched(args: argparse.Namespace, config: Config, observe: Observe | None = None) -> int:
     if args.bill:
         lines: list[CostLine] = []
         try:
@@ -70,7 +70,7 @@ def unmatched(args: argparse.Namespace, config: Config) -> int:
         except BillError as exc:
             print(f"costmesh: {exc}", file=sys.stderr)
             return 2
-        names = observed_names(consumption_from_captures([Path(p) for p in args.capture], config), config)
+        names = observed_names(consumption_from_captures([Path(p) for p in args.capture], config, observe), config)
     else:
         from costmesh.common.config import ConfigError
         from costmesh.common.db import dsn_of

@@ -20,7 +20,7 @@ from typing import Any
 from costmesh.common.metrics import ERRORS
 from costmesh.common.money import MoneyError
 
-from .focus import FocusError, _csv_rows, _parquet_rows, _sniff, parse_money, parse_time, period_of
+from .focus import FocusError, _csv_rows, _parquet_rows, _sniff, file_bytes, parse_money, parse_time, period_of
 from .model import CostLine, ImportProblem, ImportResult, Window
 
 log = logging.getLogger(__name__)
@@ -139,11 +139,7 @@ def row_to_line(row: Mapping[str, Any], names: Mapping[str, str], v2: bool, line
 def read_cur(path: str | Path, *, data: bytes | None = None, source: str = "cur") -> ImportResult:
     """Read one CUR data file (1.0 or 2.0, kind sniffed). Raises ``FocusError`` only when nothing can be read."""
     name = str(path)
-    if data is None:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise FocusError(f"{name}: cannot read: {exc.strerror}") from exc
+    data = file_bytes(path, data)
     sha = hashlib.sha256(data).hexdigest()
     kind = _sniff(data)
     try:

@@ -24,6 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from costmesh.common.errors import InputError
 from costmesh.common.metrics import ERRORS
 from costmesh.common.money import MoneyError, parse_amount
 
@@ -39,7 +40,7 @@ CHARGE_CATEGORIES = {"usage", "purchase", "tax", "credit", "adjustment"}
 NULLS = {"", "NULL", "null"}
 
 
-class FocusError(Exception):
+class FocusError(InputError):
     """A file that cannot be read as FOCUS at all (missing required columns, not CSV/Parquet); names the file."""
 
 
@@ -225,16 +226,23 @@ def _parquet_rows(data: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
             yield index, row
 
 
+def file_bytes(path: str | Path, data: bytes | None, error: type[InputError] = FocusError) -> bytes:
+    """``data`` when the caller has the bytes already, else the file's; an unreadable file raises ``error`` naming
+    it (the readers of every bill format share this)."""
+    if data is not None:
+        return data
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror}") from exc
+
+
 def read_focus(
     path: str | Path, *, data: bytes | None = None, source: str = "focus", cost_column: str = "BilledCost"
 ) -> ImportResult:
     """Read one FOCUS file (kind sniffed from its bytes). Raises ``FocusError`` only when nothing can be read."""
     name = str(path)
-    if data is None:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise FocusError(f"{name}: cannot read: {exc.strerror}") from exc
+    data = file_bytes(path, data)
     if cost_column not in COST_COLUMNS:
         raise FocusError(f"{name}: cost column {cost_column!r} is not one of {', '.join(COST_COLUMNS)}")
     sha = hashlib.sha256(data).hexdigest()

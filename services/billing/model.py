@@ -1,7 +1,9 @@
 """Billing domain types: what a cost line, a time window, a consumption row and an allocation are.
 
 Kept apart from the code that computes them (ingest, mapping, allocation) so that each of those reads and emits the
-same few shapes. Money is ``Decimal`` exactly as billed, never float; times are integer microseconds since the epoch.
+same few shapes. ``Allocation`` is defined in ``costmesh.common.ledger`` and the consumption shapes and categories in
+``costmesh.common.usage`` (the API and the attribution model read them too); they are named here with the rest.
+Money is ``Decimal`` exactly as billed, never float; times are integer microseconds since the epoch.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Literal
 
 import msgspec
 
+from costmesh.common.ledger import Allocation
 from costmesh.common.usage import CATEGORIES, DIRECT_METHODS, Category, Usage, Window
 
 __all__ = [
@@ -64,24 +67,6 @@ class CostLine(msgspec.Struct, frozen=True, kw_only=True):
     quantity: Decimal | None = None
     unit: str = ""
     tags: dict[str, str] = {}
-
-
-class Allocation(msgspec.Struct, frozen=True, kw_only=True):
-    """A part of one cost line given to one tenant (``""`` when unallocated) by one ``method``.
-
-    ``basis`` names the signal the split used (``busy_us``, ``bytes``, ``tokens_cost``, ``tag:customer``…) so that
-    finance can tell measured from modeled.
-    """
-
-    line_id: str
-    tenant: str
-    method: Category
-    amount: Decimal
-    currency: str
-    feature: str = ""
-    agent: str = ""
-    resource: str = ""
-    basis: str = ""
 
 
 class ImportProblem(msgspec.Struct, frozen=True):

@@ -1,7 +1,7 @@
 """``costmesh report``: a chargeback report from bill files, without any deployment.
 
-Reads bill files (FOCUS, CUR), optionally captures (through the sensor's own parsing, ``capture.observe``), a revenue
-CSV and the config; prints a table, JSON or CSV. From bills alone the only signal is a tenant tag on the line
+Reads bill files (FOCUS, CUR), optionally captures (through the sensor's own parsing, handed in as ``observe``), a
+revenue CSV and the config; prints a table, JSON or CSV. From bills alone the only signal is a tenant tag on the line
 (``billing.tag_keys``); the rest is shown as unallocated. The JSON carries every amount as an exact decimal string and
 reconciles: the customers' costs plus ``unallocated`` equal ``billed``, exactly.
 """
@@ -18,18 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from costmesh.common.config import Config
+from costmesh.common.errors import InputError
+from costmesh.common.pnl import customer_pnl
 
 from .bills import BillError, read_bill
-from .capture import consumption_from_captures
+from .capture import Observe, consumption_from_captures
 from .model import CATEGORIES, Allocation, CostLine
 from .pipeline import periods_window, run
-from .pnl import customer_pnl
 from .revenue import Revenue, RevenueError, read_revenue
 
 CENT = Decimal("0.01")
 
 
-class ReportError(Exception):
+class ReportError(InputError):
     """Input that makes a report impossible (unreadable files, mixed currencies); the message says which."""
 
 
@@ -49,6 +50,7 @@ def build_report(
     config: Config,
     *,
     captures: Sequence[Path] = (),
+    observe: Observe | None = None,
     revenue_file: Path | None = None,
     currency: str | None = None,
 ) -> dict[str, Any]:
@@ -69,7 +71,7 @@ def build_report(
             )
         currency = currencies[0] if currencies else "USD"
     lines = [x for x in lines if x.currency == currency]
-    consumption = consumption_from_captures(captures, config)
+    consumption = consumption_from_captures(captures, config, observe)
     result = run(lines, consumption, config, window=periods_window(lines))
     revenue: list[Revenue] = []
     if revenue_file is not None:
@@ -231,12 +233,13 @@ def render_table(
     return "\n".join(lines)
 
 
-def main(args: Any, config: Config) -> int:
+def main(args: Any, config: Config, observe: Observe | None = None) -> int:
     try:
         report = build_report(
             [Path(p) for p in args.bill],
             config,
             captures=[Path(p) for p in args.capture],
+            observe=observe,
             revenue_file=Path(args.revenue) if args.revenue else None,
             currency=args.currency,
         )

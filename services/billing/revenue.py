@@ -14,8 +14,8 @@ import re
 from decimal import Decimal
 from pathlib import Path
 
-import msgspec
-
+from costmesh.common.errors import InputError
+from costmesh.common.ledger import Revenue
 from costmesh.common.metrics import ERRORS
 from costmesh.common.money import MoneyError, parse_amount
 
@@ -32,14 +32,7 @@ _ALIASES = {
 _PERIOD = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
-class Revenue(msgspec.Struct, frozen=True):
-    customer: str
-    period: str
-    amount: Decimal
-    currency: str
-
-
-class RevenueError(Exception):
+class RevenueError(InputError):
     """A revenue file that cannot be read at all; names the file."""
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import msgspec
 
+from costmesh.common.errors import InputError
+
 from .bills import read_bill
 from .model import ImportResult
 
@@ -31,7 +33,7 @@ _LEGACY_RANGE = re.compile(r"/(\d{4})(\d{2})01-\d{8}/")
 Progress = Callable[[str, int, int, int], None]  # period, files done, files total, bytes so far
 
 
-class S3Error(Exception):
+class S3Error(InputError):
     """A manifest or data file that cannot be used; names the s3:// location."""
 
 

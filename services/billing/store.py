@@ -315,26 +315,3 @@ async def replace_revenue(conn: asyncpg.Connection, rows: Sequence[Revenue]) -> 
             [(r.customer, r.period, r.currency, r.amount) for r in rows],
         )
     return len(rows)
-
-
-async def load_revenue(conn: asyncpg.Connection, period: str) -> list[Revenue]:
-    rows = await conn.fetch("SELECT * FROM revenue WHERE period = $1 ORDER BY customer, currency", period)
-    return [Revenue(r["customer"], r["period"], r["amount"], r["currency"]) for r in rows]
-
-
-async def load_allocations(conn: asyncpg.Connection, period: str) -> list[Allocation]:
-    rows = await conn.fetch("SELECT * FROM allocations WHERE billing_period = $1", period)
-    return [
-        Allocation(
-            line_id=r["line_id"],
-            tenant=r["tenant"],
-            method=r["method"],
-            amount=r["amount"],
-            currency=r["currency"],
-            feature=r["feature"],
-            agent=r["agent"],
-            resource=r["resource"],
-            basis=r["basis"],
-        )
-        for r in rows
-    ]

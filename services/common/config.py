@@ -16,8 +16,10 @@ from typing import Literal
 
 import msgspec
 
+from .errors import CostmeshError
 
-class ConfigError(Exception):
+
+class ConfigError(CostmeshError):
     """A config file that cannot be used; the message names the file, the key and the reason."""
 
 

@@ -1,4 +1,4 @@
-"""PostgreSQL helpers: connecting within a deadline and applying the versioned migrations of ``schema``."""
+"""PostgreSQL helpers: connecting within a deadline and applying the versioned migrations of ``migrations``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import logging
 import asyncpg
 
 from .config import PostgresConfig, resolve_secret
-from .natsio import CONNECT_DEADLINE_S, Unreachable
-from .schema import MIGRATIONS
+from .migrations import MIGRATIONS
+from .natsio import within_deadline
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,7 @@ async def create_pool(dsn: str, min_size: int = 1, max_size: int = 4) -> asyncpg
                 last[:] = [exc]
                 await asyncio.sleep(0.5)
 
-    try:
-        return await asyncio.wait_for(attempt(), CONNECT_DEADLINE_S)
-    except TimeoutError:
-        why = last[0] if last else "timed out"
-        raise Unreachable(f"could not reach PostgreSQL at {_redacted(dsn)}: {why!r}") from None
+    return await within_deadline(attempt(), last, f"PostgreSQL at {_redacted(dsn)}")
 
 
 async def migrate(pool: asyncpg.Pool) -> int:

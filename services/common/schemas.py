@@ -45,8 +45,9 @@ class ObservedCall(msgspec.Struct, kw_only=True, omit_defaults=True):
     The sensor aggregates per window (default 1 s) so that the bus carries records, not packets. ``dst`` is a workload
     name when the destination is known, else an external name (SNI, DNS, host) or ``ip:port``.
 
-    Token fields, the one statement of what they mean (``costmesh.native.ai`` fills them, ``costmesh.common.prices``
-    prices exactly them): each token is in exactly one of ``tokens_in``, ``tokens_cached``, ``tokens_out``.
+    Token fields, the one statement of what they mean (``costmesh.sensor.core.ai`` fills them,
+    ``costmesh.common.prices`` prices exactly them): each token is in exactly one of ``tokens_in``, ``tokens_cached``,
+    ``tokens_out``.
 
     - ``tokens_in``: input tokens billed at the model's input rate. Cache reads are *not* in it. OpenAI/Azure
       (chat ``prompt_tokens``, Responses ``input_tokens``) and Gemini/Vertex (``promptTokenCount``) count cache reads

@@ -23,6 +23,7 @@ from typing import TextIO
 from .config import Config
 from .db import create_pool, dsn_of
 from .embedded import EmbeddedNats, EmbeddedPostgres, _die_with_parent, free_port
+from .errors import StartupError
 from .natsio import connect
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class Stack:
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             if proc.poll() is not None:
-                raise RuntimeError(f"service {name} exited with status {proc.returncode} while starting")
+                raise StartupError(f"service {name} exited with status {proc.returncode} while starting")
             try:
                 if self.health(name).get("ok"):
                     log.info("service healthy", extra={"service_name": name})
@@ -126,7 +127,7 @@ class Stack:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"service {name} did not become healthy within {timeout_s:.0f} s")
+        raise StartupError(f"service {name} did not become healthy within {timeout_s:.0f} s")
 
     def failed(self) -> str | None:
         """The name of a child that died on its own, if any."""

@@ -21,6 +21,7 @@ from typing import Final, get_type_hints
 import msgspec
 
 from costmesh.common.config import Config, ConfigError
+from costmesh.common.errors import InputError
 from costmesh.common.schemas import CONTRACT_VERSION, CallBatch, FlowVolume, ObservedCall
 
 #: Headers whose values are credentials.
@@ -65,7 +66,7 @@ _FIELDS: Final = {
 }
 
 
-class Refused(Exception):
+class Refused(InputError):
     """A batch that cannot be read as the contract even after unknown fields are dropped; the message holds no value."""
 
 

@@ -15,7 +15,9 @@ import msgspec
 
 from costmesh.common.config import Config
 from costmesh.common.schemas import ObservedCall
-from costmesh.native.sensor import BUILD, CaptureError, Sensor
+from costmesh.common.tables import render_table as table
+
+from .core import BUILD, CaptureError, Sensor
 
 
 def analyze(path: Path, config: Config, node: str = "offline") -> tuple[list[ObservedCall], dict, str]:
@@ -47,8 +49,6 @@ def render_json(calls: list[ObservedCall], stats: dict) -> str:
 
 
 def render_table(calls: list[ObservedCall], stats: dict, top_edges: int = 10) -> str:
-    from costmesh.cli import render_table as table
-
     tenants: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     edges: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for c in calls:

@@ -20,6 +20,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from costmesh.common.errors import CostmeshError
+
 HERE = Path(__file__).resolve().parent
 
 #: struct flow_key: saddr[16], daddr[16], sport, dport, proto, gen, ifindex.
@@ -43,7 +45,7 @@ PORT_AI = 2
 _INCLUDE = re.compile(r'^#include "([a-z_]+\.h)"\s*$', re.M)
 
 
-class BpfUnavailable(Exception):
+class BpfUnavailable(CostmeshError):
     """The kernel programs cannot run here; the message says why in the words of whatever refused."""
 
 

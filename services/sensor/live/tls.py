@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from costmesh.common.config import Config
 from costmesh.common.metrics import ERRORS
 from costmesh.common.schemas import ObservedCall, add_counters
-from costmesh.native._engine_py import HTTP_METHODS
-from costmesh.native.sensor import Sensor
+from costmesh.native.http import HTTP_METHODS
 
-from .live import ParserMetrics, TlsChunk
+from ..core import Sensor
+from .metrics import ParserMetrics
+from .sinks import TlsChunk
 
 TLS_CHUNK = 4096  # records.h
 LINKTYPE_RAW = 101

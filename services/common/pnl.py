@@ -1,6 +1,7 @@
 """Customer P&L: revenue, allocated cost by category, margin and margin %, negative margins first. Pure.
 
-Reads allocations and revenue of one currency; emits ``CustomerPnl`` rows plus what no customer carries (platform and
+Reads allocations and revenue of one currency (``ledger``: the API from the database, ``costmesh report`` from its
+own allocation run); emits ``CustomerPnl`` rows plus what no customer carries (platform and
 unallocated), so that customers' cost + not allocated = billed, exactly.
 """
 
@@ -11,8 +12,7 @@ from decimal import Decimal
 
 import msgspec
 
-from .model import CATEGORIES, Allocation
-from .revenue import Revenue
+from .ledger import CATEGORIES, Allocation, Revenue
 
 ZERO = Decimal(0)
 

@@ -35,28 +35,6 @@ MAX_BODY = 8 << 20
 
 _json = msgspec.json.Decoder()
 
-#: Paths (substrings of the request target) that are AI API calls even on an unknown host (OpenAI-compatible servers).
-AI_PATH_MARKERS: tuple[bytes, ...] = (
-    b"/chat/completions",
-    b"/v1/completions",
-    b"/v1/responses",
-    b"/openai/responses",
-    b"/v1/messages",
-    b"/v1/embeddings",
-    b"/converse",
-    b"/invoke",
-    b":generateContent",
-    b":streamGenerateContent",
-)
-#: Hosts (substrings of the ``Host`` header, lower case) of the hosted AI APIs.
-AI_HOST_MARKERS: tuple[bytes, ...] = (
-    b"openai",
-    b"anthropic",
-    b"bedrock-runtime",
-    b"aiplatform.googleapis",
-    b"generativelanguage.googleapis",
-)
-
 
 class AiUsage(NamedTuple):
     provider: str
@@ -71,12 +49,6 @@ class AiRequest(NamedTuple):
     model: str
     stream: bool
     body: Any
-
-
-def is_ai_request(target: bytes, host: bytes) -> bool:
-    """Same test as the compiled engine's: a known AI host, or a known AI path."""
-    low = host.lower()
-    return any(m in low for m in AI_HOST_MARKERS) or any(m in target for m in AI_PATH_MARKERS)
 
 
 def provider_of(target: bytes, host: bytes) -> str:

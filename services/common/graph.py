@@ -1,5 +1,6 @@
 """The live dependency graph, as the API serves it: workloads, resources and the edges between them in a window.
 
+Read here, apart from the attributor that writes the tables, so that the API reads them without importing a service.
 Reads: ``graph_node`` (first/last seen of every name, kind inferred on sight: workload, database, topic, external,
 service) and ``graph_edge_minute`` (calls, errors, bytes, server time per edge and minute), both written by the
 attributor's apply step with no configuration. Queue traffic reads producer → ``topic:<name>`` → consumer.

@@ -4,9 +4,11 @@ Reads: ``costmesh.common.config.Rule`` list; request heads and bodies (bytes) wh
 path pattern, JSON body field, patterns on host/SNI, PostgreSQL database/user). Emits: ``(value, rule index)`` per
 target.
 
-Both builds share this module. The compiled engine evaluates the rules it can in C (header, baggage key, query
-parameter, host without pattern) in order and calls ``RuleSet.resolve`` only from the first rule it cannot, so the
-first-match-wins order is the same in both builds. A JWT is decoded, never verified, and the token never leaves here.
+Both builds share this module: the engine (``costmesh.native.engine``) reads the compiled rule program from
+``RuleSet`` (``order``, ``kinds``, ``keys``, ``ai_only``, ``needles``) and calls back here. The compiled engine
+evaluates the rules it can in C (header, baggage key, query parameter, host without pattern) in order and calls
+``RuleSet.resolve`` only from the first rule it cannot, so the first-match-wins order is the same in both builds.
+A JWT is decoded, never verified, and the token never leaves here.
 """
 
 from __future__ import annotations
@@ -19,13 +21,10 @@ from typing import Any, Final
 import msgspec
 
 from costmesh.common.config import Rule
+from costmesh.native.http import baggage_value, query_value
+from costmesh.native.kinds import MAX_VALUE, SRC_BAGGAGE, SRC_HEADER, SRC_HOST, SRC_PY, SRC_QUERY
 
 TARGETS: Final = ("tenant", "feature", "agent")
-#: Longest id kept (bytes); longer values are cut, in both builds.
-MAX_VALUE: Final = 128
-
-#: Rule sources and how the compiled engine treats them.
-SRC_HEADER, SRC_BAGGAGE, SRC_QUERY, SRC_HOST, SRC_PY = 0, 1, 2, 3, 4
 
 #: ``tenant_method`` per rule source (the contract's literal values).
 METHOD_OF: Final = {
@@ -99,26 +98,6 @@ def _target_of(head: bytes) -> bytes:
     line = head.split(b"\r\n", 1)[0]
     parts = line.split(b" ")
     return parts[1] if len(parts) >= 3 else b""
-
-
-def baggage_value(value: bytes, key: bytes) -> bytes:
-    for item in value.split(b","):
-        k, sep, v = item.partition(b"=")
-        if sep and k.strip(b" \t") == key:
-            return v.split(b";", 1)[0].strip(b" \t")
-    return b""
-
-
-def query_value(target: bytes, key: bytes) -> bytes:
-    q = target.find(b"?")
-    if q < 0:
-        return b""
-    query = target[q + 1 :].split(b"#", 1)[0]
-    for pair in query.split(b"&"):
-        k, _sep, v = pair.partition(b"=")
-        if k == key:
-            return v
-    return b""
 
 
 def jwt_claim(authorization: bytes, claim: str) -> bytes:

@@ -1,7 +1,7 @@
 """Live mode of the sensor service (``costmesh sensor`` without ``--replay``): capture on the configured interfaces,
 name both ends of every flow, and send each window's calls and flow volumes to the node's redactor.
 
-Reads: ``LiveCapture`` windows (see ``live``), workload identity (``identity``, ``identity_k8s``). Emits:
+Reads: ``LiveCapture`` windows (see ``capture``), workload identity (``identity``, ``identity_k8s``). Emits:
 ``CallBatch`` messages with ``records`` and ``flows`` on ``costmesh.raw.<node>``, through the same confirmed
 request/reply as replayed captures.
 
@@ -19,54 +19,24 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter
-
 from costmesh.common.config import Config
-from costmesh.common.metrics import REGISTRY
 from costmesh.common.runtime import ServiceContext
-from costmesh.common.schemas import CallBatch, FlowVolume, ObservedCall
-from costmesh.native.sensor import Sensor
 
-from .bpf import BpfUnavailable
+from ..bpf import BpfUnavailable
+from ..core import Sensor
+from ..sender import BatchSender
+from .capture import LiveCapture
 from .identity import IdentityResolver, ProcIdentity
-from .live import LiveCapture, LiveWindow, SensorFrameSink
-from .live_tls import TlsPlaintextSink
-from .service import BatchSender
+from .metrics import WINDOWS_DROPPED
+from .sinks import LiveWindow, SensorFrameSink
+from .tls import TlsPlaintextSink
 
 if TYPE_CHECKING:
     from .identity_k8s import KubernetesIdentity
 
 log = logging.getLogger(__name__)
 
-WINDOWS_DROPPED = Counter(
-    "costmesh_sensor_windows_dropped_total",
-    "Live windows dropped because the redactor did not keep up (the capture never waits).",
-    registry=REGISTRY,
-)
 QUEUE_WINDOWS = 30
-
-
-class LiveBatchSender(BatchSender):
-    """``BatchSender`` that also carries flow volumes: records and flows are chunked together."""
-
-    async def send_window(self, records: list[ObservedCall], flows: list[FlowVolume], stopping: asyncio.Event) -> int:
-        sent, size = 0, self.batch_records
-        r, f = 0, 0
-        while r < len(records) or f < len(flows):
-            take_r = records[r : r + size]
-            take_f = flows[f : f + size - len(take_r)]
-            r, f = r + len(take_r), f + len(take_f)
-            self.seq += 1
-            batch = CallBatch(
-                batch_id=f"{self.node}-{self.run_id}-{self.seq}",
-                node=self.node,
-                seq=self.seq,
-                records=take_r,
-                flows=take_f,
-            )
-            await self._deliver(batch, stopping)
-            sent += 1
-        return sent
 
 
 def _use_kubernetes(config: Config) -> bool:
@@ -116,7 +86,7 @@ async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> 
         ctx.health["tls"] = f"unavailable: {capture.tls_error}"
     else:
         ctx.health["tls"] = "probing " + ", ".join(capture.tls_files)
-    sender = LiveBatchSender(nc, node, config.sensor.batch_records)
+    sender = BatchSender(nc, node, config.sensor.batch_records)
     queue: asyncio.Queue[LiveWindow] = asyncio.Queue(QUEUE_WINDOWS)
 
     async def on_window(win: LiveWindow) -> None:
@@ -132,7 +102,7 @@ async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> 
     async def _send_loop() -> None:
         while True:
             win = await queue.get()
-            batches = await sender.send_window(win.records, win.flows, ctx.stopping)
+            batches = await sender.send(win.records, ctx.stopping, win.flows)
             ctx.health["batches_published"] = int(ctx.health.get("batches_published", 0)) + batches
             ctx.health["records_published"] = int(ctx.health.get("records_published", 0)) + len(win.records)
             ctx.health["flows_published"] = int(ctx.health.get("flows_published", 0)) + len(win.flows)

@@ -2,9 +2,9 @@
 
 Reads: a ``Config`` (extraction rules, workloads, sensor ports/limits) and frames, live or from capture files. Emits:
 ``ObservedCall`` per window, source, destination, protocol, operation and tenant/feature/agent, plus ``stats()``
-(frames, flows, parse errors by kind). The per-frame work runs in ``Engine`` (compiled ``_engine`` or its pure-Python
-twin ``_engine_py``, chosen by ``COSTMESH_NO_EXTENSIONS``); this module holds the cold paths both builds share (naming,
-rules that need Python, AI usage, DNS and TLS names) and builds the contract records.
+(frames, flows, parse errors by kind). The per-frame work runs in ``costmesh.native.engine.Engine`` (compiled or its
+pure-Python twin, chosen by ``COSTMESH_NO_EXTENSIONS``); this module holds the cold paths both builds call back
+(``Slow``: naming, rules that need Python, AI usage, DNS and TLS names) and builds the contract records.
 """
 
 from __future__ import annotations
@@ -18,22 +18,12 @@ from typing import BinaryIO
 
 from costmesh.common.config import Config
 from costmesh.common.schemas import ObservedCall
+from costmesh.native.capture import CaptureError, CaptureReader
+from costmesh.native.engine import BUILD, Engine
+from costmesh.native.http import is_ai_request
 
-from . import NO_EXTENSIONS, ai, names
-from .capture import CaptureError, CaptureReader
-from .kinds import E
+from . import ai, names
 from .rules import RuleSet, decode_json
-
-if NO_EXTENSIONS:
-    from ._engine_py import PROTOCOLS, Engine
-else:
-    try:
-        from ._engine import PROTOCOLS, Engine
-    except ImportError:  # not built: the pure-Python twin, same behaviour
-        from ._engine_py import PROTOCOLS, Engine
-
-#: Which build runs: "cython" or "python".
-BUILD = "python" if Engine.__module__.endswith("_py") else "cython"
 
 __all__ = ["BUILD", "CaptureError", "CaptureReader", "Engine", "Sensor", "Slow", "address_text"]
 
@@ -58,7 +48,7 @@ class Slow:
         self.dns_names: OrderedDict[bytes, str] = OrderedDict()
 
     def is_ai(self, target: bytes, host: bytes) -> bool:
-        return ai.is_ai_request(target, host)
+        return is_ai_request(target, host)
 
     def _decode(self, body: bytes):
         """Decode a request body once for both the body rules and the AI request (same call completes both)."""
@@ -243,9 +233,9 @@ class Sensor:
 
 
 class _Builder:
-    """What one drain needs to make ``ObservedCall`` records: the per-record constants and the endpoint naming.
-    The compiled engine makes the records from its C aggregates with these (``_engine._Calls``); the twin hands its
-    row tuples to ``build``. Both give the same records."""
+    """What one drain needs to make ``ObservedCall`` records: the record class, the per-record constants and the
+    endpoint naming. The engine makes the records with these (compiled: ``_Calls`` in ``_records.pxi``, twin:
+    ``_records_py.build``); both give the same records."""
 
     cls = ObservedCall
 
@@ -257,61 +247,3 @@ class _Builder:
         self.rule_of = [*rules.names, ""]
         self.src_name = lambda src: sensor._workload(src, 0) or address_text(src)
         self.dst_name = sensor._dst
-
-    def build(self, rows: list[tuple], out: list[ObservedCall]) -> None:
-        node, width, method_of, rule_of = self.node, self.width, self.method_of, self.rule_of
-        texts = _Memo(lambda raw: raw.decode("utf-8", "replace"))  # ids, provider, model repeat within a drain
-        srcs = _Memo(self.src_name)
-        dsts = _Memo(lambda key: self.dst_name(*key))
-        append = out.append
-        for (
-            window, src, dst, dport, proto, op, host, tv, tr, fv, _fr, av, _ar, provider, model,
-            requests, errors, bytes_in, bytes_out, busy, tin, tout, tc, treason,
-        ) in rows:  # fmt: skip
-            # At most 15 keywords: msgspec (0.22) takes a much slower path for a call with 16 or more, so the fields
-            # that usually keep their defaults (feature, agent, tokens, provider, model) are set only when they differ.
-            call = ObservedCall(
-                window_start_us=window,
-                window_end_us=window + width,
-                node=node,
-                src_workload=srcs[src],
-                dst=dsts[(dst, dport, host)],
-                protocol=PROTOCOLS[proto],
-                operation=op.decode("utf-8", "replace"),
-                tenant=texts[tv],
-                tenant_method=method_of[tr],
-                tenant_rule=rule_of[tr],
-                requests=requests,
-                errors=errors,
-                bytes_in=bytes_in,
-                bytes_out=bytes_out,
-                busy_us=busy,
-            )
-            if fv:
-                call.feature = texts[fv]
-            if av:
-                call.agent = texts[av]
-            if provider or model or tin or tout or tc or treason:
-                call.tokens_in = tin
-                call.tokens_out = tout
-                call.tokens_cached = tc
-                call.tokens_reasoning = treason
-                call.provider = texts[provider]
-                call.model = texts[model]
-            append(call)
-
-
-class _Memo(dict):
-    """A dict that computes a missing value once (one lookup per hit, no ``get`` + store dance)."""
-
-    def __init__(self, make) -> None:
-        super().__init__()
-        self._make = make
-
-    def __missing__(self, key):
-        value = self[key] = self._make(key)
-        return value
-
-
-def error_kind_index(kind: str) -> int:
-    return E[kind]
