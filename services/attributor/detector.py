@@ -170,6 +170,7 @@ class Detector:
     alerts: dict[tuple[str, str, str, str, str], AlertRow] = field(default_factory=dict)
     baselines: dict[Scope, int] | None = None
     baseline_hour: datetime | None = None
+    unjudged: set[Scope] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.rules = [(rule_key(r), r) for r in self.cfg.alert_rules]
@@ -185,8 +186,10 @@ class Detector:
             row = AlertRow(**dict(r))
             self.alerts[(row.rule_key, *row.scope, row.reason)] = row
         since = int(now.timestamp()) - self.windows.longest_s - spend.BUCKET_S
+        self.unjudged = set()
         for b in await spend.load(conn, since):
             self.windows.set(b.scope, b.at_s, b.cost_micros, b.requests)
+            self.unjudged.add(b.scope)  # what changed while no leader ran: judged on the first pass
         keys = {k for k, _ in self.rules}
         orphans = [a for a in self.alerts.values() if a.state == "firing" and a.rule_key not in keys]
         for a in orphans:
@@ -221,7 +224,8 @@ class Detector:
         self.baselines, self.baseline_hour = baselines, this_hour
 
     def ingest(self, buckets: Iterable[spend.Bucket]) -> set[Scope]:
-        touched = set()
+        """Set the buckets read from the store; returns the scopes to judge (those, and any loaded but unjudged)."""
+        touched, self.unjudged = self.unjudged, set()
         for b in buckets:
             self.windows.set(b.scope, b.at_s, b.cost_micros, b.requests)
             touched.add(b.scope)

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import asyncpg
@@ -28,12 +28,12 @@ from costmesh.common import db, natsio
 from costmesh.common.alerting import active_silences
 from costmesh.common.config import Config, ConfigError, resolve_secret
 from costmesh.common.runtime import ServiceContext
-from costmesh.common.schemas import Codec
+from costmesh.common.schemas import Alert, Codec
 
 from . import spend
 from .delivery import Sender, Target
 from .detector import DETECTOR_LOCK, AlertRow, Detector, save
-from .notify import Grouper
+from .notify import Grouper, Receiver
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,77 @@ async def run(ctx: ServiceContext, nc) -> None:
                 conn.terminate()
 
 
+class Leader:
+    """The leader's state and one pass of it, with the time given (tests drive it with their own clock)."""
+
+    def __init__(self, cfg: Config, receivers: list[Receiver]) -> None:
+        self.detector = Detector(cfg)
+        self.grouper = Grouper(cfg.alerting, receivers)
+        self.silenced: set[str] = set()
+
+    async def start(self, conn: asyncpg.Connection, now: datetime) -> None:
+        orphans = await self.detector.start(conn, now)
+        await self.grouper.load(conn)
+        if orphans:
+            await self.grouper.save(conn, self.grouper.mark(orphans, now))
+        self.silenced = await active_silences(conn, now)
+
+    async def step(self, conn: asyncpg.Connection, now: datetime) -> tuple[list[Alert], int]:
+        """One pass at ``now``: returns the events to publish and how many notifications went to the outbox."""
+        detector, grouper = self.detector, self.grouper
+        touched = detector.ingest(await spend.take_changes(conn))
+        changed, events = detector.evaluate(touched | detector.firing_scopes(), now)
+        still = await active_silences(conn, now)
+        unmuted = [a for a in detector.alerts.values() if a.fingerprint in self.silenced - still]
+        self.silenced = still
+        async with conn.transaction():
+            if changed:
+                await save(conn, changed)
+            marked = grouper.mark([*changed, *unmuted], now)
+            if marked:
+                await grouper.save(conn, marked)
+            sent = await self._flush(conn, now)
+        return events, sent
+
+    async def expire(self, conn: asyncpg.Connection, now: datetime) -> None:
+        """Drop the buckets no window needs any more, in the store and in memory."""
+        now_s = int(now.timestamp())
+        await spend.expire(conn, now_s - self.detector.windows.longest_s - 2 * spend.BUCKET_S)
+        self.detector.windows.prune(now_s * 1_000_000, self.detector.firing_scopes())
+
+    async def _flush(self, conn: asyncpg.Connection, now: datetime) -> int:
+        """Flush the groups that are due; returns how many notifications were written."""
+        grouper = self.grouper
+        repeat = timedelta(seconds=grouper.cfg.repeat_interval_s)
+        candidates = [
+            g
+            for g in grouper.groups.values()
+            if g.changed_at is not None or (g.last_notified_at is not None and now >= g.last_notified_at + repeat)
+        ]
+        if not candidates:
+            return 0
+        by_group: dict[str, list[AlertRow]] = defaultdict(list)
+        for row in self.detector.alerts.values():
+            by_group[row.group_key].append(row)
+        written = 0
+        for group in candidates:
+            rows = by_group.get(group.group_key, [])
+            notified = any(r.state == "firing" and r.notified_state == "firing" for r in rows)
+            if not grouper.due(group, notified, now):
+                continue
+            if await grouper.flush(conn, group, rows, self.silenced, now) is not None:
+                written += 1
+            if not any(r.state == "firing" or r.notified_state == "firing" for r in rows):
+                await conn.execute("DELETE FROM alert_groups WHERE group_key = $1", group.group_key)
+                del grouper.groups[group.group_key]  # all resolved and told: the next episode starts a new group
+        return written
+
+
 async def _lead(ctx: ServiceContext, conn: asyncpg.Connection, nc, receivers: list[Target]) -> None:
     cfg = ctx.config
     now = datetime.now(UTC)
-    detector = Detector(cfg)
-    grouper = Grouper(cfg.alerting, [t.receiver for t in receivers])
-    orphans = await detector.start(conn, now)
-    await grouper.load(conn)
-    if orphans:
-        await grouper.save(conn, grouper.mark(orphans, now))
+    lead = Leader(cfg, [t.receiver for t in receivers])
+    await lead.start(conn, now)
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
     senders: list[Sender] = []
     tasks: list[asyncio.Task[None]] = []
@@ -103,28 +165,14 @@ async def _lead(ctx: ServiceContext, conn: asyncpg.Connection, nc, receivers: li
             sender = Sender(target, await asyncpg.connect(ctx.dsn, timeout=5), session)
             senders.append(sender)
             tasks.append(asyncio.create_task(sender.run(ctx.stopping), name=f"alert-sender-{target.receiver}"))
-        baselines = asyncio.create_task(_baselines(ctx, detector, now), name="alert-baselines")
-        tasks.append(baselines)
-        silenced = await active_silences(conn, now)
+        tasks.append(asyncio.create_task(_baselines(ctx, lead.detector, now), name="alert-baselines"))
         codec = Codec()
         last_expire = time.monotonic()
         while not ctx.stopping.is_set():
             for task in tasks:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # a sender or the baselines lost their connection: lead anew
-            now = datetime.now(UTC)
-            touched = detector.ingest(await spend.take_changes(conn))
-            changed, events = detector.evaluate(touched | detector.firing_scopes(), now)
-            still = await active_silences(conn, now)
-            unmuted = [a for a in detector.alerts.values() if a.fingerprint in silenced - still]
-            silenced = still
-            async with conn.transaction():
-                if changed:
-                    await save(conn, changed)
-                marked = grouper.mark([*changed, *unmuted], now)
-                if marked:
-                    await grouper.save(conn, marked)
-                sent = await _flush(conn, grouper, detector, silenced, now)
+            events, sent = await lead.step(conn, datetime.now(UTC))
             for event in events:
                 try:
                     await nc.publish(natsio.ALERTS_SUBJECT, codec.encode(event))
@@ -137,9 +185,7 @@ async def _lead(ctx: ServiceContext, conn: asyncpg.Connection, nc, receivers: li
                     sender.wake.set()
             if time.monotonic() - last_expire > EXPIRE_EVERY_S:
                 last_expire = time.monotonic()
-                now_s = int(now.timestamp())
-                await spend.expire(conn, now_s - detector.windows.longest_s - 2 * spend.BUCKET_S)
-                detector.windows.prune(now_s * 1_000_000, detector.firing_scopes())
+                await lead.expire(conn, datetime.now(UTC))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ctx.stopping.wait(), cfg.attributor.detector_interval_s)
     finally:
@@ -149,36 +195,6 @@ async def _lead(ctx: ServiceContext, conn: asyncpg.Connection, nc, receivers: li
         for sender in senders:
             sender.conn.terminate()
         await session.close()
-
-
-async def _flush(
-    conn: asyncpg.Connection, grouper: Grouper, detector: Detector, silenced: set[str], now: datetime
-) -> int:
-    """Flush the groups that are due; returns how many notifications were written."""
-    repeat = grouper.cfg.repeat_interval_s
-    candidates = [
-        g
-        for g in grouper.groups.values()
-        if g.changed_at is not None
-        or (g.last_notified_at is not None and (now - g.last_notified_at).total_seconds() >= repeat)
-    ]
-    if not candidates:
-        return 0
-    by_group: dict[str, list[AlertRow]] = defaultdict(list)
-    for row in detector.alerts.values():
-        by_group[row.group_key].append(row)
-    written = 0
-    for group in candidates:
-        rows = by_group.get(group.group_key, [])
-        notified = any(r.state == "firing" and r.notified_state == "firing" for r in rows)
-        if not grouper.due(group, notified, now):
-            continue
-        if await grouper.flush(conn, group, rows, silenced, now) is not None:
-            written += 1
-        if not any(r.state == "firing" or r.notified_state == "firing" for r in rows):
-            await conn.execute("DELETE FROM alert_groups WHERE group_key = $1", group.group_key)
-            del grouper.groups[group.group_key]  # all resolved and told: the next episode starts a new group
-    return written
 
 
 async def _baselines(ctx: ServiceContext, detector: Detector, now: datetime) -> None:
