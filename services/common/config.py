@@ -253,8 +253,8 @@ class OtlpConfig(_Section):
     logs: bool = False
     #: The exporter's durable JetStream consumer (shared by its replicas as one work queue).
     durable: str = "otlp-exporter"
-    #: Seconds of stream collected into one export at most (an export also happens when the stream runs dry).
-    interval_s: float = 5.0
+    #: Stream messages (call batches) per export at most; fewer when the stream runs dry.
+    batch_messages: int = 256
     timeout_s: float = 10.0
     #: Distinct attribute sets per metric and export; beyond them the SDK folds points into an overflow point.
     max_series: int = 100_000
