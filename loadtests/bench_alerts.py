@@ -74,6 +74,21 @@ window_s = 60
 """
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds of a process and its children so far (PostgreSQL: the server and its backends)."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
@@ -189,8 +204,14 @@ async def run(seconds: float, calls: int, scopes: int, every: float) -> None:
             load = Load(calls, scopes, seed=7)
             print(f"load: {calls:,} AI calls/s over {scopes:,} scopes for {seconds:.0f} s; a runaway every {every} s")
             t0 = time.perf_counter()
+            cpu0 = {name: _cpu(pid) for name, pid in (("attributor", procs[0].pid), ("redactor", procs[1].pid),
+                                                       ("postgres", pg.proc.pid))}  # fmt: skip
             sent = await sensor(nc, load, seconds, every, warmup=15)
-            print(f"sent {sent:,} records in {time.perf_counter() - t0:.1f} s (load average {os.getloadavg()[0]:.2f})")
+            wall = time.perf_counter() - t0
+            print(f"sent {sent:,} records in {wall:.1f} s (load average {os.getloadavg()[0]:.2f})")
+            pids = {"attributor": procs[0].pid, "redactor": procs[1].pid, "postgres": pg.proc.pid}
+            used = ", ".join(f"{n} {(_cpu(pid) - cpu0[n]) / wall:.2f}" for n, pid in pids.items())
+            print(f"CPU cores used during the load: {used}")
             await asyncio.sleep(10)  # the last runaways' messages
             await nc.close()
         finally:
