@@ -74,6 +74,17 @@ window_s = 60
 """
 
 
+async def _watch_backlog(nc, samples: list[int]) -> None:
+    js = nc.jetstream()
+    while True:
+        await asyncio.sleep(2)
+        try:
+            info = await js.consumer_info("COSTMESH_EVENTS", "attributor")
+            samples.append(info.num_pending + info.num_ack_pending)
+        except Exception:  # not created yet
+            continue
+
+
 def _cpu(pid: int) -> float:
     """CPU seconds of a process and its children so far (PostgreSQL: the server and its backends)."""
     import psutil
@@ -195,9 +206,10 @@ async def run(seconds: float, calls: int, scopes: int, every: float) -> None:
         ]
         try:
             nc = await nats.connect(ns.url)
+            probe = Codec().encode(CallBatch(batch_id=f"{NODE}-probe", node=NODE, seq=0))  # an empty batch
             for _ in range(200):  # the redactor answers once it is subscribed
                 try:
-                    await nc.request(natsio.RAW_SUBJECT.format(node=NODE), b"\xc0", timeout=0.2)
+                    await nc.request(natsio.RAW_SUBJECT.format(node=NODE), probe, timeout=0.2)
                     break
                 except Exception:
                     await asyncio.sleep(0.1)
@@ -206,12 +218,17 @@ async def run(seconds: float, calls: int, scopes: int, every: float) -> None:
             t0 = time.perf_counter()
             cpu0 = {name: _cpu(pid) for name, pid in (("attributor", procs[0].pid), ("redactor", procs[1].pid),
                                                        ("postgres", pg.proc.pid))}  # fmt: skip
+            backlog: list[int] = []
+            watcher = asyncio.create_task(_watch_backlog(nc, backlog))
             sent = await sensor(nc, load, seconds, every, warmup=15)
+            watcher.cancel()
             wall = time.perf_counter() - t0
             print(f"sent {sent:,} records in {wall:.1f} s (load average {os.getloadavg()[0]:.2f})")
             pids = {"attributor": procs[0].pid, "redactor": procs[1].pid, "postgres": pg.proc.pid}
             used = ", ".join(f"{n} {(_cpu(pid) - cpu0[n]) / wall:.2f}" for n, pid in pids.items())
             print(f"CPU cores used during the load: {used}")
+            print(f"attributor backlog (stream messages not yet acknowledged, sampled each 2 s): max {max(backlog)}, "
+                  f"median {statistics.median(backlog)}")  # fmt: skip
             await asyncio.sleep(10)  # the last runaways' messages
             await nc.close()
         finally:

@@ -112,6 +112,7 @@ async def test_budget_fires_once_resolves_and_cools_down(conn):
     assert (fired.state, fired.reason, fired.tenant, fired.window_s) == ("firing", "budget", "acme", 300)
     assert fired.rate_micros_per_hour == 100_000 * 12 and fired.budget_micros_per_hour == 1_000_000
     assert fired.fingerprint == fingerprint(lead.detector.rules[0][0], "acme", "", "", "budget")
+    assert await conn.fetchval("SELECT fingerprint FROM alert_state") == fired.fingerprint  # PostgreSQL's digest
     assert sent == 0  # group_wait: not yet
     assert await lead.step(conn, s(51)) == ([], 1)  # de-duplicated; the group's first notification is due
     (note,) = await outbox(conn)

@@ -141,18 +141,20 @@ class AlertRow:
 
 
 _COLUMNS = tuple(AlertRow.__dataclass_fields__)
+#: All but ``fingerprint``, which PostgreSQL generates from the labels (the same digest).
+_WRITTEN = tuple(c for c in _COLUMNS if c != "fingerprint")
 
 _SAVE = f"""
-INSERT INTO alert_state ({", ".join(_COLUMNS)}, updated_at)
-VALUES ({", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))}, now())
+INSERT INTO alert_state ({", ".join(_WRITTEN)}, updated_at)
+VALUES ({", ".join(f"${i}" for i in range(1, len(_WRITTEN) + 1))}, now())
 ON CONFLICT (rule_key, tenant, feature, agent, reason) DO UPDATE SET
-    {", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS[5:])}, updated_at = now()
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in _WRITTEN[5:])}, updated_at = now()
 """
 
 
 async def save(conn: asyncpg.Connection, rows: Iterable[AlertRow]) -> None:
     """Write alert rows as they are in memory (one statement, pipelined)."""
-    await conn.executemany(_SAVE, [tuple(getattr(r, c) for c in _COLUMNS) for r in rows])
+    await conn.executemany(_SAVE, [tuple(getattr(r, c) for c in _WRITTEN) for r in rows])
 
 
 def group_key_of(group_by: list[str], scope: Scope) -> str:
@@ -184,6 +186,7 @@ class Detector:
         self.alerts = {}
         for r in await conn.fetch(f"SELECT {', '.join(_COLUMNS)} FROM alert_state"):
             row = AlertRow(**dict(r))
+            row.group_key = group_key_of(self.cfg.alerting.group_by, row.scope)  # group_by may have changed
             self.alerts[(row.rule_key, *row.scope, row.reason)] = row
         since = int(now.timestamp()) - self.windows.longest_s - spend.BUCKET_S
         self.unjudged = set()

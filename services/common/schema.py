@@ -255,17 +255,19 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
             PRIMARY KEY (tenant, feature, agent, at_s)
         );
         CREATE INDEX ai_spend_bucket_at ON ai_spend_bucket (at_s);
-        -- A bucket some transaction changed and the detector has not read since (dirty_minutes' pattern).
+        -- Buckets some transaction changed since the detector last read them: appended, never updated (no key:
+        -- repeats are merged by the reader), so writers take no row lock here and never wait on the reader.
         CREATE TABLE ai_spend_changed (
             tenant      text NOT NULL,
             feature     text NOT NULL,
             agent       text NOT NULL,
-            at_s        bigint NOT NULL,
-            gen         bigint NOT NULL DEFAULT 0,
-            PRIMARY KEY (tenant, feature, agent, at_s)
+            at_s        bigint NOT NULL
         );
         ALTER TABLE alert_state
-            ADD COLUMN fingerprint text,
+            -- the same digest as costmesh.common.alerting.fingerprint, kept by the database itself
+            ADD COLUMN fingerprint text GENERATED ALWAYS AS (substr(md5(
+                rule_key || chr(31) || tenant || chr(31) || feature || chr(31) || agent || chr(31) || reason), 1, 16))
+                STORED,
             ADD COLUMN group_key text,
             ADD COLUMN rate_micros_per_hour bigint NOT NULL DEFAULT 0,
             ADD COLUMN threshold_micros_per_hour bigint NOT NULL DEFAULT 0,
@@ -274,11 +276,6 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
             ADD COLUMN window_requests bigint NOT NULL DEFAULT 0,
             ADD COLUMN notified_state text CHECK (notified_state IN ('firing', 'resolved')),
             ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now();
-        -- the same digest as costmesh.common.alerts.fingerprint
-        UPDATE alert_state SET fingerprint = substr(encode(sha256(convert_to(
-            rule_key || chr(31) || tenant || chr(31) || feature || chr(31) || agent || chr(31) || reason, 'UTF8')),
-            'hex'), 1, 16);
-        ALTER TABLE alert_state ALTER COLUMN fingerprint SET NOT NULL;
         CREATE UNIQUE INDEX alert_state_fingerprint ON alert_state (fingerprint);
         CREATE INDEX alert_state_alert_id ON alert_state (alert_id);
         CREATE TABLE alert_groups (
