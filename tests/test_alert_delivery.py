@@ -19,7 +19,7 @@ import pytest
 from costmesh.attributor import blockkit, service
 from costmesh.attributor.delivery import Sender, Target, signature
 from costmesh.attributor.notify import Notification, NotifiedAlert
-from costmesh.common import db, natsio
+from costmesh.common import natsio
 from costmesh.common.config import AlertingConfig, AlertRule, Config, NatsConfig, SlackConfig
 from costmesh.common.runtime import ServiceContext
 from costmesh.common.schemas import Alert, CallBatch, Codec, ObservedCall
@@ -98,13 +98,8 @@ def test_block_kit_stays_within_slack_limits_and_escapes_names():
 
 
 @pytest.fixture
-async def conn(fresh_dsn):
-    pool = await db.create_pool(fresh_dsn)
-    await db.migrate(pool)
-    await pool.close()
-    c = await asyncpg.connect(fresh_dsn)
-    yield c
-    await c.close()
+async def conn(migrated):
+    return migrated
 
 
 async def queue(conn, receiver: str, *bodies: dict) -> None:

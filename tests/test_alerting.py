@@ -15,7 +15,6 @@ from costmesh.attributor import apply, spend
 from costmesh.attributor.detector import ewma
 from costmesh.attributor.leader import Leader
 from costmesh.attributor.windows import SpendWindows
-from costmesh.common import db
 from costmesh.common.alerting import SilenceError, UnknownAlert, create_silence, fingerprint
 from costmesh.common.config import AlertingConfig, AlertRule, Config
 from costmesh.common.prices import ModelPrice, PriceTable
@@ -48,14 +47,9 @@ async def applied(conn: asyncpg.Connection, *calls: ObservedCall) -> None:
 
 
 @pytest.fixture
-async def conn(fresh_dsn):
-    pool = await db.create_pool(fresh_dsn)
-    await db.migrate(pool)
-    await pool.close()
-    c = await asyncpg.connect(fresh_dsn)
-    await apply.prepare(c)
-    yield c
-    await c.close()
+async def conn(migrated):
+    await apply.prepare(migrated)
+    return migrated
 
 
 def config(*rules: AlertRule, **alerting) -> Config:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from .detector import scope_name
+
 if TYPE_CHECKING:
     from .notify import Notification, NotifiedAlert
 
@@ -48,15 +50,6 @@ def cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def scope_text(tenant: str, feature: str, agent: str) -> str:
-    parts = [f"tenant {tenant or '(none)'}"]
-    if feature:
-        parts.append(f"feature {feature}")
-    if agent:
-        parts.append(f"agent {agent}")
-    return ", ".join(parts)
-
-
 def _when(us: int) -> str:
     """A Slack date token (shown in the reader's time zone) with a UTC fallback."""
     seconds = us // 1_000_000
@@ -80,7 +73,7 @@ def rate_text(a: NotifiedAlert) -> str:
 def _title(n: Notification) -> str:
     first = n.alerts[0]
     group = n.group
-    scope = scope_text(group.get("tenant", first.tenant), group.get("feature", ""), group.get("agent", ""))
+    scope = scope_name((group.get("tenant", first.tenant), group.get("feature", ""), group.get("agent", "")))
     if n.status == "resolved":
         return f"✅ Resolved: AI spend of {scope} is back to normal"
     lead = "Still runaway" if n.kind == "repeat" else "Runaway AI spend"
@@ -95,7 +88,7 @@ def _field(label: str, value: str) -> dict[str, str]:
 def _alert_blocks(a: NotifiedAlert) -> list[dict]:
     state = "FIRING" if a.state == "firing" else "RESOLVED"
     fields = [
-        _field("Scope", escape(scope_text(a.tenant, a.feature, a.agent))),
+        _field("Scope", escape(scope_name((a.tenant, a.feature, a.agent)))),
         _field("Rate", escape(rate_text(a))),
         _field("Since", _when(a.started_at_us)),
         _field("State", f"{state} ({'over budget' if a.reason == 'budget' else 'spike over baseline'})"),
@@ -113,7 +106,7 @@ def fallback_text(n: Notification) -> str:
     """The plain-text version: what a notification banner shows, and the whole message where blocks are not."""
     parts = [f"[{n.status.upper()}:{n.firing or n.resolved}] {_title(n)}"]
     for a in n.alerts:
-        parts.append(f"{scope_text(a.tenant, a.feature, a.agent)}: {a.state}, {rate_text(a)}")
+        parts.append(f"{scope_name((a.tenant, a.feature, a.agent))}: {a.state}, {rate_text(a)}")
     if n.top_model or n.top_agent:
         parts.append(f"top model {n.top_model or '-'}, top agent {n.top_agent or '-'}")
     if n.console_url:

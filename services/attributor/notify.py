@@ -237,20 +237,7 @@ def _largest(spend: dict[str, int]) -> str:
 
 
 def _notified(r: AlertRow) -> NotifiedAlert:
+    same = {f: getattr(r, f) for f in NotifiedAlert.__struct_fields__ if hasattr(r, f)}
     return NotifiedAlert(
-        fingerprint=r.fingerprint,
-        alert_id=r.alert_id,
-        state=r.state,  # type: ignore[arg-type]
-        reason=r.reason,  # type: ignore[arg-type]
-        tenant=r.tenant,
-        feature=r.feature,
-        agent=r.agent,
-        rate_micros_per_hour=r.rate_micros_per_hour,
-        threshold_micros_per_hour=r.threshold_micros_per_hour,
-        budget_micros_per_hour=r.budget_micros_per_hour,
-        baseline_micros_per_hour=r.baseline_micros_per_hour,
-        window_s=r.window_s,
-        window_requests=r.window_requests,
-        started_at_us=_us(r.started_at),
-        resolved_at_us=_us(r.resolved_at) if r.resolved_at else 0,
+        **same, started_at_us=_us(r.started_at), resolved_at_us=_us(r.resolved_at) if r.resolved_at else 0
     )
