@@ -27,6 +27,7 @@ import asyncpg
 from costmesh.common import db, natsio
 from costmesh.common.alerting import active_silences
 from costmesh.common.config import Config, ConfigError, resolve_secret
+from costmesh.common.metrics import ERRORS
 from costmesh.common.runtime import ServiceContext
 from costmesh.common.schemas import Alert, Codec
 
@@ -58,12 +59,16 @@ def targets(cfg: Config) -> list[Target]:
     return out
 
 
-async def run(ctx: ServiceContext, nc) -> None:
-    """Lead when the lock is free, follow otherwise, until the service stops; a database outage only delays."""
+#: After an unexpected error the replica leads anew (from the store) after this long.
+RESTART_S = 5.0
+
+
+async def run(ctx: ServiceContext, nc, receivers: list[Target]) -> None:
+    """Lead when the lock is free, follow otherwise, until the service stops; a database outage only delays, and an
+    unexpected error is logged, counted and followed by a new start from the store."""
     cfg = ctx.config
     if not cfg.alert_rules:
         return
-    receivers = targets(cfg)
     ctx.health.update(alerts_sent=0, notifications=0, alert_leader=False)
     while not ctx.stopping.is_set():
         conn: asyncpg.Connection | None = None
@@ -80,6 +85,11 @@ async def run(ctx: ServiceContext, nc) -> None:
             log.warning("alerting pass failed; retrying", extra={"why": repr(exc)})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ctx.stopping.wait(), 1.0)
+        except Exception:
+            ERRORS.labels("attributor", "alerting_failed").inc()
+            log.exception("alerting failed; starting again from the store")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.stopping.wait(), RESTART_S)
         finally:
             ctx.health["alert_leader"] = False
             if conn is not None:

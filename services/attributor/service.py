@@ -273,6 +273,7 @@ async def _fetch_loop(ctx, sub, in_flight, pending, fold, sizer: PullSizer) -> N
 
 async def main(ctx: ServiceContext) -> None:
     cfg = ctx.config
+    receivers = leader.targets(cfg) if cfg.alert_rules else []  # a missing secret stops the service, named
     pool = await db.create_pool(ctx.dsn)
     await db.migrate(pool)
     nc = await natsio.connect(cfg.nats, ctx.nats_url, "costmesh-attributor")
@@ -287,7 +288,7 @@ async def main(ctx: ServiceContext) -> None:
         if await storage.flavour(conn) == "partitioned":
             await storage.ensure_partitions(conn, cfg.attributor, datetime.now(UTC), storage.Upkeep())
     upkeep = asyncio.create_task(maintenance_loop(ctx), name="attributor-maintenance")
-    alerts = asyncio.create_task(leader.run(ctx, nc), name="attributor-alerting")
+    alerts = asyncio.create_task(leader.run(ctx, nc, receivers), name="attributor-alerting")
     ctx.ready = True
     # A pipeline: the feeder fetches the next group and folds it (in a thread, without the GIL) while the writer's
     # transaction for the current group runs in PostgreSQL and the previous group is acknowledged. One folded group
