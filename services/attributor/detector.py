@@ -133,8 +133,8 @@ class AlertRow:
             budget_micros_per_hour=self.budget_micros_per_hour,
             baseline_micros_per_hour=self.baseline_micros_per_hour,
             window_s=self.window_s,
-            started_at_us=_us(self.started_at),
-            at_us=_us(at),
+            started_at_us=epoch_us(self.started_at),
+            at_us=epoch_us(at),
             message=message,
             fingerprint=self.fingerprint,
         )
@@ -238,7 +238,7 @@ class Detector:
         """Judge ``scopes`` under every matching rule at ``now``; returns the rows that changed state (to save, in
         the same transaction as their groups' marks) and the events to publish after the commit. Rows that stay as
         they are get their latest numbers in memory only (a notification writes them)."""
-        now_us = _us(now)
+        now_us = epoch_us(now)
         changed: list[AlertRow] = []
         events: list[Alert] = []
         group_by = self.cfg.alerting.group_by
@@ -294,7 +294,8 @@ def _alert_id(fp: str, started: datetime) -> str:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _us(t: datetime) -> int:
+def epoch_us(t: datetime) -> int:
+    """Microseconds since the Unix epoch, exactly (no float on the way)."""
     return (t - _EPOCH) // timedelta(microseconds=1)
 
 

@@ -29,7 +29,7 @@ import msgspec
 from costmesh.common.config import AlertingConfig
 
 from . import blockkit
-from .detector import AlertRow, _us, save
+from .detector import AlertRow, epoch_us, save
 
 Receiver = Literal["slack", "webhook"]
 
@@ -180,7 +180,7 @@ class Grouper:
         group.notifications += 1
         group.last_notified_at = now
         notification = Notification(
-            notification_id=f"{hashlib.sha256(group.group_key.encode()).hexdigest()[:12]}-{_us(now)}",
+            notification_id=f"{hashlib.sha256(group.group_key.encode()).hexdigest()[:12]}-{epoch_us(now)}",
             status="firing" if firing else "resolved",
             kind=kind,
             group_key=group.group_key,
@@ -191,7 +191,7 @@ class Grouper:
             top_model=top_model,
             top_agent=top_agent,
             console_url=console_link(self.cfg.console_url, group.tenant or shown[0].tenant),
-            at_us=_us(now),
+            at_us=epoch_us(now),
         )
         for r in firing:
             r.notified_state = "firing"
@@ -239,5 +239,5 @@ def _largest(spend: dict[str, int]) -> str:
 def _notified(r: AlertRow) -> NotifiedAlert:
     same = {f: getattr(r, f) for f in NotifiedAlert.__struct_fields__ if hasattr(r, f)}
     return NotifiedAlert(
-        **same, started_at_us=_us(r.started_at), resolved_at_us=_us(r.resolved_at) if r.resolved_at else 0
+        **same, started_at_us=epoch_us(r.started_at), resolved_at_us=epoch_us(r.resolved_at) if r.resolved_at else 0
     )
