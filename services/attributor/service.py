@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
-from nats.errors import TimeoutError as NatsTimeout
 
 from costmesh.common import db, natsio
 from costmesh.common.metrics import BATCHES, ERRORS, RECORDS
@@ -224,11 +223,14 @@ class PullSizer:
 
 #: How long a pull waits for its messages. A pull that brings fewer than it asked for ends the group (the stream
 #: ran dry); one cut short by this deadline (a slow link) ends it too, and its late messages start the next group.
-PULL_TIMEOUT_S = 1.0
+#: On a stream that is not backlogged, a pull holds the messages that arrive until it is full or this deadline passes
+#: (nats-py waits for the whole batch), so the deadline is also how long fresh calls may wait here before they are
+#: applied, and runaway-AI-cost alerts wait with them: 1 s added ~0.5 s to every alert; a backlog never waits on it.
+PULL_TIMEOUT_S = 0.25
 
 
 async def fetch_group(sub, size: int, sizer: PullSizer) -> list:
-    """Up to ``size`` messages in byte-bounded pulls; raises ``NatsTimeout`` when the first pull finds nothing.
+    """Up to ``size`` messages in byte-bounded pulls; raises ``TimeoutError`` when the first pull finds nothing.
 
     The next pull is sent only when the previous one was filled (a backlog): a pull that brings fewer messages than
     it asked for means the stream had no more, and the group is applied as it is.
@@ -241,7 +243,7 @@ async def fetch_group(sub, size: int, sizer: PullSizer) -> list:
         asked = sizer.count(size - len(msgs))
         try:
             more = await sub.fetch(asked, timeout=PULL_TIMEOUT_S)
-        except NatsTimeout:
+        except TimeoutError:  # nats-py's own, or asyncio's when a pull's deadline ran out before it was sent
             break
         except Exception as exc:  # NATS reconnecting: apply what we have; the rest is fetched again later
             log.warning("fetch failed, applying the part of the group already fetched", extra={"why": repr(exc)})
@@ -258,7 +260,7 @@ async def _fetch_loop(ctx, sub, in_flight, pending, fold, sizer: PullSizer) -> N
         await in_flight.acquire()
         try:
             msgs = await fetch_group(sub, size, sizer)
-        except NatsTimeout:
+        except TimeoutError:  # nats-py's own, or asyncio's when a pull's deadline ran out before it was sent
             in_flight.release()
             continue
         except Exception as exc:  # NATS reconnecting (cluster node lost): fetch again shortly
