@@ -253,7 +253,8 @@ async def run(seconds: float, calls: int, scopes: int, every: float) -> None:
     waits = [load.window_wait[s] for s in arrived]
     missed = len(load.crossed) - len(arrived)
     print(f"runaways {len(load.runaways)}, crossed {len(load.crossed)}, alerted {len(arrived)}, missed {missed}")
-    print(f"Slack messages {len(hook.accepted)}, for scopes that were not runaway: {strays}")
+    kinds = Counter(m.body["text"].split("]", 1)[0].lstrip("[").split(":")[0] for m in hook.accepted)
+    print(f"Slack messages {len(hook.accepted)} ({dict(kinds)}), for scopes that were not runaway: {strays}")
     if latencies:
         for name, values in (("call → Slack (end to end)", latencies), ("call → window close (sensor)", waits)):
             print(

@@ -132,9 +132,12 @@ async def test_budget_fires_once_resolves_and_cools_down(conn):
 async def test_spike_needs_a_baseline_and_the_minimum_volume(conn):
     cfg = config(AlertRule(spike_factor=3.0, window_s=300, min_requests=20))
     history = [call(s(-3 * 3600 + 60 * m), "globex", 10_000, agent="bot") for m in range(180)]  # 600,000 µ$/h
+    history += [call(s(-1800 + 60 * m), "fresh", 1_000) for m in range(30)]  # started half an hour ago
     await applied(conn, *history)
     lead = await leader(conn, cfg, s(0), baselines=True)
     assert lead.detector.baselines[("globex", "", "bot")] == 600_000
+    assert lead.detector.baselines[("fresh", "", "")] == 0  # one partial hour is no baseline: no spike over it
+    await applied(conn, *(call(s(1 + i % 5), "fresh", 5_000) for i in range(25)))
     # Five expensive calls: 3,000,000 µ$/h over 60 s is 5x the baseline, but five calls are no spike yet.
     await applied(conn, *(call(s(1 + i), "globex", 10_000, agent="bot") for i in range(5)))
     await applied(conn, *(call(s(1 + i), "newco", 1_000_000) for i in range(30)))  # no history: nothing to spike

@@ -205,7 +205,8 @@ class Detector:
         return {a.scope for a in self.alerts.values() if a.state == "firing"}
 
     async def refresh_baselines(self, conn: asyncpg.Connection, now: datetime) -> None:
-        """Hourly costs per scope over the past ``BASELINE_HOURS`` complete hours → EWMA (exact integers)."""
+        """Hourly costs per scope over the past ``BASELINE_HOURS`` complete hours, but the scope's first → EWMA
+        (exact integers)."""
         this_hour = now.replace(minute=0, second=0, microsecond=0)
         rows = await conn.fetch(
             "SELECT tenant, feature, agent, date_trunc('hour', minute) AS h, sum(cost_micros)::bigint AS c "
@@ -219,7 +220,9 @@ class Detector:
         alpha = self.cfg.attributor.baseline_alpha
         baselines = {}
         for scope, hours in hourly.items():
-            h, series = min(hours), []
+            # A scope's first hour is most likely partial (it started mid-hour): a baseline from it would make its
+            # second hour a spike. So the series starts with the first hour after it; one hour of history is none.
+            h, series = min(hours) + timedelta(hours=1), []
             while h < this_hour:
                 series.append(hours.get(h, 0))
                 h += timedelta(hours=1)
