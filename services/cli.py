@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--capture", required=True, help="capture file (pcap) to replay")
     demo.add_argument("--config", help="config file (TOML)")
     demo.add_argument("--timeout", type=float, default=60, help="seconds to wait for the pipeline (default 60)")
+    demo.add_argument(
+        "--keep", action="store_true", help="then print the web console's URL and keep serving until Ctrl-C"
+    )
 
     for name in SERVICES:
         _service_parser(sub, name)
@@ -184,7 +187,7 @@ def _demo(args: argparse.Namespace, config: Config) -> int:
     from costmesh.billing.report import from_api_pnl
     from costmesh.billing.report import render_table as render_chargeback
     from costmesh.common.embedded import free_port
-    from costmesh.common.supervisor import Stack, http_json
+    from costmesh.common.supervisor import Stack, http_json, keep_serving
 
     with tempfile.TemporaryDirectory(prefix="costmesh-demo-") as tmp:
         stack = Stack(config, args.config, Path(tmp), [args.capture], api_port=free_port())
@@ -222,14 +225,15 @@ def _demo(args: argparse.Namespace, config: Config) -> int:
                         return 1
                     time.sleep(0.2)
                 pnls = [http_json(f"{base}/v1/pnl?period={period}") for period in billing.get("periods", [])]
+            print(render_table(rows, ["tenant", "requests", "errors", "bytes_in", "bytes_out", "busy_us"]))
+            for pnl in pnls:
+                print()
+                note = "Amounts rounded to cents here; GET /v1/pnl gives them exactly."
+                print(render_chargeback(from_api_pnl(pnl), note=note))
+            if args.keep:
+                return keep_serving(stack)
         finally:
             stack.stop()
-    print(render_table(rows, ["tenant", "requests", "errors", "bytes_in", "bytes_out", "busy_us"]))
-    for pnl in pnls:
-        print()
-        print(
-            render_chargeback(from_api_pnl(pnl), note="Amounts rounded to cents here; GET /v1/pnl gives them exactly.")
-        )
     return 0
 
 
