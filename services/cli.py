@@ -27,6 +27,7 @@ SERVICES = {
     "attributor": "Consume the events stream exactly once into the consumption store in PostgreSQL.",
     "billing": "Import bills and revenue and run cost allocation.",
     "api": "Serve the HTTP API: usage and cost queries, /metrics and /healthz.",
+    "exporter": "Export the redacted events stream to an OpenTelemetry collector over OTLP (config section otlp).",
 }
 
 
@@ -165,6 +166,7 @@ def _run_service(args: argparse.Namespace, config: Config) -> int:
         "attributor": "costmesh.attributor.service",
         "billing": "costmesh.billing.service",
         "api": "costmesh.api.app",
+        "exporter": "costmesh.exporter.service",
     }[args.command]
     main = __import__(module, fromlist=["main"]).main
     return run_service(ctx, main)

@@ -56,8 +56,8 @@ class Api:
         self.http, self.document, self.app, self.base = http, document, app, base
         self.checked: set[tuple[str, int]] = set()
 
-    def schema_of(self, template: str, status: int) -> dict[str, Any] | None:
-        response = self.document["paths"][template]["get"]["responses"].get(str(status))
+    def schema_of(self, template: str, status: int, method: str = "get") -> dict[str, Any] | None:
+        response = self.document["paths"][template][method]["responses"].get(str(status))
         content = (response or {}).get("content", {}).get("application/json")
         if content is None:
             return None
@@ -71,8 +71,21 @@ class Api:
         template: str | None = None,
         status: int | set[int] = 200,
     ) -> Any:
+        return await self.call("get", path, params, role, template, status)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        params: Any = None,
+        role: str | None = "admin",
+        template: str | None = None,
+        status: int | set[int] = 200,
+        json: Any = None,
+    ) -> Any:
+        """A request of ``method`` (with a JSON body for ``post``), its answer checked against the document."""
         headers = {"Authorization": f"Bearer {TOKENS[role]}"} if role else {}
-        async with self.http.get(path, params=params, headers=headers) as resp:
+        async with self.http.request(method.upper(), path, params=params, headers=headers, json=json) as resp:
             body = await resp.read()
             assert resp.status in (status if isinstance(status, set) else {status}), (
                 path,
@@ -84,7 +97,7 @@ class Api:
                 return body.decode()
             data = await resp.json()
         template = template or path
-        schema = self.schema_of(template, resp.status)
+        schema = self.schema_of(template, resp.status, method)
         assert schema is not None, f"{template} documents no JSON answer for {resp.status}"
         OAS31Validator(schema).validate(data)
         self.checked.add((template, resp.status))

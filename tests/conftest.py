@@ -67,6 +67,19 @@ async def fresh_dsn(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
     await conn.close()
 
 
+@pytest.fixture
+async def migrated(fresh_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a fresh database with every migration applied."""
+    from costmesh.common import db
+
+    pool = await db.create_pool(fresh_dsn)
+    await db.migrate(pool)
+    await pool.close()
+    conn = await asyncpg.connect(fresh_dsn)
+    yield conn
+    await conn.close()
+
+
 def processes_marked(mark: str) -> list[psutil.Process]:
     """Running processes whose environment carries ``COSTMESH_TEST_MARK=mark`` (children inherit it)."""
     found = []

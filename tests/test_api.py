@@ -36,10 +36,15 @@ CALLS = [
     ("/v1/periods", "/v1/periods", {}),
     ("/v1/ai-cost", "/v1/ai-cost", {"group_by": "model"}),
     ("/v1/alerts", "/v1/alerts", {"state": "firing"}),
+    ("/v1/alerts/al-0000/silence", "/v1/alerts/{id}/silence", {}),
     ("/v1/graph", "/v1/graph", {"window_s": "3600"}),
     ("/v1/imports", "/v1/imports", {}),
     ("/v1/config", "/v1/config", {}),
 ]
+
+#: The method of each route, and the body of those that take one.
+METHOD = {r.path: r.method for r in ROUTES}
+BODIES = {"/v1/alerts/{id}/silence": {"duration_s": 3600, "comment": "planned load test"}}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +69,7 @@ async def test_openapi_document_is_valid_and_complete(api):
     assert doc["openapi"] == "3.1.0"
     assert set(doc["paths"]) == {r.path for r in ROUTES}
     for route in ROUTES:
-        op = doc["paths"][route.path]["get"]
+        op = doc["paths"][route.path][route.method]
         documented = {p["name"] for p in op["parameters"]}
         assert documented == {p.name for p in route.all_params()}, route.path
         assert op["x-costmesh-role"] == (route.role or "public")
@@ -79,17 +84,20 @@ async def test_each_route_answers_by_its_schema_for_each_role(api, path, templat
     route = next(r for r in ROUTES if r.path == template)
     for role in ROLE_RANK:
         allowed = route.role is None or ROLE_RANK[role] >= ROLE_RANK[route.role]
-        body = await api.get(path, params, role=role, template=template, status=200 if allowed else 403)
+        body = await api.call(
+            route.method, path, params, role, template, 200 if allowed else 403, json=BODIES.get(template)
+        )
         if not allowed:
             assert body["required_role"] == route.role and route.role in body["error"]
     before = metric("costmesh_api_refusals_total", route=template, reason="missing_token")
     if route.role is None:
         assert (await api.get(path, params, role=None, template=template))["role"] is None
         return
-    body = await api.get(path, params, role=None, template=template, status=401)
+    body = await api.call(route.method, path, params, None, template, 401, json=BODIES.get(template))
     assert body["required_role"] == route.role
     assert metric("costmesh_api_refusals_total", route=template, reason="missing_token") == before + 1
-    async with api.http.get(path, params=params, headers={"Authorization": "Bearer not-a-token"}) as resp:
+    bad = {"Authorization": "Bearer not-a-token"}
+    async with api.http.request(route.method.upper(), path, params=params, headers=bad) as resp:
         assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
     assert metric("costmesh_api_refusals_total", route=template, reason="bad_token") >= 1
 
@@ -119,7 +127,7 @@ SAMPLE = {
 
 async def test_every_documented_parameter_is_accepted_and_others_refused(api):
     for path, template, base in CALLS:
-        op = api.document["paths"][template]["get"]
+        op = api.document["paths"][template][METHOD[template]]
         for p in op["parameters"]:
             if p["in"] == "path":
                 continue
@@ -130,8 +138,10 @@ async def test_every_documented_parameter_is_accepted_and_others_refused(api):
             }
             # a filter may leave one customer or resource with nothing: then its route says so with a 404
             allowed = {200, 404} if template.endswith("{id}") else {200}
-            await api.get(path, params, template=template, status=allowed)
-        error = await api.get(path, {**base, "colour": "red"}, template=template, status=400)
+            await api.call(METHOD[template], path, params, template=template, status=allowed, json=BODIES.get(template))
+        error = await api.call(
+            METHOD[template], path, {**base, "colour": "red"}, template=template, status=400, json=BODIES.get(template)
+        )
         assert "colour" in error["error"]
 
 
@@ -470,3 +480,39 @@ def test_deployed_configs_serve_beyond_loopback_only_with_tokens(path, tmp_path)
         file.write_text(next(v for k, v in data.items() if k.endswith(".toml")))
     api = load_config(file).api
     assert auth.is_loopback(api.host) or api.tokens_env, f"{path}: a public api.host without api.tokens_env"
+
+
+async def test_an_admin_silences_an_alert_and_the_alerts_answer_shows_it(api):
+    firing = [a for a in (await api.get("/v1/alerts", {"state": "firing"}))["alerts"] if a["alert_id"] != "al-0000"]
+    target = firing[0]
+    assert target["silenced_until"] is None
+    template = "/v1/alerts/{id}/silence"
+    made = await api.call(
+        "post", f"/v1/alerts/{target['alert_id']}/silence", template=template, json={"duration_s": 600, "comment": "ok"}
+    )
+    assert (made["fingerprint"], made["alert_id"], made["created_by"]) == (
+        target["fingerprint"],
+        target["alert_id"],
+        "admin",
+    )
+    shown = next(a for a in (await api.get("/v1/alerts"))["alerts"] if a["alert_id"] == target["alert_id"])
+    assert shown["silenced_until"] == made["ends_at"]  # the API says what the silence says
+    by_fingerprint = await api.call(
+        "post", f"/v1/alerts/{target['fingerprint']}/silence", template=template, json={"duration_s": 60}
+    )
+    assert by_fingerprint["fingerprint"] == target["fingerprint"]
+    missing = await api.call("post", "/v1/alerts/nope/silence", template=template, status=404, json={"duration_s": 60})
+    assert "no alert" in missing["error"]
+    for body, named in (
+        ({"duration_s": 5}, "duration_s"),
+        ({"duration_s": 60, "colour": "red"}, "colour"),
+        ({}, "duration_s"),
+    ):
+        error = await api.call(
+            "post", f"/v1/alerts/{target['alert_id']}/silence", template=template, status=400, json=body
+        )
+        assert named in error["error"], error
+    await api.call(
+        "post", f"/v1/alerts/{target['alert_id']}/silence", role="viewer", template=template, status=403,
+        json={"duration_s": 60},
+    )  # fmt: skip

@@ -1,7 +1,8 @@
 """Zero leak, end to end: secrets and PII of every kind planted in a capture's paths, queries and headers, replayed
 through the whole pipeline (sensor → redactor → JetStream → attributor → PostgreSQL → API, real processes and real
 servers). None of the planted values, in any form, appears in the stream's stored messages (read raw, and the server's
-files on disk), any database table, any API answer, any service's log, or any metric of any service.
+files on disk), any database table, any API answer, any service's log, any metric of any service, or anything the OTLP
+exporter sent to the customer's collector (metrics and logs, raw and decoded).
 
 A second test plays a rogue or buggy sensor: a batch with secrets in every free-text field and in fields outside the
 contract, published straight to the raw subject.
@@ -27,8 +28,10 @@ from costmesh.common.supervisor import Stack, http_json
 from costmesh.redactor import scan
 from costmesh.redactor import service as redactor_service
 
+from .certs import server_chain
 from .conftest import wait_for
 from .data import make_secret_capture
+from .otlp_receiver import HttpReceiver
 from .redactor_fixtures import PLANTS
 
 
@@ -83,9 +86,13 @@ async def test_nothing_planted_leaves_through_the_whole_pipeline(tmp_path, nats_
     needles = make_secret_capture.needles()
     api_port = free_port()
     config_path = tmp_path / "costmesh.toml"
+    chain, key = server_chain(tmp_path)
+    collector = await HttpReceiver(chain, key).start()  # the customer's collector, over OTLP/HTTP with TLS
     config_path.write_text(
         f'node = "node-z"\nlog_level = "debug"\n[nats]\nurl = "{nats_server.url}"\n'
         f'[postgres]\ndsn = "{fresh_dsn}"\n[api]\nport = {api_port}\n'
+        f'[otlp]\nenabled = true\nprotocol = "http/protobuf"\nendpoint = "{collector.url}"\n'
+        f'tls_ca_file = "{chain}"\nlogs = true\n'
     )
     config = load_config(config_path)
     stack = Stack(config, str(config_path), tmp_path / "data", [str(capture)])
@@ -96,10 +103,20 @@ async def test_nothing_planted_leaves_through_the_whole_pipeline(tmp_path, nats_
         async def all_applied():
             sensor = await asyncio.to_thread(stack.health, "sensor")
             ingest = await asyncio.to_thread(http_json, base + "/v1/ingest")
-            return sensor["replay_done"] and ingest["applied_batches"] == sensor["batches_published"] > 0
+            exported = await asyncio.to_thread(stack.health, "exporter")
+            return (
+                sensor["replay_done"]
+                and ingest["applied_batches"] == sensor["batches_published"] > 0
+                and exported["exported_batches"] == sensor["batches_published"]
+            )
 
         await wait_for(all_applied, timeout=60)
         found: dict[str, list[str]] = {}
+
+        # What the customer's collector received over OTLP: every request body, and the decoded log records.
+        assert collector.got.total("costmesh.calls") == planted_requests  # everything went out, once
+        found["otlp"] = _leaks(b"\n".join(collector.got.raw), needles)
+        found["otlp_decoded"] = _leaks(repr(collector.got.sums) + repr(collector.got.logs), needles)
 
         # API answers: every grouping the usage endpoint offers, and ingest.
         api_text = []
@@ -129,6 +146,7 @@ async def test_nothing_planted_leaves_through_the_whole_pipeline(tmp_path, nats_
             found[f"table:{table}"] = _leaks(text, needles)
     finally:
         await asyncio.to_thread(stack.stop)
+        await collector.stop()
 
     logs = capfd.readouterr()
     found["logs"] = _leaks(logs.out + logs.err, needles)

@@ -347,6 +347,34 @@ class Alert(_Answer, kw_only=True):
     started_at: datetime
     window_s: int
     resolved_at: datetime | None
+    #: Stable across episodes (rule, scope, reason): what a silence holds.
+    fingerprint: str
+    #: The AI spend rate and the threshold it was judged against when last notified (micro-dollars per hour).
+    rate_micros_per_hour: int
+    threshold_micros_per_hour: int
+    #: Until when a silence mutes it (null: not silenced).
+    silenced_until: datetime | None
+
+
+class SilenceRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """How long to silence the alert, and why."""
+
+    #: Seconds, 60 to 2,592,000 (30 days).
+    duration_s: int
+    comment: str = ""
+
+
+class SilenceAnswer(_Answer, kw_only=True):
+    """The silence made: the alert's fingerprint is muted until ``ends_at`` (it still fires and resolves; no
+    notification names it meanwhile)."""
+
+    silence_id: str
+    fingerprint: str
+    alert_id: str
+    starts_at: datetime
+    ends_at: datetime
+    created_by: str
+    comment: str
 
 
 class AlertsAnswer(_Answer, kw_only=True):

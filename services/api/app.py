@@ -41,7 +41,7 @@ def make_app(pool: asyncpg.Pool, ctx: ServiceContext, tokens: auth.Tokens | None
     app[AUTH_REQUIRED] = tokens.enabled
     roles: dict[str, str | None] = {}
     for route in ROUTES:
-        app.router.add_get(route.path, handler_of(route))
+        app.router.add_route(route.method.upper(), route.path, handler_of(route))
         roles[route.path] = route.role
     document = openapi.document(ROUTES, tokens.enabled)
 

@@ -30,13 +30,14 @@ def _json(t: type) -> dict[str, Any]:
 def document(routes: Sequence[Route], auth: bool) -> dict[str, Any]:
     """The document; ``auth`` says whether bearer tokens are enforced (the security requirement is stated either
     way, with the role each route needs in its ``x-costmesh-role``)."""
-    _, schemas = msgspec.json.schema_components([r.answer for r in routes] + [a.Error], ref_template=REF)
+    bodies = [r.body for r in routes if r.body is not None]
+    _, schemas = msgspec.json.schema_components([r.answer for r in routes] + bodies + [a.Error], ref_template=REF)
     paths: dict[str, Any] = {}
     for route in routes:
         responses: dict[str, Any] = {
             "200": {"description": route.answer.__doc__.strip().splitlines()[0] if route.answer.__doc__ else "OK"},
             "400": {
-                "description": "A parameter is unknown or its value is bad (named in error).",
+                "description": "A parameter (or the body) is unknown or bad (named in error).",
                 "content": _json(a.Error),
             },
         }
@@ -52,16 +53,17 @@ def document(routes: Sequence[Route], auth: bool) -> dict[str, Any]:
                 "description": route.not_found[0].upper() + route.not_found[1:],
                 "content": _json(a.Error),
             }
-        paths[route.path] = {
-            "get": {
-                "operationId": route.handler.__name__.lstrip("_").replace("_", "-"),
-                "summary": route.summary,
-                "parameters": [p.openapi() for p in route.all_params()],
-                "responses": responses,
-                "security": [] if route.role is None else [{"bearer": []}],
-                "x-costmesh-role": route.role or "public",
-            }
+        operation: dict[str, Any] = {
+            "operationId": route.handler.__name__.lstrip("_").replace("_", "-"),
+            "summary": route.summary,
+            "parameters": [p.openapi() for p in route.all_params()],
+            "responses": responses,
+            "security": [] if route.role is None else [{"bearer": []}],
+            "x-costmesh-role": route.role or "public",
         }
+        if route.body is not None:
+            operation["requestBody"] = {"required": True, "content": _json(route.body)}
+        paths[route.path] = {route.method: operation}
     return {
         "openapi": "3.1.0",
         "info": {

@@ -711,8 +711,10 @@ async def alerts(
     if state is not None:
         cond += f" AND state = {q(state)}"
     rows = await conn.fetch(
-        "SELECT rule_key, tenant, feature, agent, reason, state, alert_id, started_at, window_s, resolved_at "
-        f"FROM alert_state WHERE true{cond} ORDER BY state = 'firing' DESC, started_at DESC, alert_id "
+        "SELECT rule_key, tenant, feature, agent, reason, state, alert_id, started_at, window_s, resolved_at, "
+        "fingerprint, rate_micros_per_hour, threshold_micros_per_hour, (SELECT max(s.ends_at) FROM alert_silences s "
+        "WHERE s.fingerprint = alert_state.fingerprint AND s.starts_at <= now() AND s.ends_at > now()) AS "
+        f"silenced_until FROM alert_state WHERE true{cond} ORDER BY state = 'firing' DESC, started_at DESC, alert_id "
         f"LIMIT {int(limit)}",
         *q.args,
     )

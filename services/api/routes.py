@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import asyncpg
 import msgspec
 from aiohttp import web
 
+from costmesh.common import alerting
 from costmesh.common.config import Config
 
 from . import answers as a
@@ -27,6 +29,7 @@ from .params import (
     PERIOD,
     STEP,
     TO,
+    BadRequest,
     Choice,
     Currency,
     Param,
@@ -69,6 +72,9 @@ class Route:
     params: Sequence[Param] = ()
     #: What a 404 means on this route (path parameters only).
     not_found: str = ""
+    #: ``post`` routes change something; their JSON body is decoded into ``body`` (``args["body"]``).
+    method: Literal["get", "post"] = "get"
+    body: type[msgspec.Struct] | None = None
 
     @property
     def csv(self) -> bool:
@@ -138,6 +144,19 @@ async def _alerts(c: Call) -> msgspec.Struct:
     return await queries.alerts(
         c.conn, c.args["state"], filters(c.args, ("tenant", "feature", "agent")), c.args["limit"]
     )
+
+
+async def _silence(c: Call) -> msgspec.Struct | None:
+    body: a.SilenceRequest = c.args["body"]
+    try:
+        silence = await alerting.create_silence(
+            c.conn, c.args["id"], body.duration_s, datetime.now(UTC), created_by=c.role or "", comment=body.comment
+        )
+    except alerting.UnknownAlert:
+        return None
+    except alerting.SilenceError as exc:
+        raise BadRequest(f"body: {exc}") from None
+    return a.SilenceAnswer(**msgspec.structs.asdict(silence))
 
 
 async def _graph(c: Call) -> msgspec.Struct:
@@ -270,6 +289,18 @@ ROUTES: tuple[Route, ...] = (
         ),
     ),
     Route(
+        "/v1/alerts/{id}/silence",
+        _silence,
+        "admin",
+        a.SilenceAnswer,
+        "Silence an alert (by its id or fingerprint) for duration_s: it still fires and resolves, but no notification "
+        "names it until the silence ends.",
+        (Param("id", Text(), "The alert's id (one episode) or fingerprint.", location="path"),),
+        not_found="no alert has this id or fingerprint",
+        method="post",
+        body=a.SilenceRequest,
+    ),
+    Route(
         "/v1/graph",
         _graph,
         "viewer",
@@ -298,6 +329,11 @@ def handler_of(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResp
 
     async def handle(request: web.Request) -> web.StreamResponse:
         args = parse(request, params)
+        if route.body is not None:
+            try:
+                args["body"] = msgspec.json.decode(await request.read(), type=route.body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise BadRequest(f"body: {exc}") from None
         async with request.app[POOL].acquire() as conn:
             answer = await route.handler(
                 Call(args, conn, request.app[CONFIG], request.get(ROLE), request.app[AUTH_REQUIRED])

@@ -19,7 +19,7 @@ trip -- the per-minute aggregation happens inside PostgreSQL, not row by row.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -191,6 +191,11 @@ class AiCost:
     feature: str
     agent: str
     cost_micros: int
+    requests: int = 0
+
+
+#: Called inside the apply transaction with the group's priced AI calls (the runaway-cost detector's feed).
+SpendHook = Callable[[asyncpg.Connection, list[AiCost]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -231,7 +236,7 @@ def ai_rows(records: Sequence[ObservedCall], prices: PriceTable) -> tuple[list[t
                 cost,
             )
         )
-        costs.append(AiCost(r.window_start_us, r.tenant, r.feature, r.agent, cost))
+        costs.append(AiCost(r.window_start_us, r.tenant, r.feature, r.agent, cost, r.requests))
     return rows, costs
 
 
@@ -270,13 +275,15 @@ async def apply_batches(
     batches: Sequence[CallBatch],
     prices: PriceTable,
     prepared: bytes | None = None,
+    spend: SpendHook | None = None,
 ) -> Applied:
     """Apply a group of batches in one transaction; batches applied before (or repeated in the group) change nothing.
 
     ``prepared`` may hold ``staging_copy(batches)``, built ahead of time; it is used only when every batch turns out
     new and none is repeated in the group (otherwise the rows are folded again from the new batches alone).
     ``batches`` may also be ``fold.BatchRef``s (identity and size known, records decoded only when needed). The
-    connection must have been ``prepare``d. Raises what asyncpg raises; on any error nothing was written.
+    connection must have been ``prepare``d. ``spend`` receives the priced AI calls in the same transaction.
+    Raises what asyncpg raises; on any error nothing was written.
     """
     unique: dict[str, CallBatch] = {}
     for b in sorted(batches, key=lambda b: b.batch_id):  # one lock order for every replica: no deadlock on ids
@@ -312,6 +319,8 @@ async def apply_batches(
                 ai,
             )
             await conn.execute(MERGE_AI)
+            if spend is not None:
+                await spend(conn, costs)
     return Applied(fresh=fresh, duplicates=len(batches) - len(fresh), records=records, ai_costs=costs)
 
 

@@ -1,14 +1,16 @@
 """Runaway-AI-cost detector: per tenant, feature and agent, the token-cost rate over sliding windows against a budget
-and against a baseline, with de-duplication, cooldown and a resolved event when the rate falls back.
+and against a baseline; an alert per (rule, scope, reason) that fires, resolves, and cools down.
 
-Reads: ``ai_usage_minute`` (cost in integer micro-dollars, written by the apply step minutes after the call) and
-``config.alert_rules``. Writes: ``alert_state`` (so that de-duplication and cooldown survive restarts and replicas).
-Emits: ``Alert`` messages (firing/resolved) for NATS ``costmesh.alerts`` and the Slack notifier.
+Reads: ``spend`` buckets (written in the apply transaction, seconds after the calls) through ``windows`` in memory;
+``ai_usage_minute`` for the hourly baseline; ``config.alert_rules``. Writes: ``alert_state`` (the alerts, their
+episode ids, the numbers they fired with). Emits: ``Alert`` events (firing/resolved) for NATS ``costmesh.alerts``.
 
-Stateless about money: every pass recomputes the rates and the baseline from the store, so a restarted attributor
-says exactly what the old one would have. Rates are micro-dollars per hour (integers). The baseline is an EWMA over
-the past complete hours (``baseline_alpha``); a spike is a rate above ``spike_factor`` times the baseline. Only one
-replica evaluates at a time (advisory lock).
+Only the leader (``leader``: one replica holding a session advisory lock) runs a ``Detector``; it starts from the
+store (``start``), so a restarted or new leader says what the old one would have: every alert's state is in
+``alert_state``, and the windows are rebuilt from the buckets. Rates are integer micro-dollars per hour. The baseline
+is an EWMA over the past complete hours (``baseline_alpha``), refreshed once an hour; a spike is a rate above
+``spike_factor`` times the baseline, with at least ``min_requests`` calls in the window (a new tenant's first calls
+over a baseline of almost nothing are no spike).
 """
 
 from __future__ import annotations
@@ -16,21 +18,25 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 
 import asyncpg
 
+from costmesh.common.alerting import fingerprint
 from costmesh.common.config import AlertRule, Config
 from costmesh.common.schemas import Alert
 
-#: Advisory lock key of the detector pass ("cm-alert").
+from . import spend
+from .spend import Scope
+from .windows import Rate, SpendWindows
+
+#: Advisory lock key of the alerting leader ("cm-alert").
 DETECTOR_LOCK = 0x636D2D616C657274
 #: Hours of history the EWMA baseline looks back over.
 BASELINE_HOURS = 24
-
-Scope = tuple[str, str, str]  # tenant, feature, agent
 
 
 def rule_key(rule: AlertRule) -> str:
@@ -61,177 +67,242 @@ def ewma(hourly: list[int], alpha: float) -> int:
     return int(value)
 
 
-@dataclass
-class Evaluation:
-    """The rates of one scope under one rule at one moment."""
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """One reason's judgement of a scope: the longest window over the threshold, or ``None``."""
 
-    rates: dict[int, int]  # window seconds → micro-dollars per hour
-    baseline: int
-
-    def over(self, threshold: Fraction | int) -> int:
-        """The longest window whose rate exceeds ``threshold``; 0 if none does."""
-        hits = [w for w, r in self.rates.items() if r > threshold]
-        return max(hits) if hits else 0
+    over: Rate | None
+    threshold: int
+    #: The rate shown when nothing is over (the rule's own window).
+    shown: Rate
 
 
-async def _costs(conn: asyncpg.Connection, now: datetime, since: datetime) -> dict[Scope, dict[datetime, int]]:
-    rows = await conn.fetch(
-        "SELECT minute, tenant, feature, agent, sum(cost_micros)::bigint AS c FROM ai_usage_minute "
-        "WHERE minute >= $1 AND minute < $2 GROUP BY 1, 2, 3, 4",
-        since,
-        now,
-    )
-    out: dict[Scope, dict[datetime, int]] = defaultdict(dict)
-    for r in rows:
-        out[(r["tenant"], r["feature"], r["agent"])][r["minute"]] = r["c"]
+def judge(rule: AlertRule, rates: list[Rate], baseline: int | None) -> dict[str, Verdict]:
+    """Budget and spike verdicts for one scope. ``baseline`` ``None``: not known yet, so spikes are not judged (no
+    firing, no resolving); 0: no history, so there is nothing to spike over."""
+    shown = next(r for r in rates if r.window_s == rule.window_s)
+    out: dict[str, Verdict] = {}
+    if rule.budget_micros_per_hour > 0:
+        hits = [r for r in rates if r.micros_per_hour > rule.budget_micros_per_hour]
+        out["budget"] = Verdict(
+            max(hits, key=lambda r: r.window_s) if hits else None, rule.budget_micros_per_hour, shown
+        )
+    if baseline:
+        threshold = Fraction(str(rule.spike_factor)) * baseline
+        hits = [r for r in rates if r.micros_per_hour > threshold and r.requests >= rule.min_requests]
+        out["spike"] = Verdict(max(hits, key=lambda r: r.window_s) if hits else None, int(threshold), shown)
     return out
 
 
-def evaluate_scope(minutes: dict[datetime, int], now: datetime, windows: list[int], alpha: float) -> Evaluation:
-    rates = {}
-    for w in windows:
-        start = now - timedelta(seconds=w)
-        total = sum(c for m, c in minutes.items() if m >= start)
-        rates[w] = total * 3600 // w
-    this_hour = now.replace(minute=0, second=0, microsecond=0)
-    hourly: dict[datetime, int] = defaultdict(int)
-    for m, c in minutes.items():
-        if m < this_hour:
-            hourly[m.replace(minute=0, second=0, microsecond=0)] += c
-    first = min(hourly) if hourly else this_hour
-    hours = []
-    h = first
-    while h < this_hour:
-        hours.append(hourly.get(h, 0))
-        h += timedelta(hours=1)
-    return Evaluation(rates=rates, baseline=ewma(hours, alpha))
+@dataclass(slots=True)
+class AlertRow:
+    """One ``alert_state`` row, mirrored in memory by the leader (the only writer)."""
 
+    rule_key: str
+    tenant: str
+    feature: str
+    agent: str
+    reason: str
+    state: str
+    alert_id: str
+    started_at: datetime
+    window_s: int
+    fingerprint: str
+    group_key: str
+    resolved_at: datetime | None = None
+    rate_micros_per_hour: int = 0
+    threshold_micros_per_hour: int = 0
+    budget_micros_per_hour: int = 0
+    baseline_micros_per_hour: int = 0
+    window_requests: int = 0
+    notified_state: str | None = None
 
-def _alert_id(key: str, scope: Scope, reason: str, started: datetime) -> str:
-    digest = hashlib.sha256(json.dumps([key, *scope, reason, started.isoformat()]).encode()).hexdigest()
-    return digest[:24]
+    @property
+    def scope(self) -> Scope:
+        return (self.tenant, self.feature, self.agent)
 
-
-def _us(t: datetime) -> int:
-    return int(t.timestamp() * 1_000_000)
-
-
-async def run_pass(conn: asyncpg.Connection, cfg: Config, now: datetime) -> list[Alert] | None:
-    """Evaluate every rule for every scope; returns the events to send (``None`` if another replica holds the lock).
-
-    The state change and the decision to send commit together; a crash after commit and before sending loses at most
-    that notification, never produces two.
-    """
-    rules = cfg.alert_rules
-    if not rules:
-        return []
-    async with conn.transaction():
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", DETECTOR_LOCK):
-            return None
-        windows_of = {rule_key(r): sorted({*cfg.attributor.detector_windows_s, r.window_s}) for r in rules}
-        longest = max(max(w) for w in windows_of.values())
-        since = min(now - timedelta(seconds=longest), now.replace(minute=0, second=0, microsecond=0)) - timedelta(
-            hours=BASELINE_HOURS
-        )
-        costs = await _costs(conn, now, since)
-        state = {
-            (r["rule_key"], r["tenant"], r["feature"], r["agent"], r["reason"]): r
-            for r in await conn.fetch("SELECT * FROM alert_state")
-        }
-        events: list[Alert] = []
-        for rule in rules:
-            key = rule_key(rule)
-            scopes = {s for s in costs if matches(rule, s)}
-            scopes |= {(t, f, a) for (k, t, f, a, _r), row in state.items() if k == key and row["state"] == "firing"}
-            for scope in sorted(scopes):
-                ev = evaluate_scope(costs.get(scope, {}), now, windows_of[key], cfg.attributor.baseline_alpha)
-                checks = []
-                if rule.budget_micros_per_hour > 0:
-                    checks.append(("budget", ev.over(rule.budget_micros_per_hour)))
-                if ev.baseline > 0:
-                    checks.append(("spike", ev.over(Fraction(str(rule.spike_factor)) * ev.baseline)))
-                for reason, window in checks:
-                    events += await _transition(conn, rule, key, scope, reason, window, ev, state, now)
-        return events
-
-
-async def _transition(
-    conn: asyncpg.Connection,
-    rule: AlertRule,
-    key: str,
-    scope: Scope,
-    reason: str,
-    window: int,
-    ev: Evaluation,
-    state: dict,
-    now: datetime,
-) -> list[Alert]:
-    row = state.get((key, *scope, reason))
-    firing = row is not None and row["state"] == "firing"
-    tenant, feature, agent = scope
-
-    def alert(state_name: str, alert_id: str, started: datetime, w: int, message: str) -> Alert:
+    def event(self, at: datetime, message: str) -> Alert:
         return Alert(
-            alert_id=alert_id,
-            state=state_name,
-            reason=reason,
-            tenant=tenant,
-            feature=feature,
-            agent=agent,
-            rate_micros_per_hour=ev.rates.get(w, max(ev.rates.values())),
-            budget_micros_per_hour=rule.budget_micros_per_hour,
-            baseline_micros_per_hour=ev.baseline,
-            window_s=w,
-            started_at_us=_us(started),
-            at_us=_us(now),
+            alert_id=self.alert_id,
+            state=self.state,  # type: ignore[arg-type]
+            reason=self.reason,  # type: ignore[arg-type]
+            tenant=self.tenant,
+            feature=self.feature,
+            agent=self.agent,
+            rate_micros_per_hour=self.rate_micros_per_hour,
+            budget_micros_per_hour=self.budget_micros_per_hour,
+            baseline_micros_per_hour=self.baseline_micros_per_hour,
+            window_s=self.window_s,
+            started_at_us=epoch_us(self.started_at),
+            at_us=epoch_us(at),
             message=message,
+            fingerprint=self.fingerprint,
         )
 
-    if window and not firing:
-        if (
-            row is not None
-            and row["resolved_at"] is not None
-            and now < row["resolved_at"] + timedelta(seconds=rule.cooldown_s)
-        ):
-            return []  # cooling down after the last episode
-        alert_id = _alert_id(key, scope, reason, now)
-        await conn.execute(
-            "INSERT INTO alert_state (rule_key, tenant, feature, agent, reason, state, alert_id, started_at, "
-            "window_s) VALUES ($1, $2, $3, $4, $5, 'firing', $6, $7, $8) "
-            "ON CONFLICT (rule_key, tenant, feature, agent, reason) DO UPDATE SET state = 'firing', "
-            "alert_id = EXCLUDED.alert_id, started_at = EXCLUDED.started_at, window_s = EXCLUDED.window_s, "
-            "resolved_at = NULL",
-            key,
-            *scope,
-            reason,
-            alert_id,
-            now,
-            window,
-        )
-        what = "over budget" if reason == "budget" else "a spike over its baseline"
-        return [alert("firing", alert_id, now, window, f"AI token spend of {_name(scope)} is {what}")]
-    if not window and firing:
-        await conn.execute(
-            "UPDATE alert_state SET state = 'resolved', resolved_at = $6 "
-            "WHERE rule_key = $1 AND tenant = $2 AND feature = $3 AND agent = $4 AND reason = $5",
-            key,
-            *scope,
-            reason,
-            now,
-        )
-        return [
-            alert(
-                "resolved",
-                row["alert_id"],
-                row["started_at"],
-                row["window_s"],
-                f"AI token spend of {_name(scope)} is back to normal",
-            )
-        ]
-    return []
+
+_COLUMNS = tuple(AlertRow.__dataclass_fields__)
+#: All but ``fingerprint``, which PostgreSQL generates from the labels (the same digest).
+_WRITTEN = tuple(c for c in _COLUMNS if c != "fingerprint")
+
+_SAVE = f"""
+INSERT INTO alert_state ({", ".join(_WRITTEN)}, updated_at)
+VALUES ({", ".join(f"${i}" for i in range(1, len(_WRITTEN) + 1))}, now())
+ON CONFLICT (rule_key, tenant, feature, agent, reason) DO UPDATE SET
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in _WRITTEN[5:])}, updated_at = now()
+"""
 
 
-def _name(scope: Scope) -> str:
+async def save(conn: asyncpg.Connection, rows: Iterable[AlertRow]) -> None:
+    """Write alert rows as they are in memory (one statement, pipelined)."""
+    await conn.executemany(_SAVE, [tuple(getattr(r, c) for c in _WRITTEN) for r in rows])
+
+
+def group_key_of(group_by: list[str], scope: Scope) -> str:
+    tenant, feature, agent = scope
+    labels = {"tenant": tenant, "feature": feature, "agent": agent}
+    return json.dumps([[k, labels[k]] for k in sorted(group_by)], separators=(",", ":"))
+
+
+@dataclass
+class Detector:
+    """The leader's detector: windows, baselines and alerts in memory, the store as the truth."""
+
+    cfg: Config
+    windows: SpendWindows = field(init=False)
+    alerts: dict[tuple[str, str, str, str, str], AlertRow] = field(default_factory=dict)
+    baselines: dict[Scope, int] | None = None
+    baseline_hour: datetime | None = None
+    unjudged: set[Scope] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.rules = [(rule_key(r), r) for r in self.cfg.alert_rules]
+        self.windows_of = {k: sorted({*self.cfg.attributor.detector_windows_s, r.window_s}) for k, r in self.rules}
+        longest = max((max(w) for w in self.windows_of.values()), default=60)
+        self.windows = SpendWindows(longest)
+
+    async def start(self, conn: asyncpg.Connection, now: datetime) -> list[AlertRow]:
+        """Load the alerts and the windows from the store; returns firing alerts whose rule is gone, now resolved
+        (their groups are due a resolved notification)."""
+        self.alerts = {}
+        for r in await conn.fetch(f"SELECT {', '.join(_COLUMNS)} FROM alert_state"):
+            row = AlertRow(**dict(r))
+            row.group_key = group_key_of(self.cfg.alerting.group_by, row.scope)  # group_by may have changed
+            self.alerts[(row.rule_key, *row.scope, row.reason)] = row
+        since = int(now.timestamp()) - self.windows.longest_s - spend.BUCKET_S
+        self.unjudged = set()
+        for b in await spend.load(conn, since):
+            self.windows.set(b.scope, b.at_s, b.cost_micros, b.requests)
+            self.unjudged.add(b.scope)  # what changed while no leader ran: judged on the first pass
+        keys = {k for k, _ in self.rules}
+        orphans = [a for a in self.alerts.values() if a.state == "firing" and a.rule_key not in keys]
+        for a in orphans:
+            a.state, a.resolved_at = "resolved", now
+        if orphans:
+            await save(conn, orphans)
+        return orphans
+
+    def firing_scopes(self) -> set[Scope]:
+        return {a.scope for a in self.alerts.values() if a.state == "firing"}
+
+    async def refresh_baselines(self, conn: asyncpg.Connection, now: datetime) -> None:
+        """Hourly costs per scope over the past ``BASELINE_HOURS`` complete hours, but the scope's first → EWMA
+        (exact integers)."""
+        this_hour = now.replace(minute=0, second=0, microsecond=0)
+        rows = await conn.fetch(
+            "SELECT tenant, feature, agent, date_trunc('hour', minute) AS h, sum(cost_micros)::bigint AS c "
+            "FROM ai_usage_minute WHERE minute >= $1 AND minute < $2 GROUP BY 1, 2, 3, 4",
+            this_hour - timedelta(hours=BASELINE_HOURS),
+            this_hour,
+        )
+        hourly: dict[Scope, dict[datetime, int]] = defaultdict(dict)
+        for r in rows:
+            hourly[(r["tenant"], r["feature"], r["agent"])][r["h"]] = r["c"]
+        alpha = self.cfg.attributor.baseline_alpha
+        baselines = {}
+        for scope, hours in hourly.items():
+            # A scope's first hour is most likely partial (it started mid-hour): a baseline from it would make its
+            # second hour a spike. So the series starts with the first hour after it; one hour of history is none.
+            h, series = min(hours) + timedelta(hours=1), []
+            while h < this_hour:
+                series.append(hours.get(h, 0))
+                h += timedelta(hours=1)
+            baselines[scope] = ewma(series, alpha)
+        self.baselines, self.baseline_hour = baselines, this_hour
+
+    def ingest(self, buckets: Iterable[spend.Bucket]) -> set[Scope]:
+        """Set the buckets read from the store; returns the scopes to judge (those, and any loaded but unjudged)."""
+        touched, self.unjudged = self.unjudged, set()
+        for b in buckets:
+            self.windows.set(b.scope, b.at_s, b.cost_micros, b.requests)
+            touched.add(b.scope)
+        return touched
+
+    def evaluate(self, scopes: Iterable[Scope], now: datetime) -> tuple[list[AlertRow], list[Alert]]:
+        """Judge ``scopes`` under every matching rule at ``now``; returns the rows that changed state (to save, in
+        the same transaction as their groups' marks) and the events to publish after the commit. Rows that stay as
+        they are get their latest numbers in memory only (a notification writes them)."""
+        now_us = epoch_us(now)
+        changed: list[AlertRow] = []
+        events: list[Alert] = []
+        group_by = self.cfg.alerting.group_by
+        for scope in scopes:
+            baseline = None if self.baselines is None else self.baselines.get(scope, 0)
+            for key, rule in self.rules:
+                if not matches(rule, scope):
+                    continue
+                rates = self.windows.rates(scope, now_us, self.windows_of[key])
+                for reason, verdict in judge(rule, rates, baseline).items():
+                    row = self.alerts.get((key, *scope, reason))
+                    firing = row is not None and row.state == "firing"
+                    rate = verdict.over or verdict.shown
+                    if verdict.over and not firing:
+                        if (
+                            row is not None
+                            and row.resolved_at
+                            and now < row.resolved_at + timedelta(seconds=rule.cooldown_s)
+                        ):
+                            continue  # cooling down after the last episode
+                        fp = fingerprint(key, *scope, reason)
+                        row = AlertRow(
+                            key, *scope, reason, "firing", _alert_id(fp, now), now, rate.window_s, fp,
+                            group_key_of(group_by, scope),
+                        )  # fmt: skip
+                        self.alerts[(key, *scope, reason)] = row
+                    elif not verdict.over and firing:
+                        row.state, row.resolved_at = "resolved", now
+                    elif row is None or not firing:
+                        continue
+                    _numbers(row, rate, verdict, rule, baseline)
+                    if verdict.over and firing:
+                        continue  # still firing: numbers refreshed, no event
+                    changed.append(row)
+                    events.append(row.event(now, _message(row)))
+        return changed, events
+
+
+def _numbers(row: AlertRow, rate: Rate, verdict: Verdict, rule: AlertRule, baseline: int | None) -> None:
+    if row.state == "firing":
+        row.window_s = rate.window_s
+    row.rate_micros_per_hour = rate.micros_per_hour
+    row.window_requests = rate.requests
+    row.threshold_micros_per_hour = verdict.threshold
+    row.budget_micros_per_hour = rule.budget_micros_per_hour
+    row.baseline_micros_per_hour = baseline or 0
+
+
+def _alert_id(fp: str, started: datetime) -> str:
+    return hashlib.sha256(f"{fp}@{started.isoformat()}".encode()).hexdigest()[:24]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_us(t: datetime) -> int:
+    """Microseconds since the Unix epoch, exactly (no float on the way)."""
+    return (t - _EPOCH) // timedelta(microseconds=1)
+
+
+def scope_name(scope: Scope) -> str:
     tenant, feature, agent = scope
     parts = [f"tenant {tenant or '(none)'}"]
     if feature:
@@ -239,3 +310,10 @@ def _name(scope: Scope) -> str:
     if agent:
         parts.append(f"agent {agent}")
     return ", ".join(parts)
+
+
+def _message(row: AlertRow) -> str:
+    if row.state == "resolved":
+        return f"AI token spend of {scope_name(row.scope)} is back to normal"
+    what = "over budget" if row.reason == "budget" else "a spike over its baseline"
+    return f"AI token spend of {scope_name(row.scope)} is {what}"

@@ -7,7 +7,7 @@ committed, so a crash at any point leads to redelivery, and redelivery to no cha
 
 When PostgreSQL is unreachable the fetched messages are held, kept alive with ``in_progress`` and retried with
 back-off; JetStream keeps the backlog. Maintenance (partitions, rollups, retention, tenant resolution) and the
-runaway-AI-cost detector run beside the consumer loop as named tasks.
+runaway-AI-cost alerting (``leader``) run beside the consumer loop as named tasks.
 """
 
 from __future__ import annotations
@@ -23,19 +23,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
-from nats.errors import TimeoutError as NatsTimeout
 
 from costmesh.common import db, natsio
-from costmesh.common.config import resolve_secret
 from costmesh.common.metrics import BATCHES, ERRORS, RECORDS
 from costmesh.common.prices import PriceTable
 from costmesh.common.runtime import ServiceContext
-from costmesh.common.schemas import CallBatch, Codec
+from costmesh.common.schemas import CallBatch
 
-from . import detector, maintenance, storage
-from .apply import Applied, apply_batches, prepare
+from . import leader, maintenance, spend, storage
+from .apply import Applied, SpendHook, apply_batches, prepare
 from .fold import BatchRef, die_with_parent, fold_group
-from .slack import SlackNotifier
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +46,17 @@ KEEPALIVE_S = 10.0
 class Writer:
     """One PostgreSQL connection that applies groups of batches, reconnecting and retrying until they commit."""
 
-    def __init__(self, dsn: str, prices: PriceTable, health: dict[str, object] | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        prices: PriceTable,
+        health: dict[str, object] | None = None,
+        spend_hook: SpendHook | None = None,
+    ) -> None:
         self.dsn = dsn
         self.health = health if health is not None else {}
         self.prices = prices
+        self.spend_hook = spend_hook
         self.conn: asyncpg.Connection | None = None
         self.retries = 0
 
@@ -85,7 +89,7 @@ class Writer:
         while True:
             try:
                 conn = await self._connection()
-                return await apply_batches(conn, batches, self.prices, prepared)
+                return await apply_batches(conn, batches, self.prices, prepared, self.spend_hook)
             except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
                 if isinstance(exc, asyncpg.PostgresError) and not _retryable(exc):
                     raise
@@ -219,11 +223,14 @@ class PullSizer:
 
 #: How long a pull waits for its messages. A pull that brings fewer than it asked for ends the group (the stream
 #: ran dry); one cut short by this deadline (a slow link) ends it too, and its late messages start the next group.
-PULL_TIMEOUT_S = 1.0
+#: On a stream that is not backlogged, a pull holds the messages that arrive until it is full or this deadline passes
+#: (nats-py waits for the whole batch), so the deadline is also how long fresh calls may wait here before they are
+#: applied, and runaway-AI-cost alerts wait with them: 1 s added ~0.5 s to every alert; a backlog never waits on it.
+PULL_TIMEOUT_S = 0.25
 
 
 async def fetch_group(sub, size: int, sizer: PullSizer) -> list:
-    """Up to ``size`` messages in byte-bounded pulls; raises ``NatsTimeout`` when the first pull finds nothing.
+    """Up to ``size`` messages in byte-bounded pulls; raises ``TimeoutError`` when the first pull finds nothing.
 
     The next pull is sent only when the previous one was filled (a backlog): a pull that brings fewer messages than
     it asked for means the stream had no more, and the group is applied as it is.
@@ -236,7 +243,7 @@ async def fetch_group(sub, size: int, sizer: PullSizer) -> list:
         asked = sizer.count(size - len(msgs))
         try:
             more = await sub.fetch(asked, timeout=PULL_TIMEOUT_S)
-        except NatsTimeout:
+        except TimeoutError:  # nats-py's own, or asyncio's when a pull's deadline ran out before it was sent
             break
         except Exception as exc:  # NATS reconnecting: apply what we have; the rest is fetched again later
             log.warning("fetch failed, applying the part of the group already fetched", extra={"why": repr(exc)})
@@ -253,7 +260,7 @@ async def _fetch_loop(ctx, sub, in_flight, pending, fold, sizer: PullSizer) -> N
         await in_flight.acquire()
         try:
             msgs = await fetch_group(sub, size, sizer)
-        except NatsTimeout:
+        except TimeoutError:  # nats-py's own, or asyncio's when a pull's deadline ran out before it was sent
             in_flight.release()
             continue
         except Exception as exc:  # NATS reconnecting (cluster node lost): fetch again shortly
@@ -268,6 +275,7 @@ async def _fetch_loop(ctx, sub, in_flight, pending, fold, sizer: PullSizer) -> N
 
 async def main(ctx: ServiceContext) -> None:
     cfg = ctx.config
+    receivers = leader.targets(cfg) if cfg.alert_rules else []  # a missing secret stops the service, named
     pool = await db.create_pool(ctx.dsn)
     await db.migrate(pool)
     nc = await natsio.connect(cfg.nats, ctx.nats_url, "costmesh-attributor")
@@ -275,13 +283,14 @@ async def main(ctx: ServiceContext) -> None:
     await natsio.ensure_stream(js, cfg.nats)
     await natsio.ensure_consumer(js, cfg.nats.stream, cfg.attributor.durable)
     sub = await js.pull_subscribe(natsio.EVENTS_WILDCARD, durable=cfg.attributor.durable, stream=cfg.nats.stream)
-    writer = Writer(ctx.dsn, PriceTable.from_config(cfg), ctx.health)
+    # AI spend goes to the detector's buckets only when there are rules to judge it by.
+    writer = Writer(ctx.dsn, PriceTable.from_config(cfg), ctx.health, spend.record if cfg.alert_rules else None)
     ctx.health.update(applied_batches=0, duplicate_batches=0, applied_records=0, db_retries=0)
     async with pool.acquire() as conn:  # today's partitions exist before the first write (plain flavour)
         if await storage.flavour(conn) == "partitioned":
             await storage.ensure_partitions(conn, cfg.attributor, datetime.now(UTC), storage.Upkeep())
     upkeep = asyncio.create_task(maintenance_loop(ctx), name="attributor-maintenance")
-    alerts = asyncio.create_task(detector_loop(ctx, nc), name="attributor-detector")
+    alerts = asyncio.create_task(leader.run(ctx, nc, receivers), name="attributor-alerting")
     ctx.ready = True
     # A pipeline: the feeder fetches the next group and folds it (in a thread, without the GIL) while the writer's
     # transaction for the current group runs in PostgreSQL and the previous group is acknowledged. One folded group
@@ -384,43 +393,3 @@ async def maintenance_loop(ctx: ServiceContext) -> None:
             await asyncio.wait_for(ctx.stopping.wait(), cfg.attributor.maintenance_interval_s)
     if conn is not None:
         conn.terminate()
-
-
-async def detector_loop(ctx: ServiceContext, nc) -> None:
-    """Evaluate the alert rules every ``detector_interval_s``; publish events on ``costmesh.alerts`` and to Slack."""
-    cfg = ctx.config
-    if not cfg.alert_rules:
-        return
-    codec = Codec()
-    url = resolve_secret(cfg.slack.webhook_url_env, "slack.webhook_url_env")
-    slack = SlackNotifier(url) if url else None
-    if slack is not None:
-        await slack.start()
-    conn: asyncpg.Connection | None = None
-    ctx.health.update(alerts_sent=0)
-    try:
-        while not ctx.stopping.is_set():
-            try:
-                if conn is None or conn.is_closed():
-                    conn = await asyncpg.connect(ctx.dsn, timeout=5)
-                events = await detector.run_pass(conn, cfg, datetime.now(UTC)) or []
-                for event in events:
-                    try:
-                        await nc.publish(natsio.ALERTS_SUBJECT, codec.encode(event))
-                    except Exception as exc:  # NATS away: Slack still gets it, and the state is already recorded
-                        log.warning("could not publish an alert", extra={"why": repr(exc)})
-                    if slack is not None:
-                        slack.send(event)
-                    ctx.health["alerts_sent"] = int(ctx.health["alerts_sent"]) + 1
-            except (*db.TRANSIENT_ERRORS, asyncpg.PostgresError) as exc:
-                log.warning("detector pass failed; retrying later", extra={"why": repr(exc)})
-                if conn is not None:
-                    conn.terminate()
-                    conn = None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ctx.stopping.wait(), cfg.attributor.detector_interval_s)
-    finally:
-        if conn is not None:
-            conn.terminate()
-        if slack is not None:
-            await slack.close()

@@ -190,10 +190,82 @@ class AlertRule(_Section):
     spike_factor: float = 3.0
     window_s: int = 300
     cooldown_s: int = 900
+    #: Minimum-volume guard: a spike needs at least this many calls in its window, so that a new tenant's first calls
+    #: (over a baseline of almost nothing) are not a 1000x spike. Budget alerts need no guard: spend is spend.
+    min_requests: int = 20
+
+    def __post_init__(self) -> None:
+        if self.window_s < 10:
+            raise ValueError(f"window_s must be at least 10 seconds (got {self.window_s})")
+        if self.spike_factor <= 1:
+            raise ValueError(f"spike_factor must be above 1 (got {self.spike_factor})")
 
 
 class SlackConfig(_Section):
+    #: Environment variable holding the incoming-webhook URL (a secret).
     webhook_url_env: str = ""
+
+
+class WebhookConfig(_Section):
+    """A generic JSON webhook for receivers other than Slack; every body is signed with HMAC-SHA256."""
+
+    #: Environment variable holding the receiver's URL.
+    url_env: str = ""
+    #: Environment variable holding the HMAC key (required when ``url_env`` is set).
+    hmac_key_env: str = ""
+
+
+class AlertingConfig(_Section):
+    """How alerts become notifications (Alertmanager's route semantics, with delays fit for seconds-fast alerts)."""
+
+    #: Alerts with equal values of these labels share one notification (a group).
+    group_by: list[Literal["tenant", "feature", "agent"]] = msgspec.field(
+        default_factory=lambda: ["tenant", "feature", "agent"]
+    )
+    #: A new group waits this long for more alerts before its first notification.
+    group_wait_s: float = 0.5
+    #: A group that was notified waits this long before it is notified of changes (new alerts, resolved ones).
+    group_interval_s: float = 60.0
+    #: A group that is still firing, unchanged, is notified again after this long.
+    repeat_interval_s: float = 14_400.0
+    #: Notify when a group's alerts are resolved.
+    send_resolved: bool = True
+    #: Base URL of the web console as users reach it; messages link to the scope's page. Empty: no link.
+    console_url: str = ""
+
+
+class OtlpConfig(_Section):
+    """Export of the redacted event stream (never raw data) to a customer's OpenTelemetry collector. Off by default."""
+
+    enabled: bool = False
+    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    #: grpc: ``host:port`` or ``https://host:port``; http/protobuf: the base URL (``/v1/metrics`` and ``/v1/logs``
+    #: are appended).
+    endpoint: str = ""
+    #: Allow a plaintext connection (``http://`` endpoint, or gRPC without TLS). Otherwise TLS is required.
+    insecure: bool = False
+    #: CA bundle that signs the collector's certificate (default: the system's).
+    tls_ca_file: str = ""
+    #: Client certificate and key, for collectors that require mutual TLS.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: Environment variable holding a bearer token (a JWT or an opaque token) sent as ``Authorization: Bearer``.
+    bearer_token_env: str = ""
+    #: Also export one OTLP log record per call record (metrics only otherwise).
+    logs: bool = False
+    #: The exporter's durable JetStream consumer (shared by its replicas as one work queue).
+    durable: str = "otlp-exporter"
+    #: Stream messages (call batches) per export at most; fewer when the stream runs dry.
+    batch_messages: int = 256
+    timeout_s: float = 10.0
+    #: Distinct attribute sets per metric and export; beyond them the SDK folds points into an overflow point.
+    max_series: int = 100_000
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.endpoint:
+            raise ValueError("otlp.enabled needs an endpoint")
+        if self.endpoint.startswith("http://") and not self.insecure:
+            raise ValueError(f"endpoint {self.endpoint!r} is plaintext: use https:// or set insecure = true")
 
 
 class SensorConfig(_Section):
@@ -284,8 +356,8 @@ class AttributorConfig(_Section):
     detector_windows_s: list[int] = msgspec.field(default_factory=lambda: [60, 300])
     #: EWMA smoothing of the hourly cost baseline (weight of the newest hour).
     baseline_alpha: float = 0.3
-    #: Seconds between runaway-AI-cost detector passes.
-    detector_interval_s: float = 15.0
+    #: Seconds between runaway-AI-cost detector passes (each reads only what changed since the last one).
+    detector_interval_s: float = 0.25
     #: Worker processes that fold fetched groups (0: a thread of the consumer process; the compiled fold runs
     #: without the GIL, so the thread already uses a second core and nothing is pickled between processes).
     fold_processes: int = 0
@@ -326,6 +398,9 @@ class Config(_Section):
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     slack: SlackConfig = msgspec.field(default_factory=SlackConfig)
+    webhook: WebhookConfig = msgspec.field(default_factory=WebhookConfig)
+    alerting: AlertingConfig = msgspec.field(default_factory=AlertingConfig)
+    otlp: OtlpConfig = msgspec.field(default_factory=OtlpConfig)
     rules: list[Rule] = msgspec.field(default_factory=default_rules)
     workloads: list[Workload] = []
     resources: list[ResourceMapping] = []
@@ -378,6 +453,9 @@ def _paths_relative_to(config: Config, base: Path) -> None:
     nats = config.nats
     for name in ("creds_file", "nkey_seed_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
         setattr(nats, name, resolve(getattr(nats, name)))
+    otlp = config.otlp
+    for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        setattr(otlp, name, resolve(getattr(otlp, name)))
     for source in config.billing.sources:
         if source.kind == "folder":
             source.path = resolve(source.path)

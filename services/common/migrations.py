@@ -280,6 +280,81 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         """,
     ),
     (
+        30,
+        "alerting: AI spend per scope and 5-second bucket, its change marks, alert fingerprints, groups, silences, "
+        "and the notification outbox",
+        """
+        -- Written in the apply transaction beside ai_usage_minute; read by the detector (absolute values, so a
+        -- bucket read twice is harmless). Kept only as long as the longest detector window needs.
+        CREATE TABLE ai_spend_bucket (
+            tenant      text NOT NULL,
+            feature     text NOT NULL,
+            agent       text NOT NULL,
+            at_s        bigint NOT NULL,
+            requests    bigint NOT NULL DEFAULT 0,
+            cost_micros bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (tenant, feature, agent, at_s)
+        );
+        CREATE INDEX ai_spend_bucket_at ON ai_spend_bucket (at_s);
+        -- Buckets some transaction changed since the detector last read them: appended, never updated (no key:
+        -- repeats are merged by the reader), so writers take no row lock here and never wait on the reader.
+        CREATE TABLE ai_spend_changed (
+            tenant      text NOT NULL,
+            feature     text NOT NULL,
+            agent       text NOT NULL,
+            at_s        bigint NOT NULL
+        );
+        ALTER TABLE alert_state
+            -- the same digest as costmesh.common.alerting.fingerprint, kept by the database itself
+            ADD COLUMN fingerprint text GENERATED ALWAYS AS (substr(md5(
+                rule_key || chr(31) || tenant || chr(31) || feature || chr(31) || agent || chr(31) || reason), 1, 16))
+                STORED,
+            ADD COLUMN group_key text,
+            ADD COLUMN rate_micros_per_hour bigint NOT NULL DEFAULT 0,
+            ADD COLUMN threshold_micros_per_hour bigint NOT NULL DEFAULT 0,
+            ADD COLUMN budget_micros_per_hour bigint NOT NULL DEFAULT 0,
+            ADD COLUMN baseline_micros_per_hour bigint NOT NULL DEFAULT 0,
+            ADD COLUMN window_requests bigint NOT NULL DEFAULT 0,
+            ADD COLUMN notified_state text CHECK (notified_state IN ('firing', 'resolved')),
+            ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now();
+        CREATE UNIQUE INDEX alert_state_fingerprint ON alert_state (fingerprint);
+        CREATE INDEX alert_state_alert_id ON alert_state (alert_id);
+        CREATE TABLE alert_groups (
+            group_key           text PRIMARY KEY,
+            tenant              text NOT NULL,
+            feature             text NOT NULL,
+            agent               text NOT NULL,
+            changed_at          timestamptz,
+            last_notified_at    timestamptz,
+            notifications       bigint NOT NULL DEFAULT 0
+        );
+        CREATE TABLE alert_silences (
+            silence_id  text PRIMARY KEY,
+            fingerprint text NOT NULL,
+            alert_id    text NOT NULL,
+            starts_at   timestamptz NOT NULL,
+            ends_at     timestamptz NOT NULL CHECK (ends_at > starts_at),
+            created_by  text NOT NULL DEFAULT '',
+            comment     text NOT NULL DEFAULT '',
+            created_at  timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX alert_silences_fingerprint ON alert_silences (fingerprint, ends_at);
+        CREATE TABLE alert_outbox (
+            outbox_id   bigserial PRIMARY KEY,
+            receiver    text NOT NULL CHECK (receiver IN ('slack', 'webhook')),
+            group_key   text NOT NULL,
+            kind        text NOT NULL CHECK (kind IN ('firing', 'resolved', 'repeat')),
+            body        jsonb NOT NULL,
+            created_at  timestamptz NOT NULL DEFAULT now(),
+            attempts    integer NOT NULL DEFAULT 0,
+            sent_at     timestamptz,
+            failed      text
+        );
+        CREATE INDEX alert_outbox_pending ON alert_outbox (receiver, outbox_id)
+            WHERE sent_at IS NULL AND failed IS NULL;
+        """,
+    ),
+    (
         100,
         "billing: imported files, cost lines, allocations per period, revenue",
         """

@@ -179,6 +179,8 @@ class Alert(msgspec.Struct, tag="alert", tag_field="type", kw_only=True, omit_de
     started_at_us: int = 0
     at_us: int = 0
     message: str = ""
+    #: The alert's stable identity across episodes (rule, scope, reason); ``alert_id`` names one episode.
+    fingerprint: str = ""
 
 
 BusMessage = CallBatch | Alert

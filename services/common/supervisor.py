@@ -28,8 +28,9 @@ from .natsio import connect
 
 log = logging.getLogger(__name__)
 
-#: Start order: consumers before producers, so that nothing a producer sends waits on a missing reader.
-SERVICE_ORDER = ("attributor", "billing", "api", "redactor", "sensor")
+#: Start order: consumers before producers, so that nothing a producer sends waits on a missing reader. The
+#: exporter runs only when ``otlp.enabled``.
+SERVICE_ORDER = ("attributor", "exporter", "billing", "api", "redactor", "sensor")
 
 
 async def check_reachable(config: Config, nats_url: str, dsn: str) -> None:
@@ -83,6 +84,8 @@ class Stack:
             self.postgres = EmbeddedPostgres(self.data_dir / "postgres").start()
             self.dsn = self.postgres.dsn
         for name in SERVICE_ORDER:
+            if name == "exporter" and not self.config.otlp.enabled:
+                continue
             self._spawn(name)
             self.wait_healthy(name)
 
