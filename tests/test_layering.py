@@ -24,7 +24,7 @@ from .conftest import REPO
 
 #: Source folder → the package it is.
 ROOTS = {"services": "costmesh", "native": "costmesh.native"}
-SERVICES = ("sensor", "redactor", "attributor", "billing", "api")
+SERVICES = ("sensor", "redactor", "attributor", "billing", "api", "exporter")
 _CYTHON_IMPORT = re.compile(r"^\s*(?:from\s+(\.*[\w.]*)\s+c?import\b|c?import\s+([\w.]+))")
 
 

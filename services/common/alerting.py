@@ -18,16 +18,18 @@ from datetime import datetime, timedelta
 import asyncpg
 import msgspec
 
+from .errors import CostmeshError, InputError
+
 #: Bounds of one silence: long enough to sleep on, short enough that nothing is muted and forgotten.
 MIN_SILENCE_S = 60
 MAX_SILENCE_S = 30 * 86_400
 
 
-class SilenceError(ValueError):
+class SilenceError(InputError, ValueError):
     """A silence that cannot be made; the message says which field and why."""
 
 
-class UnknownAlert(LookupError):
+class UnknownAlert(CostmeshError, LookupError):
     """No alert has this id or fingerprint."""
 
 

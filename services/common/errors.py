@@ -9,6 +9,7 @@ or the OS are translated where they are met (``raise BillError(...) from exc``).
     │                                                                                             common.embedded and
     │                                                                                             common.supervisor)
     ├── BpfUnavailable       the kernel refuses the eBPF programs (the live sensor idles)       (sensor.bpf)
+    ├── UnknownAlert         no alert has this id or fingerprint (also a LookupError)           (common.alerting)
     └── InputError           input that cannot be read, located; counted where it is met, and the rest goes on
         ├── CaptureError     a truncated or corrupt capture: path, byte offset, kind           (native.kinds)
         ├── MoneyError       an amount that is not a finite decimal (also a ValueError)         (common.money)
@@ -17,7 +18,8 @@ or the OS are translated where they are met (``raise BillError(...) from exc``).
         ├── S3Error          a manifest or data file on S3 that cannot be used: s3:// location  (billing.s3source)
         ├── RevenueError     a revenue file that cannot be read at all                          (billing.revenue)
         ├── ReportError      input that makes a report impossible                               (billing.report)
-        └── Refused          a batch that cannot be read as the contract, values withheld      (redactor.policy)
+        ├── Refused          a batch that cannot be read as the contract, values withheld      (redactor.policy)
+        └── SilenceError     a silence that cannot be made: field and why (also a ValueError)   (common.alerting)
 
 Control flow that never leaves its module is not part of the tree: ``billing.fast.FastPathUnavailable`` (the
 pipeline takes the general path), ``billing.focus._RowError`` and ``billing.cur._RowError`` (turned into located
