@@ -5,7 +5,7 @@ deps:
 	@scripts/bootstrap.sh
 
 demo: deps
-	.venv/bin/costmesh demo --capture tests/data/demo_tenants.pcap --config tests/data/demo/costmesh.toml
+	.venv/bin/costmesh demo
 
 test: deps
 	.venv/bin/ruff check .

@@ -96,12 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="Replay a capture through the whole embedded pipeline and print usage per tenant.",
-        description="Replay a capture through the whole embedded pipeline and print usage per tenant.",
+        help="Run a small multi-tenant SaaS on loopback, capture it, allocate its bill; print cost and margin per "
+        "customer beside the truth.",
+        description="Run the demo SaaS on loopback (each workload on its own 127.0.0.x address), capture it live with "
+        "eBPF where allowed (else record and replay), import its bill and revenue, and print cost and margin per "
+        "customer beside what really happened. With --capture, replay that capture through the pipeline instead.",
     )
-    demo.add_argument("--capture", required=True, help="capture file (pcap) to replay")
-    demo.add_argument("--config", help="config file (TOML)")
-    demo.add_argument("--timeout", type=float, default=60, help="seconds to wait for the pipeline (default 60)")
+    demo.add_argument("--capture", help="replay this capture file (pcap) instead of running the SaaS")
+    demo.add_argument("--config", help="config file (TOML) for --capture")
+    demo.add_argument("--replay", action="store_true", help="record the SaaS's traffic and replay it, not eBPF")
+    demo.add_argument("--timeout", type=float, default=100, help="seconds to wait for the pipeline (default 100)")
 
     for name in SERVICES:
         _service_parser(sub, name)
@@ -174,6 +178,54 @@ def _run_service(args: argparse.Namespace, config: Config) -> int:
     }[args.command]
     main = __import__(module, fromlist=["main"]).main
     return run_service(ctx, main)
+
+
+def _demo_saas(args: argparse.Namespace) -> int:
+    """``costmesh demo``: the demo SaaS end to end (``costmesh.demo.run``), then cost and margin per customer from
+    ``/v1/pnl``, the allocation beside the truth, and the console's URL; ``finish_demo`` runs with the stack up."""
+    from costmesh.billing.report import from_api_pnl
+    from costmesh.billing.report import render_table as render_chargeback
+    from costmesh.demo.accuracy import assess, render_scenario
+    from costmesh.demo.run import DemoError, DemoRun
+    from costmesh.demo.saas import SaasError
+    from costmesh.demo.scenarios import DEMO
+
+    with (
+        tempfile.TemporaryDirectory(prefix="costmesh-demo-") as tmp,
+        DemoRun(DEMO, Path(tmp), force_replay=args.replay) as run,
+    ):
+        print(f"costmesh demo: {DEMO.title}; workloads on 127.0.0.20-28, costmesh API on {run.base_url}", flush=True)
+        try:
+            result = run.run(args.timeout)
+        except (DemoError, SaasError) as exc:
+            print(f"costmesh: demo failed: {exc}", file=sys.stderr)
+            return 1
+        customers = [t.name for t in DEMO.tenants]
+        accuracy = assess(result, title=DEMO.title, mode=DEMO.mode, target_pct=DEMO.target_pct, customers=customers)
+        edge = sum(result.truth.share_of("edge").values())
+        print(f"capture: {result.capture} ({result.capture_note})")
+        print(
+            f"traffic: {edge} requests from {len(customers)} customers in {result.traffic_s:.1f} s "
+            f"({result.failed_requests} failed); bill: {len(result.bill.lines)} lines for "
+            f"{result.bill.charge_start:%Y-%m-%d %H:%M}-{result.bill.charge_end:%H:%M} UTC"
+        )
+        print()
+        print(
+            render_chargeback(from_api_pnl(result.pnl), note="Amounts rounded to cents; GET /v1/pnl has them exactly.")
+        )
+        print()
+        print("What really happened (the SaaS's own measurements), beside costmesh and two naive splits:")
+        print(render_scenario(accuracy))
+        print()
+        print(f"console: {run.console_url}")
+        finish_demo(run, args)
+    return 0
+
+
+def finish_demo(run, args: argparse.Namespace) -> None:
+    """The demo's last step, with the whole stack still up (the console answers at ``run.console_url``). It returns
+    at once: the stack then stops and the demo ends (bounded). This is where a caller that keeps the console
+    serving until Ctrl-C waits."""
 
 
 def _demo(args: argparse.Namespace, config: Config) -> int:
@@ -251,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.file}: ok")
         return 0
     config = _load(getattr(args, "config", None))
+    if args.command == "demo" and not args.capture:
+        config.log_level = "warning"  # the demo prints its own story; the services' progress is in their logs
     if args.log_level:
         config.log_level = args.log_level
     if args.command == "report":
@@ -270,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("up", config.log_level)
     try:
         if args.command == "demo":
-            return _demo(args, config)
+            return _demo(args, config) if args.capture else _demo_saas(args)
         from costmesh.common.supervisor import run_up
 
         if args.api_port:

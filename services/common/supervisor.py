@@ -127,6 +127,17 @@ class Stack:
             time.sleep(0.1)
         raise RuntimeError(f"service {name} did not become healthy within {timeout_s:.0f} s")
 
+    def replay_in_sensor(self, paths: list[str]) -> None:
+        """Restart the sensor replaying ``paths`` instead of capturing live (the demo's fallback where eBPF is not
+        allowed: the traffic was recorded from a packet socket meanwhile)."""
+        proc, _port = self.children.pop("sensor")
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+        self.replay = list(paths)
+        self._spawn("sensor")
+        self.wait_healthy("sensor")
+
     def failed(self) -> str | None:
         """The name of a child that died on its own, if any."""
         for name, (proc, _port) in self.children.items():
