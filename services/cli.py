@@ -217,15 +217,14 @@ def _demo_saas(args: argparse.Namespace) -> int:
         print("What really happened (the SaaS's own measurements), beside costmesh and two naive splits:")
         print(render_scenario(accuracy))
         print()
-        print(f"console: {run.console_url}")
         finish_demo(run, args)
     return 0
 
 
 def finish_demo(run, args: argparse.Namespace) -> None:
-    """The demo's last step, with the whole stack still up (the console answers at ``run.console_url``). It returns
-    at once: the stack then stops and the demo ends (bounded). This is where a caller that keeps the console
-    serving until Ctrl-C waits."""
+    """The demo's last step, run while the whole stack is still up: say where the console answers. When it returns
+    the stack stops and the demo ends (bounded); keeping the console serving until Ctrl-C belongs here."""
+    print(f"console: {run.console_url}")
 
 
 def _demo(args: argparse.Namespace, config: Config) -> int:

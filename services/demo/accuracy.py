@@ -46,6 +46,8 @@ class ScenarioAccuracy(msgspec.Struct):
     billed: str
     coverage_pct: float
     worst_pct: dict[str, float]
+    #: costmesh's worst error per customer on each bill line alone (where the error comes from).
+    line_worst_pct: dict[str, float]
     passed: bool
     customers: list[CustomerRow]
     #: What the truth and costmesh gave to platform work and left unallocated.
@@ -74,6 +76,7 @@ def assess(result: RunResult, *, title: str, mode: str, target_pct: float, custo
     edge_total = sum(edge.get(c, 0) for c in customers)
     per: dict[str, dict[str, Fraction]] = {m: defaultdict(Fraction) for m in ("truth", *METHODS)}
     per_line: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+    exact: dict[tuple[str, str], tuple[Fraction, Fraction]] = {}
     platform = {"truth": Fraction(0), "costmesh": Fraction(0)}
     unallocated = Fraction(0)
     billed = Fraction(0)
@@ -91,6 +94,7 @@ def assess(result: RunResult, *, title: str, mode: str, target_pct: float, custo
             per["even"][c] += amount / len(customers)
             per["requests"][c] += amount * edge.get(c, 0) / edge_total if edge_total else Fraction(0)
             per_line[c][key] = {"truth": _dec(truth), "costmesh": _dec(mine)}
+            exact[(c, key)] = (truth, mine)
         platform["truth"] += amount * q.get("", 0) / total if total else Fraction(0)
         for method, value in allocated.get("", {}).items():
             if method == "platform":
@@ -101,6 +105,11 @@ def assess(result: RunResult, *, title: str, mode: str, target_pct: float, custo
         for tenant, methods in allocated.items():
             if tenant and tenant not in customers:
                 unallocated += sum((Fraction(v) for v in methods.values()), Fraction(0))
+    line_worst: dict[str, float] = {}
+    for line in result.bill.lines:
+        key = line.spec.key
+        errors = [_pct(exact[(c, key)][1], exact[(c, key)][0]) for c in customers]
+        line_worst[key] = max((abs(e) for e in errors if e is not None), default=0.0)
     rows = []
     worst = dict.fromkeys(METHODS, 0.0)
     for c in customers:
@@ -129,6 +138,7 @@ def assess(result: RunResult, *, title: str, mode: str, target_pct: float, custo
         billed=_dec(billed),
         coverage_pct=coverage,
         worst_pct=worst,
+        line_worst_pct=line_worst,
         passed=worst["costmesh"] <= target_pct and coverage >= 99.0,
         customers=rows,
         platform={k: _dec(v) for k, v in platform.items()},
@@ -180,7 +190,8 @@ def render_scenario(a: ScenarioAccuracy) -> str:
         f"even {a.worst_pct['even']:.2f}%, by requests {a.worst_pct['requests']:.2f}%; attributed or modeled "
         f"{a.coverage_pct:.2f}% (target 99%): {verdict}"
     )
-    return title + "\n" + _table(head, rows)
+    lines = ", ".join(f"{k} {v:.2f}%" for k, v in a.line_worst_pct.items())
+    return title + "\n" + _table(head, rows) + f"\n  costmesh's worst error per customer on each line alone: {lines}"
 
 
 def render_summary(results: list[ScenarioAccuracy]) -> str:

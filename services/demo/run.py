@@ -121,6 +121,7 @@ class DemoRun:
         capture, note = self._capture_mode(deadline)
         recorder = None
         if capture == "replay":
+            self.stack.stop_child("sensor")  # it may be capturing (--replay asked for): the recording is the input
             self.saas.plan_all_plain_http()
             recorder = Recorder(self.work_dir / "traffic.pcap", set(plan.addresses.values()))
             recorder.start()
