@@ -1,6 +1,8 @@
-"""Allocation benchmark: 1,000,000 cost lines over 1,000 customers, target under 60 s, with the time per stage.
+"""Allocation benchmark: 1,000,000 cost lines over 1,000 customers, propagation through queues on, target under 60 s
+read included, with the time per stage beside the previous engine's from the same run.
 
-Stages: generate (a FOCUS CSV of hourly lines for ``--resources`` resources, and per-day consumption with tenants),
+Stages: generate (a FOCUS CSV of hourly lines for ``--resources`` resources, per-day consumption with tenants, and
+queue traffic: a worker with no tenant works off a topic the customers produce to and calls one resource in ten),
 ingest/parse (``fast.read_focus_columns``), map (``Mapper`` per distinct resource), allocate (``Allocator.shares`` per
 resource and consumption epoch), round (exact largest-remainder split, ``fast.split_rows``), store-or-serialize
 (per-customer totals and the allocation rows written as Parquet). Every line's parts are checked to sum to its amount.
@@ -9,11 +11,15 @@ The product path (``--product``, on by default): the same bill as ``CostLine`` o
 apart) through ``pipeline.run``, which is what ``costmesh report`` and the billing service call; it chooses the
 vectorised engine for a bill this large and returns ``Allocation`` rows. Its rows are checked against the columnar run.
 
-Peers measured in the same run, on a subset and scaled linearly to the full size:
-- a naive pure-Python Decimal implementation (csv module, Decimal shares, per-line scan of consumption);
-- the project's own row engine (``focus.read_focus`` + ``Allocator.allocate`` per line).
+Peers measured in the same run:
+- the previous engine (``--previous REV``, default the commit before the single attribution model): that commit's
+  own benchmark, run from ``git archive REV`` in a child process on the same seed, so the same bill and the same
+  call rows (it cannot read queue traffic: the worker's rows are not in its input, its share stays unallocated);
+  its per-stage figures are printed beside these;
+- on a subset, scaled linearly to the full size: a naive pure-Python Decimal implementation (csv module, Decimal
+  shares, per-line scan of consumption) and the project's own row engine (``focus.read_focus`` + ``Allocator``).
 
-Run: ``.venv/bin/python loadtests/bench_allocation.py [--lines N] [--customers N] [--resources N]``.
+Run: ``.venv/bin/python loadtests/bench_allocation.py [--lines N] [--customers N] [--resources N] [--previous REV]``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,12 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import random
+import re
+import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 from collections import defaultdict
@@ -41,10 +52,15 @@ from costmesh.billing.mapping import Mapper
 from costmesh.billing.model import Usage
 from costmesh.billing.pipeline import run as pipeline_run
 from costmesh.common.config import Config
+from costmesh.common.usage import Consumption, QueueUse
 
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
 T0 = int(datetime(2024, 9, 1, tzinfo=UTC).timestamp()) * 1_000_000
+QUEUE_WINDOW_US = Config().attributor.queue_window_s * 1_000_000
+#: The engine before the single attribution model (two solvers, no queues on the bill).
+PREVIOUS = "b85bdd1"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def generate(lines: int, customers: int, resources: int, seed: int) -> tuple[bytes, list[Usage]]:
@@ -106,6 +122,63 @@ def generate(lines: int, customers: int, resources: int, seed: int) -> tuple[byt
     return buf.getvalue(), usage
 
 
+def generate_queues(customers: int, resources: int, days: int, seed: int) -> tuple[list[Usage], list[QueueUse]]:
+    """A worker with no tenant consumes ``jobs`` (produced by eight customers a day) and calls one resource in ten.
+    From a generator of its own, so that the bill and the other rows stay those of the previous engine's run."""
+    rng = np.random.default_rng(seed + 1)
+    usage: list[Usage] = []
+    queues: list[QueueUse] = []
+    for d in range(days):
+        s = T0 + d * DAY_US
+        for c in rng.choice(customers, size=8, replace=False).tolist():
+            queues.append(QueueUse(topic="jobs", role="producer", workload="api", tenant=f"c{c:04d}",
+                                   tenant_method="header", start_us=s, end_us=s + DAY_US,
+                                   requests=int(rng.integers(1, 1000))))  # fmt: skip
+        queues.append(QueueUse(topic="jobs", role="consumer", workload="worker", start_us=s, end_us=s + DAY_US,
+                               requests=5000))  # fmt: skip
+        for r in range(5, resources, 10):
+            usage.append(Usage(src_workload="worker", dst=f"res-{r:05d}", start_us=s, end_us=s + DAY_US,
+                               busy_us=int(rng.integers(1, 1_000_000)), requests=1, bytes_out=10**4))  # fmt: skip
+    return usage, queues
+
+
+def previous_engine(rev: str, args: argparse.Namespace) -> str:
+    """The benchmark of commit ``rev`` on the same seed and sizes, in a child process whose ``costmesh`` is that
+    commit's tree (``git archive``); returns its output."""
+    with tempfile.TemporaryDirectory(prefix="bench-previous-") as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev, "services", "loadtests"], capture_output=True, check=True
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(tmp, filter="data")
+        os.symlink(Path(tmp) / "services", Path(tmp) / "costmesh")
+        sizes = ["--lines", str(args.lines), "--customers", str(args.customers), "--resources", str(args.resources)]
+        sizes += ["--seed", str(args.seed), "--baseline-lines", str(args.baseline_lines)]
+        product = "--product" if args.product else "--no-product"
+        cmd = [sys.executable, str(Path(tmp) / "loadtests" / "bench_allocation.py"), *sizes, product]
+        env = {**os.environ, "PYTHONPATH": tmp}
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp, timeout=1800)
+        if done.returncode != 0:
+            return f"previous engine failed: {done.stderr[-2000:]}"
+        return done.stdout
+
+
+def stage_figures(text: str) -> dict[str, float]:
+    """``name  seconds s`` lines of a benchmark's output."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^\s+(\S[\w/ ()-]*?)\s+([\d.]+) s\b", line)
+        if m:
+            out[m.group(1).strip()] = float(m.group(2))
+    m = re.search(r"pipeline\.run \(allocate to Allocation rows\)\s+([\d.]+) s", text)
+    if m:
+        out["product pipeline.run"] = float(m.group(1))
+    m = re.search(r"read_focus \(row reader\)\s+([\d.]+) s", text)
+    if m:
+        out["product read_focus"] = float(m.group(1))
+    return out
+
+
 def naive_baseline(data: bytes, usage: list[Usage], limit: int) -> tuple[float, int]:
     """Pure Python, Decimal: parse each row, scan that resource's consumption for the window, split with Decimal."""
     t = time.perf_counter()
@@ -153,7 +226,7 @@ def row_engine(data: bytes, usage: list[Usage], limit: int) -> tuple[float, int]
     result = read_focus("subset.csv", data=subset)
     mapper = Mapper([], {u.dst for u in usage} | {u.src_workload for u in usage})
     targets, _ = mapper.map_all(result.lines)
-    Allocator(usage, internal={"api", "gateway", "lb"}).allocate_all(result.lines, targets)
+    Allocator(usage, internal={"api", "gateway", "lb", "worker"}).allocate_all(result.lines, targets)
     return time.perf_counter() - t, len(result.lines)
 
 
@@ -164,6 +237,7 @@ def main() -> None:
     parser.add_argument("--resources", type=int, default=2000)
     parser.add_argument("--baseline-lines", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=random.randrange(2**32))
+    parser.add_argument("--previous", default=PREVIOUS, help="git revision of the previous engine ('' to skip)")
     parser.add_argument(
         "--product",
         action=argparse.BooleanOptionalAction,
@@ -176,8 +250,13 @@ def main() -> None:
 
     t = time.perf_counter()
     data, usage = generate(args.lines, args.customers, args.resources, args.seed)
+    days = (args.lines // args.resources) // 24 + 1
+    worker_usage, queues = generate_queues(args.customers, args.resources, days, args.seed)
+    usage += worker_usage
     stages["generate"] = time.perf_counter() - t
-    print(f"  generated {len(data) / 1e6:.0f} MB of FOCUS CSV and {len(usage):,} consumption rows")
+    print(f"  generated {len(data) / 1e6:.0f} MB of FOCUS CSV, {len(usage):,} consumption rows, {len(queues):,} "
+          f"queue rows (a worker without tenant works off 'jobs' and calls {len(worker_usage) // days:,} "
+          "resources a day)")  # fmt: skip
 
     t = time.perf_counter()
     cols = read_focus_columns("bench.csv", data=data)
@@ -185,14 +264,16 @@ def main() -> None:
     assert len(cols) == args.lines and not cols.problems, cols.problems[:3]
 
     t = time.perf_counter()
-    names = {u.dst for u in usage} | {u.src_workload for u in usage}
+    names = {u.dst for u in usage} | {u.src_workload for u in usage} | {q.workload for q in queues}
     mapper = Mapper([], names)
     targets = [mapper.map(d) for d in cols.descriptors]
     stages["map"] = time.perf_counter() - t
 
     inner: dict[str, float] = {}
     t = time.perf_counter()
-    result = allocate_columns(cols, usage, mapper, targets=targets, timings=inner, internal={"api", "gateway", "lb"})
+    internal = {"api", "gateway", "lb", "worker"}
+    result = allocate_columns(cols, usage, mapper, targets=targets, timings=inner, internal=internal, queues=queues,
+                              queue_window_us=QUEUE_WINDOW_US)  # fmt: skip
     total = time.perf_counter() - t
     stages["allocate"] = total - inner["split"]
     stages["round"] = inner["split"]
@@ -214,6 +295,9 @@ def main() -> None:
     rows = len(result.line)
     print(f"  {rows:,} allocation rows, {len(customers):,} customers charged, parquet {size / 1e6:.0f} MB")
     print(f"  {len(set(result.group_basis))} bases, {len(result.group_basis):,} share groups; all lines sum exactly")
+    propagated = float(per_key[[i for i, k in enumerate(result.keys) if k[3] == "propagated"]].sum()) / 1e6
+    unallocated = float(per_key[[i for i, k in enumerate(result.keys) if k[3] == "unallocated"]].sum()) / 1e6
+    print(f"  propagated (gateway and queue worker) {propagated:,.2f} USD, unallocated {unallocated:,.2f} USD")
     for name, seconds in stages.items():
         print(f"  {name:<20} {seconds:8.2f} s")
     print(f"  {'total (no generate)':<20} {measured:8.2f} s   target < 60 s: {'PASS' if measured < 60 else 'FAIL'}")
@@ -225,7 +309,7 @@ def main() -> None:
         lines = read_focus("bench.csv", data=data).lines
         read_s = time.perf_counter() - t
         t = time.perf_counter()
-        run = pipeline_run(lines, usage, Config())
+        run = pipeline_run(lines, Consumption(usage=usage, queues=queues), Config())
         product_s = time.perf_counter() - t
         assert len(run.allocations) == rows, (len(run.allocations), rows)
         assert sum(a.amount for a in run.allocations) == sum(line.amount for line in lines)
@@ -233,6 +317,21 @@ def main() -> None:
               f"{product_s:8.2f} s   target < 60 s: {'PASS' if product_s < 60 else 'FAIL'}")  # fmt: skip
         del run, lines
 
+    if args.previous:
+        print(f"  previous engine ({args.previous}, same seed, same bill; no queue traffic in its input):")
+        text = previous_engine(args.previous, args)
+        old = stage_figures(text)
+        new = {**stages, **({"product pipeline.run": product_s, "product read_focus": read_s} if product_s else {})}
+        new["total (no generate)"] = measured
+        print(f"  {'stage':<22} {'this engine':>12} {'previous':>10}")
+        for name in [*stages, "total (no generate)", "product read_focus", "product pipeline.run"]:
+            if name in new or name in old:
+                mine = f"{new[name]:.2f} s" if name in new and new[name] is not None else "-"
+                theirs = f"{old[name]:.2f} s" if name in old else "-"
+                print(f"  {name:<22} {mine:>12} {theirs:>10}")
+        for line in text.splitlines():
+            if "allocation rows" in line or "projected" in line:
+                print("  previous:" + line)
     naive_s, naive_n = naive_baseline(data, usage, args.baseline_lines)
     naive_full = naive_s / naive_n * args.lines
     row_s, row_n = row_engine(data, usage, args.baseline_lines)

@@ -256,7 +256,14 @@ def _demo(args: argparse.Namespace, config: Config) -> int:
             rows = http_json(base + "/v1/usage?group_by=tenant")["rows"]
             pnls = []
             if config.billing.sources:
-                # The run going on now may have read the store before the last batch: wait for the one after it.
+                # Billing reads hourly rollups, which the attributor's maintenance writes: a pass going on now may
+                # have started before the last batch, so wait for the one after it; then the same for billing.
+                passes = int(stack.health("attributor").get("maintenance_passes", 0))
+                while int(stack.health("attributor").get("maintenance_passes", 0)) < passes + 2:
+                    if time.monotonic() > end:
+                        print("costmesh: demo timed out waiting for the attributor's rollups", file=sys.stderr)
+                        return 1
+                    time.sleep(0.2)
                 runs = int(stack.health("billing").get("allocation_runs", 0))
                 while (billing := stack.health("billing")).get("allocation_runs", 0) < runs + 2:
                     if time.monotonic() > end:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from costmesh.billing.allocate import Allocator, Target, split
 from costmesh.billing.model import CATEGORIES, CostLine, Usage, Window
 from costmesh.common.money import largest_remainder
+from costmesh.common.prices import ModelPrice, PriceTable
 
 HOUR = 3_600_000_000
 W = Window(0, HOUR)
@@ -48,8 +49,8 @@ def by_tenant(allocs) -> dict[tuple[str, str], Decimal]:
     return out
 
 
-def price(_p, _m, tin, tout, tc, tr) -> int:
-    return tin * 2 + tout * 8 + tc + tr * 8  # micro-units per token, a small local table for the tests
+#: Model "m" at 2 µ$ per input token and 8 µ$ per output token (micro-dollars per million tokens).
+PRICES = PriceTable({("openai", "m"): ModelPrice(2_000_000, 8_000_000)})
 
 
 DB = Target("orders-db", "database", frozenset({"orders-db:5432"}))
@@ -118,7 +119,7 @@ def test_kinds_use_their_metric():
         use("api", "api.openai.com", "acme", provider="openai", model="m", tokens_in=100, tokens_out=10),
         use("worker", "api.openai.com", "globex", provider="openai", model="m", tokens_in=10, tokens_out=100),
     ]
-    alloc = Allocator(usage, zones=zones, price=price)
+    alloc = Allocator(usage, zones=zones, prices=PRICES)
     queue = alloc.allocate(line("10"), Target("orders-topic", "queue"))
     assert by_tenant(queue) == {("acme", "direct"): 9, ("globex", "direct"): 1}
     cross = alloc.allocate(line("8"), Target("cross-az", "cross_az"))

@@ -148,12 +148,13 @@ async def test_ai_tokens_priced_in_integer_micros(fresh_dsn):
             ),
         ]
         done = await apply_batches(conn, [CallBatch(batch_id="ai", node="n", seq=1, records=records)], PriceTable())
-        # 800 × 2.50 + 200 × 1.25 + 500 × 10.00 $/Mtok = 7250 µ$; 10 × 2.50 = 25 µ$
-        assert [c.cost_micros for c in done.ai_costs] == [7250, 25]
+        # tokens_in excludes the cache reads (ObservedCall): 1000 × 2.50 + 200 × 1.25 + 500 × 10.00 $/Mtok
+        # = 7750 µ$; 10 × 2.50 = 25 µ$
+        assert [c.cost_micros for c in done.ai_costs] == [7750, 25]
         row = await conn.fetchrow(
             "SELECT sum(cost_micros)::bigint AS c, sum(tokens_in)::bigint AS t FROM ai_usage_minute"
         )
-        assert (row["c"], row["t"]) == (7275, 1010)
+        assert (row["c"], row["t"]) == (7775, 1010)
     finally:
         await conn.close()
 
@@ -170,8 +171,9 @@ def test_prices_defaults_overrides_and_rounding():
     # half up, once per call: 1 token of gpt-4o-mini input = 0.15 µ$ → 0; 4 tokens = 0.6 → 1
     assert table.cost_micros("openai", "gpt-4o-mini", 1, 0) == 0
     assert table.cost_micros("openai", "gpt-4o-mini", 4, 0) == 1
-    # cached beyond input counts as input at least; reasoning at its own rate: 50×1 + 6×2 + 4×5 = 82 µ$
-    assert cost_of(ModelPrice(1_000_000, 2_000_000, 0, 5_000_000), 10, 10, 50, 4) == 82
+    # each token in one field: 10 input + 50 cached (no cache rate: the input rate) at 1 µ$, 6 plain output at 2 µ$
+    # and the 4 reasoning tokens of the 10 output at their own configured rate of 5 µ$: 60 + 12 + 20 = 92 µ$
+    assert cost_of(ModelPrice(1_000_000, 2_000_000, None, None, 5_000_000), 10, 10, 50, 4) == 92
     cfg = Config(prices=[Price(provider="openai", model="gpt-4o", input_micros_per_mtok=1, output_micros_per_mtok=2)])
     assert PriceTable.from_config(cfg).cost_micros("openai", "gpt-4o", 1_000_000, 1_000_000) == 3
     assert PriceTable.from_config(cfg).cost_micros("openai", "gpt-4o-mini", 1_000_000, 0) == 150_000

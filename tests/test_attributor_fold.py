@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from costmesh.attributor.apply import AGG_COLUMNS, QUEUE_PROTOCOLS, staging_rows
+from costmesh.attributor.apply import AGG_COLUMNS, staging_rows
 from costmesh.attributor.fold import BatchRef, Meta, fold_group
 from costmesh.common.schemas import COUNTERS, CallBatch, Codec, ObservedCall
+from costmesh.common.usage import QUEUE_PROTOCOLS
 from costmesh.native import _fold_py
 from costmesh.native._fold_py import holds_nul, ints_fit
 

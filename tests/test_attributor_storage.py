@@ -132,7 +132,7 @@ async def test_old_replay_is_not_expired_on_arrival(fresh_dsn):
         await apply_batches(writer, [batch("o", old, "acme", 1)], PriceTable())
         await maintenance.run_pass(upkeep, Config(), NOW)
         assert await upkeep.fetchval("SELECT sum(requests) FROM consumption_minute") == 1
-        assert await upkeep.fetchval("SELECT sum(requests) FROM attributed_minute") == 1
+        assert await upkeep.fetchval("SELECT sum(requests) FROM consumption_hourly") == 1
     finally:
         await writer.close()
         await upkeep.close()

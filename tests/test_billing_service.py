@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from costmesh.api.app import make_app
 from costmesh.billing import service
+from costmesh.billing.pipeline import period_window
 from costmesh.common import db
 from costmesh.common.config import BillSource, Config, ResourceMapping
 from costmesh.common.runtime import ServiceContext
@@ -22,12 +23,15 @@ SQS_LINE_AMOUNT = Decimal("0.00000080000")  # the first line of the sample: an S
 
 
 async def _seed_consumption(pool) -> None:
-    minute = datetime(2024, 9, 18, 22, 10, tzinfo=UTC)
+    """The hourly rollup the attributor would have written (billing allocates from hours only)."""
+    hour = datetime(2024, 9, 18, 22, tzinfo=UTC)
     async with pool.acquire() as conn:
         await conn.executemany(
-            "INSERT INTO consumption_minute (minute, tenant, tenant_method, feature, agent, src_workload, dst,"
-            " protocol, requests, bytes_out) VALUES ($1, $2, 'header', $3, '', 'api', 'orders-queue', 'kafka', 1, $4)",
-            [(minute, "acme", "checkout", 300), (minute, "globex", "search", 100)],
+            "INSERT INTO consumption_hourly (hour, tenant, tenant_method, feature, agent, src_workload, dst,"
+            " protocol, requests, errors, bytes_in, bytes_out, busy_us, tokens_in, tokens_out, tokens_cached,"
+            " tokens_reasoning) VALUES ($1, $2, 'header', $3, '', 'api', 'orders-queue', 'kafka', 1, 0, 0, $4,"
+            " 0, 0, 0, 0, 0)",
+            [(hour, "acme", "checkout", 300), (hour, "globex", "search", 100)],
         )
 
 
@@ -111,7 +115,7 @@ async def test_service_imports_allocates_and_api_serves(fresh_dsn, tmp_path):
 
 
 def test_month_window():
-    w = service.month_window("2024-12")
+    w = period_window("2024-12")
     assert (w.end_us - w.start_us) == 31 * 86_400_000_000
 
 

@@ -26,6 +26,7 @@ import asyncpg
 
 from costmesh.common.prices import PriceTable
 from costmesh.common.schemas import CONSUMPTION_KEY, COUNTERS, CallBatch, ObservedCall
+from costmesh.common.usage import CONSUME_VERBS, PRODUCE_VERBS, QUEUE_PROTOCOLS
 from costmesh.native.fold import Folder
 
 #: The columns of ``staging_agg``, in COPY order: what ``costmesh.native.fold`` emits per (minute, key), the operation
@@ -39,8 +40,6 @@ AGG_COLUMNS: tuple[str, ...] = (
     "last_us",
 )
 
-#: Protocols whose destination is a topic or queue: kept as producer → topic → consumer in the graph.
-QUEUE_PROTOCOLS = ("kafka", "amqp", "nats")
 
 CREATE_STAGING = """
 SET temp_buffers = '256MB';
@@ -59,7 +58,7 @@ CREATE TEMP TABLE IF NOT EXISTS staging_edges (
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS staging_ai (
     minute timestamptz NOT NULL, tenant text NOT NULL, tenant_method text NOT NULL, feature text NOT NULL,
-    agent text NOT NULL, src_workload text NOT NULL, provider text NOT NULL, model text NOT NULL,
+    agent text NOT NULL, src_workload text NOT NULL, dst text NOT NULL, provider text NOT NULL, model text NOT NULL,
     requests bigint NOT NULL, tokens_in bigint NOT NULL, tokens_out bigint NOT NULL, tokens_cached bigint NOT NULL,
     tokens_reasoning bigint NOT NULL, cost_micros bigint NOT NULL
 ) ON COMMIT DELETE ROWS;
@@ -77,16 +76,18 @@ ON CONFLICT ({", ".join(_KEY)}) DO UPDATE SET
     {", ".join(f"{m} = c.{m} + EXCLUDED.{m}" for m in _MEASURES)}
 """
 
-#: A queue call's topic: the operation without its verb (``produce orders`` → ``orders``), else the destination.
+#: A queue call's topic: the operation without its verb (``produce orders`` → ``orders``), else the destination
+#: (``usage.queue_topic`` is the same rule for records in memory).
 _TOPIC_SQL = (
     "CASE WHEN operation = '' THEN dst WHEN position(' ' in operation) > 0 "
     "THEN split_part(operation, ' ', 2) ELSE operation END"
 )
-#: A queue call's role: by its verb when it has one, else by direction (more bytes sent than received: producing).
+#: A queue call's role: by its verb when it has one, else by direction (more bytes sent than received: producing);
+#: ``usage.queue_role`` is the same rule for records in memory.
 _ROLE_SQL = (
-    "CASE WHEN lower(split_part(operation, ' ', 1)) IN ('fetch', 'consume', 'subscribe', 'receive', 'get', 'deliver', "
-    "'poll', 'pull') THEN 'consumer' WHEN lower(split_part(operation, ' ', 1)) IN ('produce', 'publish', 'send', "
-    "'put', 'push') THEN 'producer' WHEN bytes_out >= bytes_in THEN 'producer' ELSE 'consumer' END"
+    f"CASE WHEN lower(split_part(operation, ' ', 1)) IN {tuple(sorted(CONSUME_VERBS))!r} THEN 'consumer' "
+    f"WHEN lower(split_part(operation, ' ', 1)) IN {tuple(sorted(PRODUCE_VERBS))!r} THEN 'producer' "
+    "WHEN bytes_out >= bytes_in THEN 'producer' ELSE 'consumer' END"
 )
 
 #: Everything keyed by edge (graph edges, nodes, dirty minutes) reads this even smaller table.
@@ -150,12 +151,12 @@ ON CONFLICT (minute, topic, role, workload, tenant, tenant_method) DO UPDATE SET
 """
 
 MERGE_AI = """
-INSERT INTO ai_usage_minute AS a (minute, tenant, tenant_method, feature, agent, src_workload, provider, model,
+INSERT INTO ai_usage_minute AS a (minute, tenant, tenant_method, feature, agent, src_workload, dst, provider, model,
     requests, tokens_in, tokens_out, tokens_cached, tokens_reasoning, cost_micros)
-SELECT minute, tenant, tenant_method, feature, agent, src_workload, provider, model, sum(requests), sum(tokens_in),
-    sum(tokens_out), sum(tokens_cached), sum(tokens_reasoning), sum(cost_micros)
-FROM staging_ai GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
-ON CONFLICT (minute, tenant, tenant_method, feature, agent, src_workload, provider, model) DO UPDATE SET
+SELECT minute, tenant, tenant_method, feature, agent, src_workload, dst, provider, model, sum(requests),
+    sum(tokens_in), sum(tokens_out), sum(tokens_cached), sum(tokens_reasoning), sum(cost_micros)
+FROM staging_ai GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+ON CONFLICT (minute, tenant, tenant_method, feature, agent, src_workload, dst, provider, model) DO UPDATE SET
     requests = a.requests + EXCLUDED.requests, tokens_in = a.tokens_in + EXCLUDED.tokens_in,
     tokens_out = a.tokens_out + EXCLUDED.tokens_out, tokens_cached = a.tokens_cached + EXCLUDED.tokens_cached,
     tokens_reasoning = a.tokens_reasoning + EXCLUDED.tokens_reasoning,
@@ -219,6 +220,7 @@ def ai_rows(records: Sequence[ObservedCall], prices: PriceTable) -> tuple[list[t
                 r.feature,
                 r.agent,
                 r.src_workload,
+                r.dst,
                 r.provider,
                 r.model,
                 r.requests,
@@ -306,7 +308,7 @@ async def apply_batches(
         if ai:
             await conn.executemany(
                 "INSERT INTO staging_ai VALUES (to_timestamp($1::bigint / 1000000), $2, $3, $4, $5, $6, $7, $8, $9, "
-                "$10, $11, $12, $13, $14)",
+                "$10, $11, $12, $13, $14, $15)",
                 ai,
             )
             await conn.execute(MERGE_AI)

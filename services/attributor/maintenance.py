@@ -1,9 +1,10 @@
-"""The attributor's periodic pass: partitions ahead, rollups and tenant resolution of settled minutes, retention.
+"""The attributor's periodic pass: partitions ahead, hourly rollups of settled minutes, retention.
 
-Reads: ``dirty_minutes`` (minutes a committed batch touched, with a generation counter), the consumption tables.
-Writes: see ``storage`` and ``resolve``. One pass at a time across all attributor replicas (a session advisory lock);
-a minute leaves ``dirty_minutes`` only in the transaction that rolled it up and resolved it, and only if no batch
-touched it meanwhile (same generation), so late data is never missed.
+Reads: ``dirty_minutes`` (minutes a committed batch touched, with a generation counter), the per-minute tables.
+Writes: see ``storage``. One pass at a time across all attributor replicas (a session advisory lock); a minute leaves
+``dirty_minutes`` only in the transaction that rolled it up, and only if no batch touched it meanwhile (same
+generation), so late data is never missed. Tenants are not resolved here: allocation solves them from the hourly
+rows with the one solver (``costmesh.common.attribution``), wherever it runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncpg
 
 from costmesh.common.config import Config
 
-from . import resolve, storage
+from . import storage
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ async def run_pass(conn: asyncpg.Connection, cfg: Config, now: datetime) -> stor
             async with conn.transaction():
                 if plain:
                     await storage.refresh_rollups(conn, minutes, up)
-                await resolve.resolve_minutes(conn, cfg, minutes, up)
+                await storage.refresh_side_rollups(conn, minutes)
                 await conn.execute(
                     "DELETE FROM dirty_minutes d USING unnest($1::timestamptz[], $2::bigint[]) AS x(m, g) "
                     "WHERE d.minute = x.m AND d.gen = x.g",

@@ -1,8 +1,10 @@
 """Storage upkeep that PostgreSQL does not do by itself: partitions, rollups and retention.
 
-Reads: ``storage_flavour`` (written by migration 3), ``dirty_minutes`` and ``consumption_minute``. Writes: daily
+Reads: ``storage_flavour`` (written by migration 3), ``dirty_minutes`` and the per-minute tables. Writes: daily
 partitions of ``consumption_minute`` (plain flavour), ``consumption_hourly`` / ``consumption_daily`` (plain flavour;
-with TimescaleDB they are continuous aggregates refreshed by its own policies), and deletes what is past retention.
+with TimescaleDB they are continuous aggregates refreshed by its own policies), ``queue_hourly`` and
+``ai_usage_hourly`` (both flavours), and deletes what is past retention. The hourly tables carry every dimension
+allocation reads, so billing allocates from them alone and a period allocates the same after its minutes expired.
 
 Two flavours, one schema (``costmesh.common.schema``):
 
@@ -34,7 +36,22 @@ _SUMS = ", ".join(f"sum({m})" for m in COUNTERS)
 _DIMS = "tenant, tenant_method, feature, agent, src_workload, dst, protocol"
 
 #: Side tables keyed by ``minute`` that follow the per-minute retention.
-MINUTE_TABLES = ("graph_edge_minute", "queue_minute", "ai_usage_minute", "attributed_minute")
+MINUTE_TABLES = ("graph_edge_minute", "queue_minute", "ai_usage_minute")
+#: Hourly rollups of side tables, kept as long as ``consumption_hourly``: (table, minute source, dimensions, sums).
+SIDE_ROLLUPS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "queue_hourly",
+        "queue_minute",
+        "topic, role, workload, tenant, tenant_method",
+        "requests, bytes",
+    ),
+    (
+        "ai_usage_hourly",
+        "ai_usage_minute",
+        "tenant, tenant_method, feature, agent, src_workload, dst, provider, model",
+        "requests, tokens_in, tokens_out, tokens_cached, tokens_reasoning, cost_micros",
+    ),
+)
 
 
 @dataclass
@@ -47,7 +64,6 @@ class Upkeep:
     hours_refreshed: int = 0
     days_refreshed: int = 0
     rows_expired: int = 0
-    minutes_resolved: int = 0
 
 
 async def flavour(conn: asyncpg.Connection) -> str:
@@ -132,6 +148,11 @@ async def expire(conn: asyncpg.Connection, cfg: AttributorConfig, now: datetime,
             "DELETE FROM consumption_hourly WHERE hour < $1", base - timedelta(days=cfg.retention_hourly_days)
         )
         up.rows_expired += int(status.split()[-1])
+    for table, *_ in SIDE_ROLLUPS:
+        status = await conn.execute(
+            f"DELETE FROM {table} WHERE hour < $1", base - timedelta(days=cfg.retention_hourly_days)
+        )
+        up.rows_expired += int(status.split()[-1])
     for table in MINUTE_TABLES:
         status = await conn.execute(f"DELETE FROM {table} WHERE minute < $1", cutoff)
         up.rows_expired += int(status.split()[-1])
@@ -169,3 +190,18 @@ async def refresh_rollups(conn: asyncpg.Connection, minutes: list[datetime], up:
         )
     up.hours_refreshed += len(hours)
     up.days_refreshed += len(days)
+
+
+async def refresh_side_rollups(conn: asyncpg.Connection, minutes: list[datetime]) -> None:
+    """Recompute ``queue_hourly`` and ``ai_usage_hourly`` for every hour holding one of ``minutes`` (both flavours),
+    whole buckets as ``refresh_rollups`` does, in the caller's transaction."""
+    hours = sorted({m.replace(minute=0, second=0, microsecond=0) for m in minutes})
+    for table, source, dims, measures in SIDE_ROLLUPS:
+        sums = ", ".join(f"sum({m})" for m in measures.split(", "))
+        for hour in hours:
+            await conn.execute(f"DELETE FROM {table} WHERE hour = $1", hour)
+            await conn.execute(
+                f"INSERT INTO {table} (hour, {dims}, {measures}) SELECT $1::timestamptz, {dims}, {sums} FROM {source} "
+                f"WHERE minute >= $1 AND minute < $1::timestamptz + interval '1 hour' GROUP BY {dims}",
+                hour,
+            )

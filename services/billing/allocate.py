@@ -7,11 +7,13 @@ For a line of resource R over window P (DESIGN.md, "Allocation, in one paragraph
 1. Who consumed R in P, by the metric fitting R's kind: database → server time (``busy_us``) when measured, else
    requests; queue → bytes per topic; NAT gateway → bytes to destinations outside the cluster; cross-AZ → bytes between
    workloads in different zones; compute → server time of the workloads on the node (CPU proxy), else requests;
-   AI API → tokens × price (``price`` argument); storage → bytes; other → requests.
+   AI API → the tokens of the kind the line meters (``tokenkind``: input by ``tokens_in``, output by ``tokens_out``,
+   cache reads by ``tokens_cached``), a line of several kinds by price-weighted tokens (``costmesh.common.prices``);
+   storage → bytes; other → requests.
 2. Each consuming record goes to a tenant by the tenant on the call (``direct``), by trace id (``trace``), by the
-   inbound tenant mix of the calling workload in P, recursively along the graph (``propagated``; cycles are solved
-   exactly as a linear system over the workloads, see ``Allocator.window_mixes``), else to ``platform`` when the
-   caller is background work, else ``unallocated``.
+   inbound tenant mix of the calling workload in P, recursively along the graph and through queues
+   (``propagated``; the one solver, ``costmesh.common.attribution``), else to ``platform`` when the caller is
+   background work, else ``unallocated``.
 3. A tenant tag on the bill line itself (``tenant``/``customer``…) is a direct signal and wins; a line mapped to no
    observed resource, or with no consumption in P, is ``unallocated`` whole.
 4. Shares are exact fractions until the end, then split with largest remainders in integer units of the line's own
@@ -24,28 +26,26 @@ import bisect
 import ipaddress
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from fractions import Fraction
 
 import msgspec
 
+from costmesh.common.attribution import Key, Mix, attribute, inbound_mixes
 from costmesh.common.money import from_units, largest_remainder, scale_of, to_units
+from costmesh.common.prices import PriceTable
+from costmesh.common.usage import QueueUse
 
-from .model import DIRECT_METHODS, Allocation, Category, CostLine, ResourceKind, Usage, Window
-
-#: ``price(provider, model, tokens_in, tokens_out, tokens_cached, tokens_reasoning) -> micro-units``; the shape of
-#: ``PriceTable.cost_micros`` (attributor issue), passed in so the engine does not depend on where prices come from.
-PriceFn = Callable[[str, str, int, int, int, int], int]
+from . import tokenkind
+from .model import Allocation, Category, CostLine, ResourceKind, Usage, Window
 
 #: Bill tags read as the tenant of a line, first found wins (case-insensitive keys).
 DEFAULT_TAG_KEYS: tuple[str, ...] = ("tenant", "tenant_id", "customer", "customer_id", "costmesh:tenant")
 
-_Key = tuple[str, str, str, Category]  # tenant, feature, agent, method
-
-
-def no_price(_provider: str, _model: str, _ti: int, _to: int, _tc: int, _tr: int) -> int:
-    return 0
+_Key = Key
+#: What each token kind of a line is split by.
+_KIND_BASIS = {"input": "tokens_in", "cache_write": "tokens_in", "output": "tokens_out", "cache_read": "tokens_cached"}
 
 
 class Target(msgspec.Struct, frozen=True):
@@ -62,13 +62,21 @@ def _bytes(u: Usage) -> int:
 
 
 class Allocator:
-    """Allocates lines against one set of consumption rows; caches per-window indexes and inbound mixes."""
+    """Allocates lines against one span of consumption; caches per-window indexes and inbound mixes.
+
+    ``usage``: calls (hourly rows); ``queues``: queue traffic, read for propagation through topics over
+    ``queue_window_us`` before each window as well; ``ai``: AI tokens by provider and model (``ai_usage_hourly``),
+    what AI lines are split by — without it, the token fields of ``usage`` are (rows without a model then).
+    """
 
     def __init__(
         self,
         usage: Iterable[Usage],
         *,
-        price: PriceFn = no_price,
+        queues: Iterable[QueueUse] = (),
+        ai: Iterable[Usage] | None = None,
+        queue_window_us: int = 0,
+        prices: PriceTable | None = None,
         background: Iterable[str] = (),
         zones: Mapping[str, str] | None = None,
         internal: Iterable[str] | None = None,
@@ -78,7 +86,12 @@ class Allocator:
         # Rows sorted by start plus the longest row's length bound the rows a window can overlap (bisect, not scan).
         self._starts = [u.start_us for u in self.usage]
         self._longest = max((u.end_us - u.start_us for u in self.usage), default=0)
-        self.price = price
+        self.queues = sorted(queues, key=lambda q: (q.start_us, q.topic, q.role, q.workload, q.tenant))
+        self._queue_starts = [q.start_us for q in self.queues]
+        self._queue_longest = max((q.end_us - q.start_us for q in self.queues), default=0)
+        self.queue_window_us = queue_window_us
+        self.ai = None if ai is None else sorted(ai, key=lambda u: (u.start_us, u.dst, u.provider, u.model, u.tenant))
+        self.prices = prices if prices is not None else PriceTable()
         self.background = frozenset(background)
         self.zones = dict(zones or {})
         # Names that are workloads of ours: anything called by a workload that is not among them is outside.
@@ -89,7 +102,7 @@ class Allocator:
         )
         self.tag_keys = tuple(k.lower() for k in tag_keys)
         self._windows: dict[Window, tuple[list[Usage], dict[str, list[Usage]]]] = {}
-        self._mixes: dict[Window, dict[str, dict[_Key, Fraction]]] = {}
+        self._mixes: dict[Window, dict[str, Mix]] = {}
 
     # -- consumption ---------------------------------------------------------------------------------------------
     def _in(self, window: Window) -> tuple[list[Usage], dict[str, list[Usage]]]:
@@ -104,12 +117,37 @@ class Allocator:
             cached = self._windows[window] = (rows, dict(by_dst))
         return cached
 
-    def consumption(self, target: Target, window: Window) -> tuple[str, list[tuple[Usage, int]]]:
-        """The records that consumed ``target`` in ``window`` with their weight, and the metric's name."""
+    def queues_for(self, window: Window) -> list[QueueUse]:
+        """Queue rows that feed ``window``: consumers in it, producers in it or ``queue_window_us`` before it."""
+        lo = bisect.bisect_right(self._queue_starts, window.start_us - self.queue_window_us - self._queue_longest)
+        hi = bisect.bisect_left(self._queue_starts, window.end_us)
+        early = window.start_us - self.queue_window_us
+        return [
+            q
+            for q in self.queues[lo:hi]
+            if (q.start_us < window.end_us and q.end_us > (early if q.role == "producer" else window.start_us))
+        ]
+
+    def _ai_rows(self, target: Target, window: Window) -> list[Usage]:
+        names = target.endpoints | {target.resource}
+        if self.ai is None:
+            rows = [u for u in self._in(window)[0] if u.tokens_in or u.tokens_out or u.tokens_cached]
+        else:
+            rows = [u for u in self.ai if window.overlaps(u.start_us, u.end_us)]
+        mine = [u for u in rows if u.dst in names]
+        return mine or [u for u in rows if u.provider and u.provider in names]
+
+    def consumption(
+        self, target: Target, window: Window, line: CostLine | None = None
+    ) -> tuple[str, list[tuple[Usage, int]]]:
+        """The records that consumed ``target`` in ``window`` with their weight, and the metric's name. For an AI
+        line, the weight is the tokens of the kind the line meters (of the model it names, when it names one)."""
+        kind = target.kind
+        if kind == "ai_api":
+            return self._tokens(target, window, line)
         rows, by_dst = self._in(window)
         names = target.endpoints | {target.resource}
         to_target = [u for name in sorted(names) for u in by_dst.get(name, ())]
-        kind = target.kind
         if kind == "database" or kind == "compute":
             if any(u.busy_us for u in to_target):
                 return "busy_us", [(u, u.busy_us) for u in to_target]
@@ -128,16 +166,24 @@ class Allocator:
                 and self.zones[u.src_workload] != self.zones[u.dst]
             ]
             return "cross_zone_bytes", [(u, _bytes(u)) for u in cross]
-        if kind == "ai_api":
-            ai = to_target or [u for u in rows if u.provider and u.provider in names]
-            priced = [
-                (u, self.price(u.provider, u.model, u.tokens_in, u.tokens_out, u.tokens_cached, u.tokens_reasoning))
-                for u in ai
-            ]
-            if any(w for _, w in priced):
-                return "tokens_cost", priced
-            return "tokens", [(u, u.tokens_in + u.tokens_out + u.tokens_reasoning) for u in ai]
         return "requests", [(u, u.requests) for u in to_target]
+
+    def _tokens(self, target: Target, window: Window, line: CostLine | None) -> tuple[str, list[tuple[Usage, int]]]:
+        rows = self._ai_rows(target, window)
+        token = None
+        if line is not None:
+            rows = tokenkind.for_model(line, rows)
+            token = tokenkind.token_kind(line)
+        if token is not None:
+            basis = _KIND_BASIS[token]
+            return basis, [(u, getattr(u, basis)) for u in rows]
+        priced = []
+        for u in rows:
+            weights = self.prices.weights(u.provider, u.model, u.tokens_in, u.tokens_out, u.tokens_cached)
+            priced.append((u, sum(weights.values()) if weights is not None else None))
+        if priced and all(w is not None for _, w in priced) and any(priced_w for _, priced_w in priced):
+            return "tokens_cost", priced  # type: ignore[return-value]
+        return "tokens", [(u, u.tokens_in + u.tokens_cached + u.tokens_out) for u in rows]
 
     def is_external(self, name: str) -> bool:
         """A destination outside the cluster: not a known workload or resource, not a private address."""
@@ -151,106 +197,24 @@ class Allocator:
         return not (address.is_private or address.is_loopback or address.is_link_local)
 
     # -- tenants -------------------------------------------------------------------------------------------------
-    def window_mixes(self, window: Window) -> dict[str, dict[_Key, Fraction]]:
-        """Inbound tenant mix of every workload in ``window`` (by requests), cycles included, in exact fractions.
-
-        A workload's tenant share is its tagged inbound calls plus its untagged inbound calls weighted by each caller's
-        own share: T_w = D_w + sum_src a(src→w) T_src. Over the workloads reachable from a tagged call this is
-        (I - A) T = D, solved exactly by Gaussian elimination (the system is that of an absorbing chain: every such
-        workload leads back to a tagged call, so I - A is invertible). Callers reachable from no tagged call have no
-        mix and are left out of a workload's total, as unknown. Keys carry the method the tenant was found by on the
-        inbound call; what arrives through a caller is ``propagated``.
-        """
+    def window_mixes(self, window: Window) -> dict[str, Mix]:
+        """Inbound tenant mix of every workload in ``window`` (``attribution.inbound_mixes`` over its calls and the
+        queue traffic that feeds it), cached per window."""
         cached = self._mixes.get(window)
-        if cached is not None:
-            return cached
-        _, by_dst = self._in(window)
-        direct: dict[str, dict[_Key, int]] = defaultdict(lambda: defaultdict(int))
-        calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for dst, rows in by_dst.items():
-            for u in rows:
-                if not u.requests:
-                    continue
-                key = _tagged(u)
-                if key is not None:
-                    direct[dst][key] += u.requests
-                else:
-                    calls[dst][u.src_workload] += u.requests
-        callees: dict[str, set[str]] = defaultdict(set)
-        for dst, srcs in calls.items():
-            for src in srcs:
-                callees[src].add(dst)
-        known, frontier = set(direct), list(direct)
-        while frontier:
-            for dst in callees.get(frontier.pop(), ()):
-                if dst not in known:
-                    known.add(dst)
-                    frontier.append(dst)
-        # Unknowns are only the workloads that pass a mix on (callers of untagged calls): every other workload's mix
-        # follows from theirs directly. Solving over all of ``known`` (every resource called) is the same answer in
-        # O(resources^3) Fraction work per window: minutes instead of milliseconds for a few thousand resources.
-        order = sorted(w for w in known if w in callees)
-        index = {w: i for i, w in enumerate(order)}
-        tenants = sorted({k[:3] for d in direct.values() for k in d})
-        column = {t: j for j, t in enumerate(tenants)}
-        totals = {
-            w: sum(direct[w].values()) + sum(r for src, r in calls[w].items() if src in known) for w in sorted(known)
-        }
-        matrix = [[Fraction(int(i == j)) for j in range(len(order))] for i in range(len(order))]
-        rhs = [[Fraction(0)] * len(tenants) for _ in order]
-        for w in order:
-            i, total = index[w], totals[w]
-            for src, r in calls[w].items():
-                if src in known:
-                    matrix[i][index[src]] -= Fraction(r, total)
-            for key, r in direct[w].items():
-                rhs[i][column[key[:3]]] += Fraction(r, total)
-        shares = _solve(matrix, rhs)
-        mixes: dict[str, dict[_Key, Fraction]] = {}
-        for w in sorted(known):
-            total = totals[w]
-            mix: dict[_Key, Fraction] = defaultdict(Fraction)
-            for key, r in direct[w].items():
-                mix[key] += Fraction(r, total)
-            for src, r in calls[w].items():
-                if src in known:
-                    for t, share in zip(tenants, shares[index[src]], strict=True):
-                        if share:
-                            mix[(*t, "propagated")] += share * r / total
-            mixes[w] = dict(mix)
-        self._mixes[window] = mixes
-        return mixes
+        if cached is None:
+            cached = self._mixes[window] = inbound_mixes(self._in(window)[0], self.queues_for(window))
+        return cached
 
-    def inbound_mix(self, workload: str, window: Window) -> dict[_Key, Fraction]:
+    def inbound_mix(self, workload: str, window: Window) -> Mix:
         """Tenant shares of the calls into ``workload`` in ``window``; ``{}`` when nothing is known."""
         return self.window_mixes(window).get(workload, {})
 
-    def _shares(self, consumed: list[tuple[Usage, int]], window: Window) -> dict[_Key, Fraction]:
-        acc: dict[_Key, Fraction] = defaultdict(Fraction)
-        for u, weight in consumed:
-            if weight <= 0:
-                continue
-            direct = _tagged(u)
-            if direct is not None:
-                tenant, feature, agent, method = direct
-                acc[(tenant, feature, agent, method)] += weight
-                continue
-            if u.tenant_method != "platform":
-                mix = self.inbound_mix(u.src_workload, window)
-                if mix:
-                    for (tenant, feature, agent, _m), share in mix.items():
-                        acc[(tenant, u.feature or feature, u.agent or agent, "propagated")] += share * weight
-                    continue
-            if u.tenant_method == "platform" or u.src_workload in self.background:
-                acc[("", u.feature, u.agent, "platform")] += weight
-            else:
-                acc[("", u.feature, u.agent, "unallocated")] += weight
-        return acc
-
-    def shares(self, target: Target, window: Window) -> tuple[str, dict[_Key, Fraction]]:
+    def shares(self, target: Target, window: Window, line: CostLine | None = None) -> tuple[str, dict[Key, Fraction]]:
         """Exact shares of ``target`` in ``window`` per (tenant, feature, agent, method), and the metric's name."""
-        metric, consumed = self.consumption(target, window)
-        return metric, self._shares(consumed, window)
+        metric, consumed = self.consumption(target, window, line)
+        if not any(w > 0 for _, w in consumed):
+            return metric, {}
+        return metric, attribute(consumed, self.window_mixes(window), self.background)
 
     # -- lines ---------------------------------------------------------------------------------------------------
     def tag_tenant(self, line: CostLine) -> tuple[str, str] | None:
@@ -270,7 +234,7 @@ class Allocator:
             return [_whole(line, tenant, "direct", f"tag:{key}", resource)]
         if target is None:
             return [_whole(line, "", "unallocated", "unmatched", "")]
-        metric, shares = self.shares(target, line.window)
+        metric, shares = self.shares(target, line.window, line)
         if not shares:
             return [_whole(line, "", "unallocated", f"no {metric} observed", resource)]
         return split(line, shares, metric, resource)
@@ -280,33 +244,6 @@ class Allocator:
         for line in lines:
             out.extend(self.allocate(line, targets.get(line.line_id)))
         return out
-
-
-def _solve(matrix: list[list[Fraction]], rhs: list[list[Fraction]]) -> list[list[Fraction]]:
-    """Solve ``matrix · X = rhs`` exactly (Gauss-Jordan on fractions); the caller guarantees ``matrix`` invertible."""
-    n = len(matrix)
-    a = [row[:] + extra[:] for row, extra in zip(matrix, rhs, strict=True)]
-    for col in range(n):
-        pivot = next(r for r in range(col, n) if a[r][col] != 0)
-        a[col], a[pivot] = a[pivot], a[col]
-        lead = a[col][col]
-        a[col] = [v / lead for v in a[col]]
-        for r in range(n):
-            factor = a[r][col]
-            if r != col and factor:
-                a[r] = [v - factor * p for v, p in zip(a[r], a[col], strict=True)]
-    return [row[n:] for row in a]
-
-
-def _tagged(u: Usage) -> _Key | None:
-    """The tenant a record carries itself, with its category, or None when it has none."""
-    if not u.tenant:
-        return None
-    if u.tenant_method in DIRECT_METHODS:
-        return (u.tenant, u.feature, u.agent, "direct")
-    if u.tenant_method in ("trace", "propagated"):
-        return (u.tenant, u.feature, u.agent, u.tenant_method)  # type: ignore[return-value]
-    return None
 
 
 def _whole(line: CostLine, tenant: str, method: Category, basis: str, resource: str) -> Allocation:

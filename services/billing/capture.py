@@ -1,23 +1,19 @@
 """Consumption from capture files, through the same sensor code the live system runs.
 
-Reads pcap/pcapng files; emits ``Usage`` rows. ``observe`` is the one seam to the sensor: it runs
-``costmesh.sensor.service.replay`` with the sensor's parsing core, exactly as a replaying sensor does.
-Records are summed per minute keyed like the attributor's ``consumption_minute`` (``per_minute``), so a
-report from a capture and the live pipeline see the same numbers.
+Reads pcap/pcapng files; emits hourly consumption (``costmesh.common.usage.Consumption``). ``observe`` is the one
+seam to the sensor: it runs ``costmesh.sensor.service.replay`` with the sensor's parsing core, exactly as a
+replaying sensor does. Records are summed per hour exactly as the attributor's hourly rollups sum them
+(``usage.hourly_from_records``), so a report from a capture and the live pipeline allocate the same rows.
 """
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from costmesh.common.config import Config
-from costmesh.common.schemas import CONSUMPTION_KEY, ObservedCall
-
-from .model import Usage
-
-_MINUTE_US = 60_000_000
+from costmesh.common.schemas import ObservedCall
+from costmesh.common.usage import Consumption, hourly_from_records
 
 
 def observe(path: Path, config: Config) -> list[ObservedCall]:
@@ -28,58 +24,8 @@ def observe(path: Path, config: Config) -> list[ObservedCall]:
     return replay(path, Sensor(config, config.node_name()))
 
 
-def per_minute(records: Iterable[ObservedCall]) -> list[tuple]:
-    """Sum records into per-minute rows keyed like ``consumption_minute``'s primary key, measures in its order."""
-    acc: dict[tuple, list[int]] = {}
-    dims = operator.attrgetter(*CONSUMPTION_KEY)
-    for r in records:
-        key = (r.window_start_us - r.window_start_us % _MINUTE_US, *dims(r))
-        s = acc.get(key)
-        if s is None:
-            s = acc[key] = [0] * 9
-        s[0] += r.requests
-        s[1] += r.errors
-        s[2] += r.bytes_in
-        s[3] += r.bytes_out
-        s[4] += r.busy_us
-        s[5] += r.tokens_in
-        s[6] += r.tokens_out
-        s[7] += r.tokens_cached
-        s[8] += r.tokens_reasoning
-    return [(*k, *v) for k, v in sorted(acc.items())]
-
-
-def usage_from_records(records: Iterable[ObservedCall]) -> list[Usage]:
-    """Per-minute ``Usage`` rows, keyed and summed like ``consumption_minute``."""
-    out = []
-    for row in per_minute(records):
-        minute, tenant, method, feature, agent, src, dst, protocol, *m = row
-        out.append(
-            Usage(
-                src_workload=src,
-                dst=dst,
-                protocol=protocol,
-                tenant=tenant,
-                tenant_method=method,
-                feature=feature,
-                agent=agent,
-                start_us=minute,
-                end_us=minute + _MINUTE_US,
-                requests=m[0],
-                bytes_in=m[2],
-                bytes_out=m[3],
-                busy_us=m[4],
-                tokens_in=m[5],
-                tokens_out=m[6],
-                tokens_cached=m[7],
-                tokens_reasoning=m[8],
-            )
-        )
-    return out
-
-
-def usage_from_captures(paths: Sequence[Path], config: Config) -> list[Usage]:
+def consumption_from_captures(paths: Sequence[Path], config: Config) -> Consumption:
     records: list[ObservedCall] = []
     for path in paths:
         records.extend(observe(Path(path), config))
-    return usage_from_records(records)
+    return hourly_from_records(records)

@@ -11,15 +11,10 @@ from pathlib import Path
 from costmesh.common.config import Config
 
 from .bills import BillError, read_bill
-from .capture import usage_from_captures
+from .capture import consumption_from_captures
 from .mapping import Mapper, Unmatched, largest_unmatched
 from .model import CostLine
-
-
-def observed_names(usage, config: Config) -> set[str]:
-    names = {u.dst for u in usage} | {u.src_workload for u in usage}
-    names |= {w.name for w in config.workloads}
-    return {n for n in names if n}
+from .pipeline import observed_names
 
 
 async def _from_db(dsn: str, period: str | None) -> tuple[list[CostLine], set[str]]:
@@ -32,7 +27,10 @@ async def _from_db(dsn: str, period: str | None) -> tuple[list[CostLine], set[st
         await db.migrate(pool)
         async with pool.acquire() as conn:
             lines = await store.load_lines(conn, period)
-            rows = await conn.fetch("SELECT DISTINCT src_workload, dst FROM consumption_minute")
+            rows = await conn.fetch(
+                "SELECT src_workload, dst FROM consumption_hourly UNION SELECT src_workload, dst FROM ai_usage_hourly "
+                "UNION SELECT workload, '' FROM queue_hourly"
+            )
     finally:
         await pool.close()
     return lines, {r["dst"] for r in rows} | {r["src_workload"] for r in rows}
@@ -72,7 +70,7 @@ def unmatched(args: argparse.Namespace, config: Config) -> int:
         except BillError as exc:
             print(f"costmesh: {exc}", file=sys.stderr)
             return 2
-        names = observed_names(usage_from_captures([Path(p) for p in args.capture], config), config)
+        names = observed_names(consumption_from_captures([Path(p) for p in args.capture], config), config)
     else:
         from costmesh.common.config import ConfigError
         from costmesh.common.db import dsn_of

@@ -30,12 +30,21 @@ import msgspec
 import numpy as np
 
 from costmesh.common.money import MICRO_SCALE, from_units, scale_of, to_units
+from costmesh.common.usage import QueueUse
 
 from .allocate import Allocator, Target
 from .mapping import Mapper, Unmatched
 from .model import Allocation, CostLine, Usage, Window
 
 _INT64_MAX = 2**63 - 1
+#: FOCUS columns that say which token kind a line meters → ``CostLine`` fields (``tokenkind``).
+_TOKEN_COLUMNS = {
+    "SkuId": "sku",
+    "SkuMeter": "sku_meter",
+    "ChargeDescription": "description",
+    "ConsumedUnit": "unit",
+    "PricingUnit": "pricing_unit",
+}
 _Key = tuple[str, str, str, str]
 
 
@@ -71,7 +80,9 @@ def split_rows(units: np.ndarray, weights: Sequence[int]) -> np.ndarray:
     rank = np.empty((n, k), dtype=np.int64)
     np.put_along_axis(rank, order, np.broadcast_to(np.arange(k), (n, k)), axis=1)
     q = q + (rank < np.asarray(left, dtype=q.dtype)[:, None])
-    return np.where(negative[:, None], -q, q)
+    parts = np.where(negative[:, None], -q, q)
+    # each part is at most its line's units: wide weights never make the parts wider than the input
+    return parts.astype(np.int64) if units.dtype != object else parts
 
 
 class Columns(msgspec.Struct):
@@ -128,7 +139,7 @@ def read_focus_columns(path: str | Path, data: bytes | None = None, cost_column:
         import gzip
 
         data = gzip.decompress(data)
-    strings = ["ResourceId", "ResourceName", "ServiceName", "x_UsageType", "Tags", "BillingCurrency"]
+    strings = ["ResourceId", "ResourceName", "ServiceName", "x_UsageType", "Tags", "BillingCurrency", *_TOKEN_COLUMNS]
     types = {
         cost_column: pa.decimal128(38, 12),
         "ChargePeriodStart": pa.timestamp("us"),
@@ -182,8 +193,11 @@ def read_focus_columns(path: str | Path, data: bytes | None = None, cost_column:
         enc = pc.dictionary_encode(table[name].fill_null("")).combine_chunks()
         return enc.indices.to_numpy(zero_copy_only=False).astype(np.int32), enc.dictionary.to_pylist()
 
-    # the mapping looks at (resource id, name, usage type, service): one descriptor per distinct combination
-    parts = [dictionary(c) for c in ("ResourceId", "ResourceName", "x_UsageType", "ServiceName")]
+    # the mapping looks at (resource id, name, usage type, service), the token kind at the SKU, description and
+    # units: one descriptor per distinct combination
+    names = ("ResourceId", "ResourceName", "x_UsageType", "ServiceName", *_TOKEN_COLUMNS)
+    fields = ("resource_id", "resource_name", "usage_type", "service", *_TOKEN_COLUMNS.values())
+    parts = [dictionary(c) for c in names]
     stacked = np.stack([p[0] for p in parts], axis=1)
     combos, desc = np.unique(stacked, axis=0, return_inverse=True)
     descriptors = [
@@ -194,12 +208,9 @@ def read_focus_columns(path: str | Path, data: bytes | None = None, cost_column:
             window=Window(0, 0),
             amount=Decimal(0),
             currency=currencies[0] if currencies else "USD",
-            resource_id=parts[0][1][a],
-            resource_name=parts[1][1][b],
-            usage_type=parts[2][1][c],
-            service=parts[3][1][d],
+            **{f: parts[j][1][v] for j, (f, v) in enumerate(zip(fields, combo, strict=True))},
         )
-        for i, (a, b, c, d) in enumerate(combos.tolist())
+        for i, combo in enumerate(combos.tolist())
     ]
     tags, tag_texts = dictionary("Tags")
     period_start = table["BillingPeriodStart"].cast(pa.int64()).to_numpy(zero_copy_only=False)
@@ -219,8 +230,20 @@ def read_focus_columns(path: str | Path, data: bytes | None = None, cost_column:
     )
 
 
-#: The fields ``Mapper.map`` reads (rules, usage-type shortcuts, ids, kind inference): lines equal in them map alike.
-_DESCRIPTOR_FIELDS = ("resource_id", "resource_name", "resource_type", "usage_type", "service")
+#: The fields ``Mapper.map`` reads (rules, usage-type shortcuts, ids, kind inference) and those ``tokenkind`` reads
+#: (which token kind and model an AI line meters): lines equal in them map and split alike.
+_DESCRIPTOR_FIELDS = (
+    "resource_id",
+    "resource_name",
+    "resource_type",
+    "usage_type",
+    "service",
+    "sku",
+    "sku_meter",
+    "description",
+    "unit",
+    "pricing_unit",
+)
 
 
 def _own_units(amount: Decimal) -> tuple[int, int]:
@@ -259,7 +282,18 @@ def columns_from_lines(lines: Sequence[CostLine]) -> Columns:
         window = line.window
         start[i] = window.start_us
         end[i] = window.end_us
-        key = (line.resource_id, line.resource_name, line.resource_type, line.usage_type, line.service)
+        key = (
+            line.resource_id,
+            line.resource_name,
+            line.resource_type,
+            line.usage_type,
+            line.service,
+            line.sku,
+            line.sku_meter,
+            line.description,
+            line.unit,
+            line.pricing_unit,
+        )
         d = desc_ids.get(key)
         if d is None:
             d = desc_ids[key] = len(firsts)
@@ -322,21 +356,27 @@ class ColumnAllocations(msgspec.Struct):
     group_whole: list[bool] = []
 
 
-def _epochs(start: np.ndarray, end: np.ndarray, usage: Sequence[Usage]) -> tuple[np.ndarray, list[list[int]]]:
-    """Per line, the id of the set of consumption rows its window overlaps (lines sharing it share shares)."""
+def _epochs(
+    start: np.ndarray, end: np.ndarray, usage: Sequence[Usage], probe: Allocator
+) -> tuple[np.ndarray, list[tuple[list[int], list[QueueUse], list[Usage] | None]]]:
+    """Per line, the id of the consumption its window sees: the call rows it overlaps, the queue rows that feed it
+    and the AI rows it overlaps (lines sharing all three share shares)."""
     us = np.array([u.start_us for u in usage], dtype=np.int64)
     ue = np.array([u.end_us for u in usage], dtype=np.int64)
     pairs = np.stack([start, end], axis=1)
     windows, inverse = np.unique(pairs, axis=0, return_inverse=True)
-    ids: dict[bytes, int] = {}
-    members: list[list[int]] = []
+    ids: dict[tuple[bytes, tuple[int, ...], tuple[int, ...]], int] = {}
+    members: list[tuple[list[int], list[QueueUse], list[Usage] | None]] = []
     window_epoch = np.empty(len(windows), dtype=np.int64)
     for i, (s, e) in enumerate(windows.tolist()):
         rows = np.nonzero((us < e) & (ue > s))[0]
-        key = rows.tobytes()
+        window = Window(s, e)
+        queues = probe.queues_for(window)
+        ai = None if probe.ai is None else [u for u in probe.ai if window.overlaps(u.start_us, u.end_us)]
+        key = (rows.tobytes(), tuple(map(id, queues)), tuple(map(id, ai or ())))
         if key not in ids:
             ids[key] = len(members)
-            members.append(rows.tolist())
+            members.append((rows.tolist(), queues, ai))
         window_epoch[i] = ids[key]
     return window_epoch[inverse.reshape(-1)], members
 
@@ -357,7 +397,7 @@ def allocate_columns(
     """
     clock = time.perf_counter
     spent = {"shares": 0.0, "split": 0.0}
-    probe = Allocator([], **allocator_kwargs)
+    probe = Allocator([], **allocator_kwargs)  # tags, queue and AI rows: what does not depend on the epoch
     tag_tenant: list[tuple[str, str] | None] = []
     for text in cols.tag_texts:
         try:
@@ -373,7 +413,7 @@ def allocate_columns(
     t0 = clock()
     if targets is None:
         targets = [mapper.map(d) for d in cols.descriptors]
-    epoch, members = _epochs(cols.start_us, cols.end_us, usage)
+    epoch, members = _epochs(cols.start_us, cols.end_us, usage, probe)
     n_epochs = max(len(members), 1)
     tagged = np.array([t is not None for t in tag_tenant], dtype=bool)[cols.tags]
     # a tagged line's group is (descriptor, tag): the tag gives the tenant, the descriptor the resource it names
@@ -412,9 +452,11 @@ def allocate_columns(
             else:
                 alloc = allocators.get(e)
                 if alloc is None:
-                    alloc = allocators[e] = Allocator([usage[i] for i in members[e]], **allocator_kwargs)
+                    rows, queues, ai = members[e]
+                    kwargs = {**allocator_kwargs, "queues": queues, "ai": ai}
+                    alloc = allocators[e] = Allocator([usage[i] for i in rows], **kwargs)
                 window = Window(int(cols.start_us[first]), int(cols.end_us[first]))
-                metric, shares = alloc.shares(target, window)
+                metric, shares = alloc.shares(target, window, cols.descriptors[int(cols.desc[first])])
                 resource = target.resource
                 if not shares:
                     metric = f"no {metric} observed"

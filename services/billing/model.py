@@ -7,34 +7,27 @@ same few shapes. Money is ``Decimal`` exactly as billed, never float; times are 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Final, Literal
+from typing import Literal
 
 import msgspec
 
-#: The allocation categories, always all shown: measured on the call (``direct``), joined by trace id (``trace``),
-#: through the caller's inbound tenant mix (``propagated``), modeled background work (``platform``), and the rest.
-Category = Literal["direct", "trace", "propagated", "platform", "unallocated"]
-CATEGORIES: Final[tuple[Category, ...]] = ("direct", "trace", "propagated", "platform", "unallocated")
+from costmesh.common.usage import CATEGORIES, DIRECT_METHODS, Category, Usage, Window
 
-#: Tenant methods (``costmesh.common.schemas.TenantMethod``) that read the tenant on the call itself.
-DIRECT_METHODS: Final = frozenset({"header", "baggage", "jwt", "query", "path", "body", "db", "sni", "host", "tag"})
+__all__ = [
+    "CATEGORIES",
+    "DIRECT_METHODS",
+    "Allocation",
+    "Category",
+    "CostLine",
+    "ImportProblem",
+    "ImportResult",
+    "ResourceKind",
+    "Usage",
+    "Window",
+]
 
 #: Resource kinds, as in ``config.ResourceMapping.kind``; each has its own consumption metric (see ``allocate``).
 ResourceKind = Literal["database", "queue", "nat_gateway", "cross_az", "compute", "ai_api", "storage", "other"]
-
-
-class Window(msgspec.Struct, frozen=True):
-    """A half-open time interval ``[start_us, end_us)``."""
-
-    start_us: int
-    end_us: int
-
-    def __post_init__(self) -> None:
-        if self.end_us < self.start_us:
-            raise ValueError(f"window ends ({self.end_us}) before it starts ({self.start_us})")
-
-    def overlaps(self, start_us: int, end_us: int) -> bool:
-        return start_us < self.end_us and end_us > self.start_us
 
 
 class CostLine(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,38 +54,16 @@ class CostLine(msgspec.Struct, frozen=True, kw_only=True):
     operation: str = ""
     charge_category: str = ""
     description: str = ""
+    #: FOCUS ``SkuId`` / ``SkuMeter`` and ``PricingUnit``: with ``usage_type``, ``description`` and ``unit`` they say
+    #: which kind of AI token a line meters (``tokenkind``).
+    sku: str = ""
+    sku_meter: str = ""
+    pricing_unit: str = ""
     region: str = ""
     zone: str = ""
     quantity: Decimal | None = None
     unit: str = ""
     tags: dict[str, str] = {}
-
-
-class Usage(msgspec.Struct, kw_only=True):
-    """Consumption of one destination by one caller for one tenant/feature/agent over a window (summed records).
-
-    The same fields as ``consumption_minute`` and ``ObservedCall``: the allocation reads either.
-    """
-
-    src_workload: str
-    dst: str
-    protocol: str = ""
-    tenant: str = ""
-    tenant_method: str = "unallocated"
-    feature: str = ""
-    agent: str = ""
-    start_us: int = 0
-    end_us: int = 0
-    requests: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    busy_us: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    tokens_cached: int = 0
-    tokens_reasoning: int = 0
-    provider: str = ""
-    model: str = ""
 
 
 class Allocation(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,8 +1,8 @@
 """One allocation run from config: mapping, rate cards, token lines and the engine, wired the same way for the
 billing service and for ``costmesh report`` (so a report from files and the live system give the same answer).
 
-Reads cost lines, consumption rows and the config; emits a ``Run`` (all lines incl. generated ones, allocations,
-unmatched lines). Pure apart from the price function it is given.
+Reads cost lines, consumption (calls, queue traffic and AI tokens: ``costmesh.common.usage.Consumption``) and the
+config; emits a ``Run`` (all lines incl. generated ones, allocations, unmatched lines). Pure: no I/O, no clock.
 
 Two engines give the same rows (tested): the per-line ``Allocator`` and, from ``FAST_PATH_MIN_LINES`` bill lines on,
 the vectorised ``fast.allocate_columns`` (lines grouped by descriptor and consumption epoch, numpy largest remainders),
@@ -13,18 +13,21 @@ always take the per-line engine.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import numpy as np
 
 from costmesh.common.config import Config
+from costmesh.common.prices import PriceTable
+from costmesh.common.usage import Consumption
 
-from .allocate import Allocator, PriceFn, Target
+from .allocate import Allocator, Target
 from .fast import FastPathUnavailable, allocate_columns, columns_from_lines, to_line_allocations
 from .mapping import Mapper, Unmatched
 from .model import Allocation, CostLine, Usage, Window
-from .ratecard import price_from_config, rate_card_lines, token_cost_lines
+from .ratecard import rate_card_lines, token_cost_lines
 
 #: Bill lines from which ``run`` uses the vectorised path. Both give the same rows; measured through ``run`` on the
 #: benchmark's bill (2,000 resources, daily consumption), the per-line engine is faster up to ~3,000 lines (0.44 s vs
@@ -39,6 +42,28 @@ class Run(msgspec.Struct):
     unmatched: list[Unmatched]
 
 
+def period_window(period: str) -> Window:
+    """The month of a ``YYYY-MM`` billing period, as a window (UTC)."""
+    year, month = (int(x) for x in period.split("-"))
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
+    return Window(_us(start), _us(end))
+
+
+def periods_window(lines: Sequence[CostLine]) -> Window | None:
+    """From the first billing period's month start to the last one's end: the window the billing service prices
+    rate cards and tokens over, period by period, and so the one ``costmesh report`` uses too."""
+    periods = sorted({line.billing_period for line in lines})
+    if not periods:
+        return None
+    return Window(period_window(periods[0]).start_us, period_window(periods[-1]).end_us)
+
+
+def _us(dt: datetime) -> int:
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
 def span(lines: Sequence[CostLine]) -> Window | None:
     if not lines:
         return None
@@ -47,22 +72,24 @@ def span(lines: Sequence[CostLine]) -> Window | None:
 
 def run(
     lines: Sequence[CostLine],
-    usage: Sequence[Usage],
+    consumption: Consumption | Sequence[Usage],
     config: Config,
     *,
     window: Window | None = None,
-    price: PriceFn | None = None,
+    prices: PriceTable | None = None,
     fast: bool | None = None,
 ) -> Run:
-    """Allocate ``lines`` (plus rate-card and token lines over ``window``) against ``usage``.
+    """Allocate ``lines`` (plus rate-card and token lines over ``window``) against ``consumption`` (a plain list is
+    calls alone: no queue traffic, AI tokens read from the calls).
 
     ``fast`` chooses the engine for the bill lines: ``None`` by ``FAST_PATH_MIN_LINES``, ``True``/``False`` forces
     the vectorised or the per-line one (tests compare them). The result is the same either way.
     """
-    price = price or price_from_config(config.prices)
-    observed = {u.dst for u in usage} | {u.src_workload for u in usage} | {w.name for w in config.workloads}
-    observed.discard("")
-    mapper = Mapper(config.resources, observed)
+    if not isinstance(consumption, Consumption):
+        consumption = Consumption(usage=list(consumption), ai=[u for u in consumption if _has_tokens(u)])
+    usage = consumption.usage
+    prices = prices or PriceTable.from_config(config)
+    mapper = Mapper(config.resources, observed_names(consumption, config))
     if fast is None:
         fast = len(lines) >= FAST_PATH_MIN_LINES
     columns: list[tuple[list[int], Any, list[Target | Unmatched]]] | None = None
@@ -80,7 +107,7 @@ def run(
         extra = rate_card_lines(config.billing.rate_cards, window)
         if config.billing.price_tokens:
             currency = lines[0].currency if lines else "USD"
-            extra += token_cost_lines(usage, price, window, currency)
+            extra += token_cost_lines(consumption.ai, prices, window, currency)
         for line, target in extra:
             extra_lines.append(line)
             targets[line.line_id] = target
@@ -92,7 +119,10 @@ def run(
         if target is not None and target.kind not in ("nat_gateway", "ai_api"):
             internal |= {target.resource, *target.endpoints}
     kwargs: dict[str, Any] = {
-        "price": price,
+        "queues": consumption.queues,
+        "ai": consumption.ai,
+        "queue_window_us": config.attributor.queue_window_s * 1_000_000,
+        "prices": prices,
         "background": {w.name for w in config.workloads if w.background},
         "zones": {w.name: w.zone for w in config.workloads if w.zone},
         "internal": internal,
@@ -104,6 +134,20 @@ def run(
     if extra_lines:
         allocations += Allocator(usage, **kwargs).allocate_all(extra_lines, targets)
     return Run(all_lines, allocations, targets, unmatched)
+
+
+def observed_names(consumption: Consumption, config: Config) -> set[str]:
+    """Every name consumption was seen under (callers, destinations, AI endpoints, queue workloads) and the
+    configured workloads: what a bill line's resource can be mapped to."""
+    names = {u.dst for u in consumption.usage} | {u.src_workload for u in consumption.usage}
+    names |= {u.dst for u in consumption.ai} | {q.workload for q in consumption.queues}
+    names |= {w.name for w in config.workloads}
+    names.discard("")
+    return names
+
+
+def _has_tokens(u: Usage) -> bool:
+    return bool(u.tokens_in or u.tokens_out or u.tokens_cached)
 
 
 def _map_columns(

@@ -20,9 +20,9 @@ from typing import Any
 from costmesh.common.config import Config
 
 from .bills import BillError, read_bill
-from .capture import usage_from_captures
+from .capture import consumption_from_captures
 from .model import CATEGORIES, Allocation, CostLine
-from .pipeline import run
+from .pipeline import periods_window, run
 from .pnl import customer_pnl
 from .revenue import Revenue, RevenueError, read_revenue
 
@@ -69,8 +69,8 @@ def build_report(
             )
         currency = currencies[0] if currencies else "USD"
     lines = [x for x in lines if x.currency == currency]
-    usage = usage_from_captures(captures, config)
-    result = run(lines, usage, config)
+    consumption = consumption_from_captures(captures, config)
+    result = run(lines, consumption, config, window=periods_window(lines))
     revenue: list[Revenue] = []
     if revenue_file is not None:
         try:

@@ -1,9 +1,9 @@
 """Billing service: imports the configured bill sources and revenue on a schedule and allocates each billing period.
 
 Reads: ``config.billing.sources`` (folders of FOCUS/CUR files, S3 exports), ``config.billing.revenue_files``, the
-attributor's ``consumption_minute``. Writes: ``cost_lines``, ``revenue``, and per period the ``allocations`` rows (each
-with its method) that ``/v1/cost`` and ``/v1/pnl`` read. Each run of a period replaces its earlier result in one
-transaction and is deterministic, so re-running (new traffic, restated bills) is always safe.
+attributor's hourly rollups (``store.load_consumption``). Writes: ``cost_lines``, ``revenue``, and per period the
+``allocations`` rows (each with its method) that ``/v1/cost`` and ``/v1/pnl`` read. Each run of a period replaces its
+earlier result in one transaction and is deterministic, so re-running (new traffic, restated bills) is always safe.
 """
 
 from __future__ import annotations
@@ -11,30 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime
 
 import asyncpg
 
 from costmesh.common import db
 from costmesh.common.config import Config
 from costmesh.common.metrics import ERRORS
+from costmesh.common.prices import PriceTable
 from costmesh.common.runtime import ServiceContext
 
 from . import store
-from .allocate import PriceFn
 from .importer import import_source
 from .model import Window
-from .pipeline import run, span
+from .pipeline import period_window, run, span
 from .revenue import RevenueError, read_revenue
 
 log = logging.getLogger(__name__)
-
-
-def month_window(period: str) -> Window:
-    year, month = (int(x) for x in period.split("-"))
-    start = datetime(year, month, 1, tzinfo=UTC)
-    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
-    return Window(store.to_us(start), store.to_us(end))
 
 
 async def import_all(conn: asyncpg.Connection, config: Config) -> set[str]:
@@ -53,14 +45,16 @@ async def import_all(conn: asyncpg.Connection, config: Config) -> set[str]:
     return changed
 
 
-async def allocate_period(conn: asyncpg.Connection, period: str, config: Config, price: PriceFn | None = None) -> int:
+async def allocate_period(
+    conn: asyncpg.Connection, period: str, config: Config, prices: PriceTable | None = None
+) -> int:
     """Allocate one billing period from what is stored; returns the number of allocation rows written."""
     lines = await store.load_lines(conn, period)
-    month = month_window(period)
+    month = period_window(period)
     lines_span = span(lines) or month
     window = Window(min(month.start_us, lines_span.start_us), max(month.end_us, lines_span.end_us))
-    usage = await store.load_usage(conn, window)
-    result = run(lines, usage, config, window=month, price=price)
+    consumption = await store.load_consumption(conn, window, config.attributor.queue_window_s)
+    result = run(lines, consumption, config, window=month, prices=prices)
     written = await store.replace_allocations(conn, period, result.lines, result.allocations)
     log.info(
         "allocated billing period",
@@ -69,14 +63,14 @@ async def allocate_period(conn: asyncpg.Connection, period: str, config: Config,
     return written
 
 
-async def run_once(pool: asyncpg.Pool, config: Config, first: bool, price: PriceFn | None = None) -> list[str]:
+async def run_once(pool: asyncpg.Pool, config: Config, first: bool, prices: PriceTable | None = None) -> list[str]:
     """One cycle: import, then allocate the changed periods and the two latest (where traffic still arrives)."""
     async with pool.acquire() as conn:
         changed = await import_all(conn, config)
         known = await store.periods(conn)
         todo = set(known) if first else (changed | set(known[-2:]))
         for period in sorted(todo):
-            await allocate_period(conn, period, config, price)
+            await allocate_period(conn, period, config, prices)
     return sorted(todo)
 
 

@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from costmesh.common.usage import HOUR_US, Consumption, QueueUse, hourly_usage
+
 from .model import Allocation, CostLine, ImportResult, Usage, Window
 from .revenue import Revenue
 
@@ -36,6 +38,9 @@ _LINE_COLUMNS = (
     "operation",
     "charge_category",
     "description",
+    "sku",
+    "sku_meter",
+    "pricing_unit",
     "region",
     "zone",
     "quantity",
@@ -73,6 +78,9 @@ def _line_record(line: CostLine, sha: str) -> tuple:
         line.operation,
         line.charge_category,
         line.description,
+        line.sku,
+        line.sku_meter,
+        line.pricing_unit,
         line.region,
         line.zone,
         line.quantity,
@@ -169,6 +177,9 @@ def _row_line(r: asyncpg.Record) -> CostLine:
         operation=r["operation"],
         charge_category=r["charge_category"],
         description=r["description"],
+        sku=r["sku"],
+        sku_meter=r["sku_meter"],
+        pricing_unit=r["pricing_unit"],
         region=r["region"],
         zone=r["zone"],
         quantity=r["quantity"],
@@ -188,45 +199,56 @@ async def periods(conn: asyncpg.Connection) -> list[str]:
     return [r["billing_period"] for r in await conn.fetch("SELECT DISTINCT billing_period FROM cost_lines ORDER BY 1")]
 
 
-_USAGE_BY_HOUR = """
-SELECT date_trunc('hour', minute) AS hour, tenant, tenant_method, feature, agent, src_workload, dst, protocol,
-    sum(requests)::bigint AS requests, sum(bytes_in)::bigint AS bytes_in, sum(bytes_out)::bigint AS bytes_out,
-    sum(busy_us)::bigint AS busy_us, sum(tokens_in)::bigint AS tokens_in, sum(tokens_out)::bigint AS tokens_out,
-    sum(tokens_cached)::bigint AS tokens_cached, sum(tokens_reasoning)::bigint AS tokens_reasoning
-FROM consumption_minute WHERE minute >= $1 AND minute < $2
-GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+_CALLS_BY_HOUR = """
+SELECT hour, tenant, tenant_method, feature, agent, src_workload, dst, protocol, requests, bytes_in, bytes_out,
+    busy_us, tokens_in, tokens_out, tokens_cached, tokens_reasoning
+FROM consumption_hourly WHERE hour >= $1 AND hour < $2
+"""
+_QUEUES_BY_HOUR = """
+SELECT hour, topic, role, workload, tenant, tenant_method, requests, bytes
+FROM queue_hourly WHERE hour >= $1 AND hour < $2
+"""
+_AI_BY_HOUR = """
+SELECT hour, tenant, tenant_method, feature, agent, src_workload, dst, provider, model, requests, tokens_in, tokens_out,
+    tokens_cached, tokens_reasoning
+FROM ai_usage_hourly WHERE hour >= $1 AND hour < $2
 """
 
 
-async def load_usage(conn: asyncpg.Connection, window: Window) -> list[Usage]:
-    """Consumption in ``window`` from the attributor's store, summed per hour (bills charge by the hour at the
-    finest, so hour rows give the same shares as minute rows for hour-aligned charge periods, at 1/60 the rows)."""
-    rows = await conn.fetch(_USAGE_BY_HOUR, to_dt(window.start_us), to_dt(window.end_us))
-    out = []
-    for r in rows:
-        start = to_us(r["hour"])
-        out.append(
-            Usage(
-                src_workload=r["src_workload"],
-                dst=r["dst"],
-                protocol=r["protocol"],
-                tenant=r["tenant"],
-                tenant_method=r["tenant_method"],
-                feature=r["feature"],
-                agent=r["agent"],
-                start_us=start,
-                end_us=start + 3_600_000_000,
-                requests=r["requests"],
-                bytes_in=r["bytes_in"],
-                bytes_out=r["bytes_out"],
-                busy_us=r["busy_us"],
-                tokens_in=r["tokens_in"],
-                tokens_out=r["tokens_out"],
-                tokens_cached=r["tokens_cached"],
-                tokens_reasoning=r["tokens_reasoning"],
+async def load_consumption(conn: asyncpg.Connection, window: Window, queue_window_s: int = 0) -> Consumption:
+    """Consumption in ``window`` from the attributor's hourly rollups only (queue traffic from ``queue_window_s``
+    earlier): never from the per-minute tables, so a period allocates the same once its minutes have expired. Bills
+    charge by the hour at the finest, so hour rows give the shares minute rows would for hour-aligned charges."""
+    lo, hi = _hour_floor(window.start_us), window.end_us
+    calls = await conn.fetch(_CALLS_BY_HOUR, to_dt(lo), to_dt(hi))
+    queues = await conn.fetch(_QUEUES_BY_HOUR, to_dt(_hour_floor(lo - queue_window_s * 1_000_000)), to_dt(hi))
+    ai = await conn.fetch(_AI_BY_HOUR, to_dt(lo), to_dt(hi))
+    out = Consumption(
+        usage=[hourly_usage(to_us(r["hour"]), {k: v for k, v in r.items() if k != "hour"}) for r in calls],
+        queues=[
+            QueueUse(
+                start_us=to_us(r["hour"]),
+                end_us=to_us(r["hour"]) + HOUR_US,
+                **{k: v for k, v in r.items() if k != "hour"},
             )
-        )
+            for r in queues
+        ],
+        ai=[hourly_usage(to_us(r["hour"]), {k: v for k, v in r.items() if k != "hour"}) for r in ai],
+    )
+    # one order whatever the database returned: the allocation is deterministic in its input
+    out.usage.sort(key=_usage_order)
+    out.ai.sort(key=_usage_order)
+    out.queues.sort(key=lambda q: (q.start_us, q.topic, q.role, q.workload, q.tenant, q.tenant_method))
     return out
+
+
+def _hour_floor(us: int) -> int:
+    return us - us % HOUR_US
+
+
+def _usage_order(u: Usage) -> tuple:
+    return (u.start_us, u.tenant, u.tenant_method, u.feature, u.agent, u.src_workload, u.dst, u.protocol, u.provider,
+            u.model)  # fmt: skip
 
 
 async def replace_allocations(

@@ -269,14 +269,13 @@ class AttributorConfig(_Section):
     partitions_ahead_days: int = 3
     #: Applied batch ids kept this long (must exceed the stream's max age so any redelivery still finds its id).
     applied_batches_keep_days: int = 7
-    #: Seconds between maintenance passes (partitions, rollups, retention, tenant resolution).
+    #: Seconds between maintenance passes (partitions, hourly rollups, retention).
     maintenance_interval_s: float = 30.0
-    #: A minute is rolled up and resolved once it is this far in the past (late data re-opens it).
+    #: A minute is rolled up once it is this far in the past (late data re-opens it).
     settle_s: float = 120.0
-    #: A queue consumer's tenant mix is the topic's producer mix over this many seconds before the window.
+    #: A queue consumer's tenant mix is the topic's producer mix in its window and this many seconds before it
+    #: (allocation reads hourly rows: a producer hour counts when it overlaps that span).
     queue_window_s: int = 900
-    #: Propagation along graph cycles stops when no tenant share moves by more than this.
-    propagation_tolerance: float = 1e-9
     #: Graph nodes and edges idle for longer than this drop out of the live graph.
     graph_idle_s: int = 3600
     #: Sliding windows of the runaway-AI-cost detector, seconds (the rule's ``window_s`` is added to these).

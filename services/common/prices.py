@@ -1,130 +1,158 @@
-"""AI token prices: what a call's tokens cost, in integer micro-dollars, minutes after the call (before any invoice).
+"""The one AI token pricer: what a call's tokens cost, in integer micro-dollars, minutes after the call.
 
-Shared by the attributor (real-time AI cost, the runaway-cost detector) and billing (the AI price list). Reads the
-shipped defaults below, overridden per (provider, model) by ``config.prices``. Emits integers only: never float money.
+Shared by the attributor (real-time AI cost, the runaway-cost detector), billing (AI price-list lines, and the
+price weights that split an AI invoice line mixing token kinds) and the API. Reads the list prices shipped in
+``data/ai_prices.toml`` (sources named there), overridden per (provider, model) by ``config.prices``. Emits integers
+only: never float money.
 
-Token conventions (those of the OpenAI/Azure ``usage`` object, which the sensor follows for every provider):
-``tokens_in`` counts all input tokens *including* ``tokens_cached``; ``tokens_out`` counts all output tokens
-*including* ``tokens_reasoning``. So cached tokens are priced at the cached rate instead of the input rate, and
-reasoning tokens at the reasoning rate instead of the output rate. A rate of 0 for cached or reasoning tokens means
-"no separate rate": they cost what plain input or output tokens cost.
-
-Shipped defaults: list prices in US dollars per million tokens (standard tier, prompts up to 200k tokens where the
-price has tiers), transcribed from the providers' public pricing pages as they stood in 2025-10 —
-openai.com/api/pricing, anthropic.com/pricing (API), aws.amazon.com/bedrock/pricing (on-demand, us-east-1),
-ai.google.dev/gemini-api/docs/pricing. They were not re-checked online from the build machine (no internet there).
-Prices change: override them in config (``[[prices]]``) rather than trusting these for invoices.
+What each token field of ``ObservedCall`` means is stated once, in ``costmesh.common.schemas.ObservedCall``; this
+module prices exactly those fields and nothing else: ``tokens_in`` × input + ``tokens_cached`` × cache read +
+``tokens_out`` × output (reasoning is inside ``tokens_out``; a configured reasoning rate, if any, re-prices that part
+instead of adding to it). A call's cost is that sum rounded half up once, to the micro-dollar.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Final
+from decimal import Decimal
+from functools import cache
+from pathlib import Path
+from typing import Final, Literal
+
+import msgspec
 
 from .config import Config, Price
 
 _MTOK: Final = 1_000_000
+PRICE_FILE: Final = Path(__file__).with_name("data") / "ai_prices.toml"
+
+#: The kinds of token a provider meters apart, each with its own rate.
+TokenKind = Literal["input", "output", "cache_read", "cache_write"]
+TOKEN_KINDS: Final[tuple[TokenKind, ...]] = ("input", "output", "cache_read", "cache_write")
 
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """Micro-dollars per million tokens of one model."""
+    """Micro-dollars per million tokens of one model. ``cache_read``/``cache_write`` of ``None``: no separate rate
+    listed (those tokens cost the input rate). ``reasoning`` of ``None``: reasoning costs the output rate."""
 
     input: int
     output: int
-    cached: int = 0
-    reasoning: int = 0
+    cache_read: int | None = None
+    cache_write: int | None = None
+    reasoning: int | None = None
+
+    def rate(self, kind: TokenKind) -> int:
+        if kind == "output":
+            return self.output
+        if kind == "cache_read" and self.cache_read is not None:
+            return self.cache_read
+        if kind == "cache_write" and self.cache_write is not None:
+            return self.cache_write
+        return self.input
 
 
-def _usd(value: str) -> int:
-    """Dollars per million tokens, written as a decimal string, to integer micro-dollars per million tokens."""
-    whole, _, frac = value.partition(".")
-    return int(whole) * 1_000_000 + int((frac + "000000")[:6])
+class _ListedPrice(msgspec.Struct, forbid_unknown_fields=True):
+    provider: str
+    model: str
+    input: str
+    output: str
+    cache_read: str | None = None
+    cache_write: str | None = None
 
 
-def _p(inp: str, out: str, cached: str = "0", reasoning: str = "0") -> ModelPrice:
-    return ModelPrice(_usd(inp), _usd(out), _usd(cached), _usd(reasoning))
+class _PriceFile(msgspec.Struct, forbid_unknown_fields=True):
+    prices: list[_ListedPrice]
 
 
-#: (provider, model) → price. Model names match exactly or as the longest prefix (dated variants such as
-#: ``gpt-4o-2024-08-06`` take ``gpt-4o``'s price).
-DEFAULT_PRICES: Final[dict[tuple[str, str], ModelPrice]] = {
-    # OpenAI (reasoning tokens are billed as output tokens: no separate rate)
-    ("openai", "gpt-5"): _p("1.25", "10.00", "0.125"),
-    ("openai", "gpt-5-mini"): _p("0.25", "2.00", "0.025"),
-    ("openai", "gpt-5-nano"): _p("0.05", "0.40", "0.005"),
-    ("openai", "gpt-4.1"): _p("2.00", "8.00", "0.50"),
-    ("openai", "gpt-4.1-mini"): _p("0.40", "1.60", "0.10"),
-    ("openai", "gpt-4.1-nano"): _p("0.10", "0.40", "0.025"),
-    ("openai", "gpt-4o"): _p("2.50", "10.00", "1.25"),
-    ("openai", "gpt-4o-mini"): _p("0.15", "0.60", "0.075"),
-    ("openai", "o3"): _p("2.00", "8.00", "0.50"),
-    ("openai", "o3-mini"): _p("1.10", "4.40", "0.55"),
-    ("openai", "o4-mini"): _p("1.10", "4.40", "0.275"),
-    ("openai", "o1"): _p("15.00", "60.00", "7.50"),
-    ("openai", "text-embedding-3-small"): _p("0.02", "0"),
-    ("openai", "text-embedding-3-large"): _p("0.13", "0"),
-    # Anthropic (cached = cache reads; cache writes are not separated in the usage the sensor reports)
-    ("anthropic", "claude-opus-4-1"): _p("15.00", "75.00", "1.50"),
-    ("anthropic", "claude-opus-4"): _p("15.00", "75.00", "1.50"),
-    ("anthropic", "claude-sonnet-4-5"): _p("3.00", "15.00", "0.30"),
-    ("anthropic", "claude-sonnet-4"): _p("3.00", "15.00", "0.30"),
-    ("anthropic", "claude-3-7-sonnet"): _p("3.00", "15.00", "0.30"),
-    ("anthropic", "claude-haiku-4-5"): _p("1.00", "5.00", "0.10"),
-    ("anthropic", "claude-3-5-haiku"): _p("0.80", "4.00", "0.08"),
-    ("anthropic", "claude-3-haiku"): _p("0.25", "1.25", "0.03"),
-    # Amazon Bedrock (on-demand model ids)
-    ("bedrock", "anthropic.claude-sonnet-4-5"): _p("3.00", "15.00", "0.30"),
-    ("bedrock", "anthropic.claude-sonnet-4"): _p("3.00", "15.00", "0.30"),
-    ("bedrock", "anthropic.claude-3-7-sonnet"): _p("3.00", "15.00", "0.30"),
-    ("bedrock", "anthropic.claude-3-5-haiku"): _p("0.80", "4.00", "0.08"),
-    ("bedrock", "anthropic.claude-opus-4-1"): _p("15.00", "75.00", "1.50"),
-    ("bedrock", "amazon.nova-pro"): _p("0.80", "3.20", "0.20"),
-    ("bedrock", "amazon.nova-lite"): _p("0.06", "0.24", "0.015"),
-    ("bedrock", "amazon.nova-micro"): _p("0.035", "0.14", "0.00875"),
-    ("bedrock", "meta.llama3-3-70b-instruct"): _p("0.72", "0.72"),
-    # Google Gemini (thinking tokens are reported apart and billed at the output rate)
-    ("gemini", "gemini-2.5-pro"): _p("1.25", "10.00", "0.31"),
-    ("gemini", "gemini-2.5-flash"): _p("0.30", "2.50", "0.075"),
-    ("gemini", "gemini-2.5-flash-lite"): _p("0.10", "0.40", "0.025"),
-    ("gemini", "gemini-2.0-flash"): _p("0.10", "0.40", "0.025"),
-    ("gemini", "gemini-2.0-flash-lite"): _p("0.075", "0.30"),
-}
+def usd_per_mtok(value: str) -> int:
+    """Dollars per million tokens, written as decimal text, as integer micro-dollars per million tokens (exact:
+    finer than a micro-dollar per million tokens is refused)."""
+    micros = Decimal(value).scaleb(6)
+    if micros != micros.to_integral_value():
+        raise ValueError(f"price {value!r} is finer than one micro-dollar per million tokens")
+    return int(micros)
 
-#: Providers that resell another's models at the same list price.
+
+@cache
+def listed_prices(path: Path = PRICE_FILE) -> dict[tuple[str, str], ModelPrice]:
+    """The shipped list prices, by (provider, model key)."""
+    doc = msgspec.toml.decode(path.read_bytes(), type=_PriceFile)
+    out: dict[tuple[str, str], ModelPrice] = {}
+    for p in doc.prices:
+        out[(p.provider, model_key(p.provider, p.model))] = ModelPrice(
+            usd_per_mtok(p.input),
+            usd_per_mtok(p.output),
+            None if p.cache_read is None else usd_per_mtok(p.cache_read),
+            None if p.cache_write is None else usd_per_mtok(p.cache_write),
+        )
+    return out
+
+
+#: Providers that resell another's models at the same list price (sensor names on the left).
 PROVIDER_ALIASES: Final[dict[str, str]] = {
     "azure": "openai",
     "azure_openai": "openai",
     "azure-openai": "openai",
-    "vertex": "gemini",
-    "vertex_ai": "gemini",
     "google": "gemini",
+    "vertex_ai": "vertex",
     "aws": "bedrock",
 }
+
+_DATE = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|@\d{8}|-latest|-\d{3})$")
+_BEDROCK_REGION = re.compile(r"^(us|eu|apac|au|ca|jp|us-gov|global)\.")
+_BEDROCK_VENDOR = re.compile(r"^(anthropic|amazon|meta|mistral|cohere|ai21|deepseek|openai|qwen|writer)\.")
+_BEDROCK_VERSION = re.compile(r"-v\d+(:\d+)?$")
+
+
+def model_key(provider: str, model: str) -> str:
+    """The name a model is priced under: lower case, without a date stamp or ``-latest``; for Bedrock also without
+    the inference-profile region, the vendor and the ``-v1:0`` version. Only these suffixes are dropped: a model the
+    table does not name is unpriced, never priced as a name it happens to start with (``gpt-5.4`` is not ``gpt-5``).
+    """
+    name = model.strip().lower()
+    if provider == "bedrock":
+        name = _BEDROCK_VENDOR.sub("", _BEDROCK_REGION.sub("", name))
+        name = _BEDROCK_VERSION.sub("", name)
+    return _DATE.sub("", name)
+
+
+def round_micros(numerator: int) -> int:
+    """Micro-dollars from micro-dollars × tokens per million tokens, rounded half up (away from zero) once."""
+    sign = -1 if numerator < 0 else 1
+    return sign * ((abs(numerator) + _MTOK // 2) // _MTOK)
+
+
+def kind_weights(
+    price: ModelPrice, tokens_in: int, tokens_out: int, tokens_cached: int = 0, tokens_reasoning: int = 0
+) -> dict[TokenKind, int]:
+    """The exact cost of each token kind of a call, in micro-dollars × 10⁻⁶ (integers: sums stay exact).
+
+    No ``cache_write`` entry: the contract has no cache-write counter yet (cache writes are inside ``tokens_in``,
+    see ``ObservedCall``), so they are priced at the input rate.
+    """
+    reasoning = min(max(tokens_reasoning, 0), max(tokens_out, 0)) if price.reasoning is not None else 0
+    output = (tokens_out - reasoning) * price.output + reasoning * (price.reasoning or 0)
+    return {
+        "input": tokens_in * price.rate("input"),
+        "output": output,
+        "cache_read": tokens_cached * price.rate("cache_read"),
+    }
 
 
 def cost_of(
     price: ModelPrice, tokens_in: int, tokens_out: int, tokens_cached: int = 0, tokens_reasoning: int = 0
 ) -> int:
-    """Micro-dollars for one call's tokens, rounded half up once (integer arithmetic throughout)."""
-    cached = min(max(tokens_cached, 0), max(tokens_in, tokens_cached))
-    plain_in = max(tokens_in - cached, 0)
-    reasoning = max(tokens_reasoning, 0)
-    plain_out = max(tokens_out - reasoning, 0)
-    numerator = (
-        plain_in * price.input
-        + cached * (price.cached or price.input)
-        + plain_out * price.output
-        + reasoning * (price.reasoning or price.output)
-    )
-    return (numerator + _MTOK // 2) // _MTOK
+    """Micro-dollars for one call's tokens (the fields of ``ObservedCall``), rounded half up once."""
+    return round_micros(sum(kind_weights(price, tokens_in, tokens_out, tokens_cached, tokens_reasoning).values()))
 
 
 class PriceTable:
-    """Prices by (provider, model): the shipped defaults, then ``config.prices`` on top."""
+    """Prices by (provider, model): the shipped list prices, then ``config.prices`` on top."""
 
     def __init__(self, prices: dict[tuple[str, str], ModelPrice] | None = None) -> None:
-        self._prices = dict(DEFAULT_PRICES if prices is None else prices)
+        self._prices = dict(listed_prices() if prices is None else prices)
         self._cache: dict[tuple[str, str], ModelPrice | None] = {}
 
     @classmethod
@@ -137,37 +165,37 @@ class PriceTable:
                 ModelPrice(
                     p.input_micros_per_mtok,
                     p.output_micros_per_mtok,
-                    p.cached_micros_per_mtok,
-                    p.reasoning_micros_per_mtok,
+                    p.cached_micros_per_mtok or None,
+                    None,
+                    p.reasoning_micros_per_mtok or None,
                 ),
             )
         return table
 
     def set(self, provider: str, model: str, price: ModelPrice) -> None:
-        self._prices[(provider.lower(), model.lower())] = price
+        provider = provider.lower()
+        self._prices[(provider, model_key(provider, model))] = price
         self._cache.clear()
 
     def lookup(self, provider: str, model: str) -> ModelPrice | None:
-        """The price of a model: exact match, else the longest model-name prefix, under the provider or its alias."""
-        key = (provider.lower(), model.lower())
+        """The price of a model under the provider or the provider it resells; None when none is known."""
+        key = (provider.lower(), model)
         if key in self._cache:
             return self._cache[key]
-        found = self._find(*key)
+        found = None
+        for prov in dict.fromkeys((key[0], PROVIDER_ALIASES.get(key[0], key[0]))):
+            found = self._prices.get((prov, model_key(prov, model))) or self._prices.get((prov, "*"))
+            if found is not None:
+                break
         self._cache[key] = found
         return found
 
-    def _find(self, provider: str, model: str) -> ModelPrice | None:
-        for prov in dict.fromkeys((provider, PROVIDER_ALIASES.get(provider, provider))):
-            exact = self._prices.get((prov, model))
-            if exact is not None:
-                return exact
-            best: tuple[int, ModelPrice] | None = None
-            for (p, m), price in self._prices.items():
-                if p == prov and model.startswith(m) and (best is None or len(m) > best[0]):
-                    best = (len(m), price)
-            if best is not None:
-                return best[1]
-        return None
+    def weights(
+        self, provider: str, model: str, tokens_in: int, tokens_out: int, tokens_cached: int = 0, reasoning: int = 0
+    ) -> dict[TokenKind, int] | None:
+        """``kind_weights`` under this table's price of the model; None for a model without a price."""
+        price = self.lookup(provider, model)
+        return None if price is None else kind_weights(price, tokens_in, tokens_out, tokens_cached, reasoning)
 
     def cost_micros(
         self,
@@ -178,7 +206,7 @@ class PriceTable:
         tokens_cached: int = 0,
         tokens_reasoning: int = 0,
     ) -> int:
-        """Integer micro-dollars for the tokens; 0 for a model without a price (see ``lookup`` to tell them apart)."""
+        """Integer micro-dollars for the tokens; 0 for a model without a price (``lookup`` tells them apart)."""
         price = self.lookup(provider, model)
         if price is None:
             return 0

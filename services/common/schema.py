@@ -239,6 +239,47 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         """,
     ),
     (
+        6,
+        "hourly rollups of queue traffic and AI usage (allocation reads hours only), AI usage by destination; "
+        "the unread per-minute tenant resolution goes",
+        """
+        DROP TABLE attributed_minute;
+        ALTER TABLE ai_usage_minute ADD COLUMN dst text NOT NULL DEFAULT '';
+        ALTER TABLE ai_usage_minute DROP CONSTRAINT ai_usage_minute_pkey;
+        ALTER TABLE ai_usage_minute ADD PRIMARY KEY
+            (minute, tenant, tenant_method, feature, agent, src_workload, dst, provider, model);
+        CREATE TABLE queue_hourly (
+            hour            timestamptz NOT NULL,
+            topic           text NOT NULL,
+            role            text NOT NULL CHECK (role IN ('producer', 'consumer')),
+            workload        text NOT NULL,
+            tenant          text NOT NULL,
+            tenant_method   text NOT NULL,
+            requests        bigint NOT NULL,
+            bytes           bigint NOT NULL,
+            PRIMARY KEY (hour, topic, role, workload, tenant, tenant_method)
+        );
+        CREATE TABLE ai_usage_hourly (
+            hour            timestamptz NOT NULL,
+            tenant          text NOT NULL,
+            tenant_method   text NOT NULL,
+            feature         text NOT NULL,
+            agent           text NOT NULL,
+            src_workload    text NOT NULL,
+            dst             text NOT NULL,
+            provider        text NOT NULL,
+            model           text NOT NULL,
+            requests        bigint NOT NULL,
+            tokens_in       bigint NOT NULL,
+            tokens_out      bigint NOT NULL,
+            tokens_cached   bigint NOT NULL,
+            tokens_reasoning bigint NOT NULL,
+            cost_micros     bigint NOT NULL,
+            PRIMARY KEY (hour, tenant, tenant_method, feature, agent, src_workload, dst, provider, model)
+        );
+        """,
+    ),
+    (
         100,
         "billing: imported files, cost lines, allocations per period, revenue",
         """
@@ -306,6 +347,15 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
             amount          numeric NOT NULL,
             PRIMARY KEY (customer, period, currency)
         );
+        """,
+    ),
+    (
+        101,
+        "billing: the SKU, meter and pricing unit of a cost line (which AI token kind it meters)",
+        """
+        ALTER TABLE cost_lines ADD COLUMN sku text NOT NULL DEFAULT '';
+        ALTER TABLE cost_lines ADD COLUMN sku_meter text NOT NULL DEFAULT '';
+        ALTER TABLE cost_lines ADD COLUMN pricing_unit text NOT NULL DEFAULT '';
         """,
     ),
 ]

@@ -44,6 +44,23 @@ class ObservedCall(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     The sensor aggregates per window (default 1 s) so that the bus carries records, not packets. ``dst`` is a workload
     name when the destination is known, else an external name (SNI, DNS, host) or ``ip:port``.
+
+    Token fields, the one statement of what they mean (``costmesh.native.ai`` fills them, ``costmesh.common.prices``
+    prices exactly them): each token is in exactly one of ``tokens_in``, ``tokens_cached``, ``tokens_out``.
+
+    - ``tokens_in``: input tokens billed at the model's input rate. Cache reads are *not* in it. OpenAI/Azure
+      (chat ``prompt_tokens``, Responses ``input_tokens``) and Gemini/Vertex (``promptTokenCount``) count cache reads
+      inside their prompt count: it is that count minus ``cached_tokens`` / ``cachedContentTokenCount``. Anthropic
+      and Bedrock report ``input_tokens`` / ``inputTokens`` without cache reads or writes: it is that plus the cache
+      writes (``cache_creation_input_tokens`` / ``cacheWriteInputTokens``), which are therefore priced at the input
+      rate (the contract has no cache-write counter; their 1.25× write premium is not seen).
+    - ``tokens_cached``: input tokens read from the provider's prompt cache (OpenAI/Azure ``cached_tokens``,
+      Anthropic ``cache_read_input_tokens``, Bedrock ``cacheReadInputTokens``, Gemini ``cachedContentTokenCount``),
+      billed at the cache-read rate.
+    - ``tokens_out``: every output token, reasoning/thinking included (OpenAI ``completion_tokens`` /
+      ``output_tokens`` already include ``reasoning_tokens``; Gemini reports ``thoughtsTokenCount`` apart from
+      ``candidatesTokenCount``, so it is their sum). Billed at the output rate: every provider bills reasoning so.
+    - ``tokens_reasoning``: the reasoning part *of* ``tokens_out``, for information; never added to it again.
     """
 
     v: int = CONTRACT_VERSION

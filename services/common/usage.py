@@ -1,0 +1,203 @@
+"""Consumption as the attribution model reads it: hourly rows of calls, queue traffic and AI tokens.
+
+The attributor stores these per minute and rolls them up per hour (``consumption_hourly``, ``queue_hourly``,
+``ai_usage_hourly``); billing allocates from the hourly rows only, so a billing period allocates the same whether its
+minutes are still kept or long expired. ``costmesh report`` builds the very same hourly rows from call records in
+memory (``hourly_from_records``), so a report and the live system read identical consumption.
+
+Times are integer microseconds since the epoch; every measure is an integer.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Mapping
+from typing import Final, Literal
+
+import msgspec
+
+from .schemas import CONSUMPTION_KEY, ObservedCall
+
+HOUR_US: Final = 3_600_000_000
+
+#: The allocation categories, always all shown: measured on the call (``direct``), joined by trace id (``trace``),
+#: through the caller's inbound tenant mix (``propagated``), modeled background work (``platform``), and the rest.
+Category = Literal["direct", "trace", "propagated", "platform", "unallocated"]
+CATEGORIES: Final[tuple[Category, ...]] = ("direct", "trace", "propagated", "platform", "unallocated")
+
+#: Tenant methods (``schemas.TenantMethod``, plus a bill's ``tag``) that read the tenant on the call itself.
+DIRECT_METHODS: Final = frozenset({"header", "baggage", "jwt", "query", "path", "body", "db", "sni", "host", "tag"})
+
+#: Protocols whose destination is a topic or queue: kept as producer → topic → consumer.
+QUEUE_PROTOCOLS: Final = ("kafka", "amqp", "nats")
+CONSUME_VERBS: Final = frozenset({"fetch", "consume", "subscribe", "receive", "get", "deliver", "poll", "pull"})
+PRODUCE_VERBS: Final = frozenset({"produce", "publish", "send", "put", "push"})
+
+
+class Window(msgspec.Struct, frozen=True):
+    """A half-open time interval ``[start_us, end_us)``."""
+
+    start_us: int
+    end_us: int
+
+    def __post_init__(self) -> None:
+        if self.end_us < self.start_us:
+            raise ValueError(f"window ends ({self.end_us}) before it starts ({self.start_us})")
+
+    def overlaps(self, start_us: int, end_us: int) -> bool:
+        return start_us < self.end_us and end_us > self.start_us
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    """Consumption of one destination by one caller for one tenant/feature/agent over a window (summed records).
+
+    The fields of ``consumption_hourly`` (and of ``ai_usage_hourly`` for AI rows, which also name ``provider`` and
+    ``model``). Token fields mean what ``ObservedCall`` says they mean.
+    """
+
+    src_workload: str
+    dst: str
+    protocol: str = ""
+    tenant: str = ""
+    tenant_method: str = "unallocated"
+    feature: str = ""
+    agent: str = ""
+    start_us: int = 0
+    end_us: int = 0
+    requests: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    busy_us: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    tokens_cached: int = 0
+    tokens_reasoning: int = 0
+    provider: str = ""
+    model: str = ""
+
+
+class QueueUse(msgspec.Struct, kw_only=True):
+    """Messages one workload produced to or consumed from one topic for one tenant over a window (``queue_hourly``)."""
+
+    topic: str
+    role: Literal["producer", "consumer"]
+    workload: str
+    tenant: str = ""
+    tenant_method: str = "unallocated"
+    start_us: int = 0
+    end_us: int = 0
+    requests: int = 0
+    bytes: int = 0
+
+
+class Consumption(msgspec.Struct):
+    """What allocation reads for a span of time: calls, queue traffic (for propagation through topics) and AI
+    tokens by provider and model (for AI lines)."""
+
+    usage: list[Usage] = []
+    queues: list[QueueUse] = []
+    ai: list[Usage] = []
+
+
+def queue_topic(operation: str, dst: str) -> str:
+    """A queue call's topic: the operation without its verb (``produce orders`` → ``orders``), else the destination.
+    The attributor's SQL (``apply._TOPIC_SQL``) says the same."""
+    if not operation:
+        return dst
+    return operation.split(" ")[1] if " " in operation else operation
+
+
+def queue_role(operation: str, bytes_in: int, bytes_out: int) -> Literal["producer", "consumer"]:
+    """A queue call's role: by its verb when it has one, else by direction (more bytes sent: producing). The
+    attributor's SQL (``apply._ROLE_SQL``) says the same."""
+    verb = operation.split(" ", 1)[0].lower()
+    if verb in CONSUME_VERBS:
+        return "consumer"
+    if verb in PRODUCE_VERBS:
+        return "producer"
+    return "producer" if bytes_out >= bytes_in else "consumer"
+
+
+_TOKENS: Final = ("tokens_in", "tokens_out", "tokens_cached", "tokens_reasoning")
+
+
+def hourly_usage(hour_us: int, fields: Mapping[str, str | int]) -> Usage:
+    """A ``Usage`` row of the hour starting at ``hour_us`` from its named dimensions and measures (a database record
+    of an hourly table or a sum in memory: the same row either way)."""
+    return Usage(start_us=hour_us, end_us=hour_us + HOUR_US, **fields)  # type: ignore[arg-type]
+
+
+def _hour(us: int) -> int:
+    return us - us % HOUR_US
+
+
+def hourly_from_records(records: Iterable[ObservedCall]) -> Consumption:
+    """Hourly consumption, queue and AI rows from call records, summed exactly as the attributor's tables and their
+    hourly rollups sum them (keys and measures alike)."""
+    calls: dict[tuple, list[int]] = {}
+    queues: dict[tuple, list[int]] = {}
+    ai: dict[tuple, list[int]] = {}
+    queue_minutes: dict[tuple, list[int]] = {}
+    dims = operator.attrgetter(*CONSUMPTION_KEY)
+    for r in records:
+        hour = _hour(r.window_start_us)
+        s = calls.setdefault((hour, *dims(r)), [0] * 8)
+        s[0] += r.requests
+        s[1] += r.bytes_in
+        s[2] += r.bytes_out
+        s[3] += r.busy_us
+        s[4] += r.tokens_in
+        s[5] += r.tokens_out
+        s[6] += r.tokens_cached
+        s[7] += r.tokens_reasoning
+        if r.protocol in QUEUE_PROTOCOLS:
+            # a role without a verb is read from the minute's summed bytes per key, as the attributor's SQL reads it
+            minute = r.window_start_us - r.window_start_us % 60_000_000
+            q = queue_minutes.setdefault((minute, *dims(r), r.operation), [0, 0, 0])
+            q[0] += r.requests
+            q[1] += r.bytes_in
+            q[2] += r.bytes_out
+        if r.tokens_in or r.tokens_out or r.tokens_cached or r.tokens_reasoning:
+            key = (hour, r.tenant, r.tenant_method, r.feature, r.agent, r.src_workload, r.dst, r.provider, r.model)
+            a = ai.setdefault(key, [0] * 5)
+            a[0] += r.requests
+            a[1] += r.tokens_in
+            a[2] += r.tokens_out
+            a[3] += r.tokens_cached
+            a[4] += r.tokens_reasoning
+    for (minute, tenant, method, _f, _a, src, dst, _p, operation), (requests, b_in, b_out) in queue_minutes.items():
+        key = (_hour(minute), queue_topic(operation, dst), queue_role(operation, b_in, b_out), src, tenant, method)
+        q = queues.setdefault(key, [0, 0])
+        q[0] += requests
+        q[1] += b_in + b_out
+    out = Consumption()
+    call_names = ("tenant", "tenant_method", "feature", "agent", "src_workload", "dst", "protocol")
+    call_measures = ("requests", "bytes_in", "bytes_out", "busy_us", *_TOKENS)
+    for (hour, *dims_), m in sorted(calls.items()):
+        out.usage.append(
+            hourly_usage(
+                hour, {**dict(zip(call_names, dims_, strict=True)), **dict(zip(call_measures, m, strict=True))}
+            )
+        )
+    for (hour, topic, role, workload, tenant, method), (requests, nbytes) in sorted(queues.items()):
+        out.queues.append(
+            QueueUse(
+                topic=topic,
+                role=role,
+                workload=workload,
+                tenant=tenant,
+                tenant_method=method,
+                start_us=hour,
+                end_us=hour + HOUR_US,
+                requests=requests,
+                bytes=nbytes,
+            )
+        )
+    ai_names = ("tenant", "tenant_method", "feature", "agent", "src_workload", "dst", "provider", "model")
+    for (hour, *dims_), m in sorted(ai.items()):
+        out.ai.append(
+            hourly_usage(
+                hour, {**dict(zip(ai_names, dims_, strict=True)), **dict(zip(("requests", *_TOKENS), m, strict=True))}
+            )
+        )
+    return out
