@@ -6,7 +6,12 @@ this SaaS, and nothing from the truth.
 - ``rules``: the default header and baggage rules, the JWT claim the gateway's tokens carry, the PostgreSQL role of
   a tenant's session; the OpenAI ``user`` field is read by default.
 - ``resources``: which observed workload each bill line pays for (see ``bill``).
-- ``sensor``: live capture on ``lo``, names from the table only (``identity = "static"``), the SaaS's ports.
+- ``sensor``: live capture on ``lo``, names from the table only (``identity = "static"``), the SaaS's ports, TLS
+  probed in the SaaS's own processes only (``tls_processes``: on a shared host every other process's HTTPS would
+  otherwise be captured too, and the model endpoint stands for a provider's server, which no sensor sees), the
+  capture length the run asks for (see ``run.DEMO_SNAPLEN``).
+- ``attributor``: minutes rolled up at once, every second (billing allocates from the hourly rollups; the default
+  waits two minutes for late data, longer than the demo runs).
 """
 
 from __future__ import annotations
@@ -18,12 +23,10 @@ import tomli_w
 
 from .bill import LINES
 from .context import TENANT_CLAIM
-from .plan import MODEL_HOST, MODEL_NAME, NODE_WORKLOADS, Plan
+from .plan import MODEL_HOST, NODE_WORKLOADS, Plan, process_name
 
 #: Workload names as the operator gives them (the queue is the managed queue's endpoint, the db the RDS instance).
 NAMES = {"queue": "jobs-queue", "db": "saas-db"}
-#: AI prices (micro-dollars per million tokens) for the real-time AI cost; the invoice lines are in the bill.
-PRICE_IN, PRICE_OUT = 150_000, 600_000
 
 
 def workload_name(workload: str) -> str:
@@ -60,7 +63,8 @@ def config_document(plan: Plan, *, api_port: int, bills: Path, revenue: Path, sn
             "postgres_ports": [ports["db"]],
             "http_ports": [ports[p] for p in ("gateway", "orders", "assistant", "queue", "model_http")],
             "ai_ports": [ports["model_http"]],
-            "tls_processes": ["^assistant$", "^worker$"],
+            # the SaaS's own callers of HTTPS; the model endpoint stands for a provider's server, never probed
+            "tls_processes": [f"^{process_name(w)}$" for w in ("assistant", "worker")],
             "tls_discover_s": 0.5,
         },
         "rules": [
@@ -71,14 +75,8 @@ def config_document(plan: Plan, *, api_port: int, bills: Path, revenue: Path, sn
         ],
         "workloads": workloads,
         "resources": resources,
-        "prices": [
-            {
-                "provider": "openai",
-                "model": MODEL_NAME,
-                "input_micros_per_mtok": PRICE_IN,
-                "output_micros_per_mtok": PRICE_OUT,
-            }
-        ],
+        # billing allocates from hourly rollups: roll minutes up at once and every second (a live run is minutes old)
+        "attributor": {"maintenance_interval_s": 1.0, "settle_s": 0.0},
         "api": {"port": api_port},
         "billing": {
             "interval_s": 2,

@@ -108,6 +108,11 @@ def addresses() -> dict[str, str]:
     return {name: f"127.0.0.{ADDRESS_BASE + i}" for i, name in enumerate(WORKLOADS)}
 
 
+def process_name(workload: str) -> str:
+    """The process name (``comm``, at most 15 bytes) a workload runs under."""
+    return f"demo-{workload}"
+
+
 def load_plan(path: str | Path) -> Plan:
     return msgspec.json.decode(Path(path).read_bytes(), type=Plan)
 

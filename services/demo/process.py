@@ -1,6 +1,7 @@
 """One demo workload as a process: ``python -m costmesh.demo.process NAME PLAN_FILE``.
 
-The process takes the workload's name as its own (``comm``, what /proc and the TLS probes see), makes every outgoing
+The process takes the workload's name as its own (``comm`` = ``demo-<name>``, what /proc shows and what costmesh's
+``sensor.tls_processes`` picks the processes to probe by), makes every outgoing
 connection from the workload's address (``PodLoop``), runs the workload module's ``main`` and prints ``ready`` on
 stdout once it serves. SIGTERM or SIGINT stops it; it also stops when its parent dies.
 """
@@ -13,7 +14,7 @@ import importlib
 import signal
 import sys
 
-from .plan import load_plan
+from .plan import load_plan, process_name
 from .truth import TruthWriter
 from .workloads.base import PodLoop, Workload
 
@@ -23,7 +24,7 @@ _PR_SET_PDEATHSIG = 1
 
 def _name_process(name: str) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    libc.prctl(_PR_SET_NAME, ctypes.c_char_p(process_name(name).encode()[:15]), 0, 0, 0)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
