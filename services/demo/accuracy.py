@@ -55,6 +55,7 @@ class ScenarioAccuracy(msgspec.Struct):
     unallocated: str
     traffic_s: float
     failed_requests: int
+    ring_drops: int
     truth_unexplained: dict[str, int]
     line_amounts: dict[str, str]
 
@@ -145,6 +146,7 @@ def assess(result: RunResult, *, title: str, mode: str, target_pct: float, custo
         unallocated=_dec(unallocated),
         traffic_s=result.traffic_s,
         failed_requests=result.failed_requests,
+        ring_drops=result.ring_drops,
         truth_unexplained=result.truth.unexplained,
         line_amounts={line.spec.key: _dec(line.amount) for line in result.bill.lines},
     )
@@ -185,7 +187,7 @@ def render_scenario(a: ScenarioAccuracy) -> str:
     verdict = "PASS" if a.passed else "FAIL"
     title = (
         f"{a.scenario}: {a.title} [{a.mode} mode, {a.capture} capture, {a.traffic_s:.1f} s of traffic, "
-        f"billed ${a.billed}]\n"
+        f"{a.failed_requests} failed requests, {a.ring_drops} ring drops, billed ${a.billed}]\n"
         f"  worst error per customer: costmesh {a.worst_pct['costmesh']:.2f}% (target {a.target_pct:g}%), "
         f"even {a.worst_pct['even']:.2f}%, by requests {a.worst_pct['requests']:.2f}%; attributed or modeled "
         f"{a.coverage_pct:.2f}% (target 99%): {verdict}"

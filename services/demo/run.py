@@ -28,7 +28,7 @@ from costmesh.common.config import load_config
 from costmesh.common.embedded import free_port
 from costmesh.common.supervisor import Stack, http_json
 
-from .bill import Bill, hour_of, make_bill, revenue_csv, write_bill
+from .bill import LINES, Bill, hour_of, make_bill, revenue_csv, write_bill
 from .costmesh_config import write_config
 from .recorder import Recorder, RecorderUnavailable
 from .saas import Saas
@@ -166,8 +166,9 @@ class DemoRun:
             if time.monotonic() > deadline:
                 raise DemoError("the sensor did not start capturing")
             time.sleep(0.1)
+        plain = "the traffic recorded from a packet socket, model calls over plain HTTP"
         if self.force_replay:
-            return "replay", "replay asked for (--replay)"
+            return "replay", f"asked for; {plain}"
         if live == "capturing":
             tls = str(health.get("tls", ""))
             how = "unavailable" if tls.startswith("unavailable") else "through OpenSSL uprobes in assistant and worker"
@@ -176,7 +177,7 @@ class DemoRun:
             Recorder.check()
         except RecorderUnavailable as exc:
             raise DemoError(f"cannot capture at all: eBPF {live}; packet socket: {exc}") from None
-        return "replay", f"eBPF {live}"
+        return "replay", f"eBPF {live}; {plain}"
 
     def _wait_applied(self, deadline: float, *, live: bool) -> int:
         """Wait until the attributor applied every batch the sensor published for the run's traffic: live, what was
@@ -231,8 +232,7 @@ WHERE a.billing_period = $1 GROUP BY 1, 2, 3
 
 
 async def read_allocations(dsn: str, period: str) -> Allocated:
-    from .bill import LINES
-
+    """costmesh's allocation of the period per bill line (the allocations joined to their cost lines)."""
     key_of = {spec.resource_id: key for key, spec in LINES.items()}
     conn = await asyncpg.connect(dsn)
     try:
