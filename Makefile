@@ -5,7 +5,7 @@ deps:
 	@scripts/bootstrap.sh
 
 demo: deps
-	.venv/bin/costmesh demo
+	.venv/bin/costmesh demo --keep
 
 test: deps
 	.venv/bin/ruff check .

@@ -71,6 +71,10 @@ def _extensions() -> list:
 setup(
     package_dir=PACKAGE_DIRS,
     packages=_packages(),
-    package_data={"costmesh.native": ["*.pxd", "*.pyi", "*.c", "*.h"], "costmesh.sensor.bpf": ["*.c", "*.h"]},
+    package_data={
+        "costmesh.native": ["*.pxd", "*.pyi", "*.c", "*.h"],
+        "costmesh.sensor.bpf": ["*.c", "*.h"],
+        "costmesh.api": ["console/*"],
+    },
     ext_modules=_extensions(),
 )

@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help="config file (TOML) for --capture")
     demo.add_argument("--replay", action="store_true", help="record the SaaS's traffic and replay it, not eBPF")
     demo.add_argument("--timeout", type=float, default=100, help="seconds to wait for the pipeline (default 100)")
+    demo.add_argument(
+        "--keep", action="store_true", help="then print the web console's URL and keep serving until Ctrl-C"
+    )
 
     for name in SERVICES:
         _service_parser(sub, name)
@@ -216,15 +219,18 @@ def _demo_saas(args: argparse.Namespace) -> int:
         print()
         print("What really happened (the SaaS's own measurements), beside costmesh and two naive splits:")
         print(render_scenario(accuracy))
-        print()
-        finish_demo(run, args)
+        return finish_demo(run, args)
+
+
+def finish_demo(run, args: argparse.Namespace) -> int:
+    """The demo's last step, run while the whole stack is still up: say where the console answers, and with
+    ``--keep`` serve it until Ctrl-C (``supervisor.keep_serving``). When it returns the stack stops."""
+    from costmesh.common.supervisor import keep_serving
+
+    if args.keep and run.stack is not None:
+        return keep_serving(run.stack)
+    print(f"The costmesh console: {run.console_url} (stops with the demo; --keep serves it until Ctrl-C)")
     return 0
-
-
-def finish_demo(run, args: argparse.Namespace) -> None:
-    """The demo's last step, run while the whole stack is still up: say where the console answers. When it returns
-    the stack stops and the demo ends (bounded); keeping the console serving until Ctrl-C belongs here."""
-    print(f"console: {run.console_url}")
 
 
 def _demo(args: argparse.Namespace, config: Config) -> int:
@@ -233,7 +239,7 @@ def _demo(args: argparse.Namespace, config: Config) -> int:
     from costmesh.billing.report import from_api_pnl
     from costmesh.billing.report import render_table as render_chargeback
     from costmesh.common.embedded import free_port
-    from costmesh.common.supervisor import Stack, http_json
+    from costmesh.common.supervisor import Stack, http_json, keep_serving
 
     with tempfile.TemporaryDirectory(prefix="costmesh-demo-") as tmp:
         stack = Stack(config, args.config, Path(tmp), [args.capture], api_port=free_port())
@@ -271,14 +277,15 @@ def _demo(args: argparse.Namespace, config: Config) -> int:
                         return 1
                     time.sleep(0.2)
                 pnls = [http_json(f"{base}/v1/pnl?period={period}") for period in billing.get("periods", [])]
+            print(render_table(rows, ["tenant", "requests", "errors", "bytes_in", "bytes_out", "busy_us"]))
+            for pnl in pnls:
+                print()
+                note = "Amounts rounded to cents here; GET /v1/pnl gives them exactly."
+                print(render_chargeback(from_api_pnl(pnl), note=note))
+            if args.keep:
+                return keep_serving(stack)
         finally:
             stack.stop()
-    print(render_table(rows, ["tenant", "requests", "errors", "bytes_in", "bytes_out", "busy_us"]))
-    for pnl in pnls:
-        print()
-        print(
-            render_chargeback(from_api_pnl(pnl), note="Amounts rounded to cents here; GET /v1/pnl gives them exactly.")
-        )
     return 0
 
 

@@ -94,7 +94,7 @@ async def test_service_imports_allocates_and_api_serves(fresh_dsn, tmp_path):
                 async with http.get("/v1/cost", params={"group_by": "feature"}) as resp:
                     features = {r["feature"] for r in (await resp.json())["rows"]}
                     assert {"checkout", "search"} <= features
-                for bad in ({"group_by": "color"}, {"period": "2024-9"}, {"limit": "3"}):
+                for bad in ({"group_by": "color"}, {"period": "2024-9"}, {"limits": "3"}):
                     async with http.get("/v1/cost", params=bad) as resp:
                         assert resp.status == 400, bad
                         assert next(iter(bad)) in (await resp.json())["error"]

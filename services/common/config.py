@@ -292,8 +292,15 @@ class AttributorConfig(_Section):
 class ApiConfig(_Section):
     host: str = "127.0.0.1"
     port: int = 8080
-    #: Environment variable with bearer tokens, ``token:role`` pairs separated by commas; empty = no auth (loopback).
+    #: Environment variable with bearer tokens, ``token:role`` pairs separated by commas (roles viewer, finance,
+    #: admin); empty = no auth, and then ``host`` must be a loopback address.
     tokens_env: str = ""
+    #: Cost metrics: tenants (and agents) of a period that keep their own label; the rest are summed as ``__other__``.
+    metrics_top_tenants: int = 20
+    #: Cost metrics: how many of the newest billing periods are exported.
+    metrics_periods: int = 3
+    #: Cost metrics: seconds between reads of the store (a scrape reads the last snapshot).
+    metrics_refresh_s: float = 60.0
 
 
 class MetricsConfig(_Section):

@@ -1,8 +1,9 @@
 """Prometheus metrics and the ``/metrics`` + ``/healthz`` listener every service runs.
 
 Each process has one registry (``REGISTRY``); services declare their metrics here or in their own module against it,
-so a metric name is defined exactly once. Label values never carry tenant ids or free text: only bounded sets
-(service, kind, reason), so that nothing sensitive can leave through a metric label.
+so a metric name is defined exactly once. Label values never carry free text, only bounded sets (service, kind,
+reason). The one exception is the API's cost metrics (``costmesh.api.costmetrics``): tenant ids as they are stored
+(pseudonymised when the redactor is keyed), bounded to the top N per period plus ``__other__``.
 """
 
 from __future__ import annotations

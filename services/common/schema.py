@@ -358,4 +358,24 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         ALTER TABLE cost_lines ADD COLUMN pricing_unit text NOT NULL DEFAULT '';
         """,
     ),
+    (
+        200,
+        "api: indexes of the customer, resource and coverage queries; real-time hourly rollup with TimescaleDB",
+        """
+        CREATE INDEX allocations_tenant ON allocations (tenant, billing_period);
+        CREATE INDEX allocations_resource ON allocations (resource, billing_period);
+        CREATE INDEX allocations_unallocated ON allocations (billing_period) WHERE method = 'unallocated';
+        DO $api$
+        BEGIN
+            IF (SELECT flavour FROM storage_flavour) = 'timescaledb' THEN
+                -- hours not yet materialized are aggregated from the minutes at query time, so the API can read
+                -- whole hours from the rollup up to now
+                ALTER MATERIALIZED VIEW consumption_hourly SET (timescaledb.materialized_only = false);
+            ELSE
+                CREATE INDEX consumption_hourly_tenant ON consumption_hourly (tenant, hour);
+            END IF;
+        END
+        $api$;
+        """,
+    ),
 ]

@@ -18,6 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from .config import Config
 from .db import create_pool, dsn_of
@@ -168,8 +169,8 @@ class Stack:
             self.nats.stop()
 
 
-def run_up(config: Config, config_path: str | None, data_dir: Path, replay: list[str]) -> int:
-    """Run the stack until SIGINT/SIGTERM or until a service dies; returns the exit status."""
+def _stop_on_signals() -> dict[str, int]:
+    """SIGINT/SIGTERM set ``["signal"]`` instead of raising, so the caller stops the stack in order."""
     stop = {"signal": 0}
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -177,16 +178,39 @@ def run_up(config: Config, config_path: str | None, data_dir: Path, replay: list
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def _serve(stack: Stack, stop: dict[str, int]) -> int:
+    """Wait until a signal (0) or until a service dies (1)."""
+    while not stop["signal"]:
+        dead = stack.failed()
+        if dead:
+            log.error("service exited unexpectedly; stopping", extra={"service_name": dead})
+            return 1
+        time.sleep(0.2)
+    return 0
+
+
+def run_up(config: Config, config_path: str | None, data_dir: Path, replay: list[str]) -> int:
+    """Run the stack until SIGINT/SIGTERM or until a service dies; returns the exit status."""
+    stop = _stop_on_signals()
     stack = Stack(config, config_path, data_dir, replay)
     try:
         stack.start()
         log.info("costmesh is up", extra={"nats": stack.nats_url, "api_port": config.api.port, "pid": os.getpid()})
-        while not stop["signal"]:
-            dead = stack.failed()
-            if dead:
-                log.error("service exited unexpectedly; stopping", extra={"service_name": dead})
-                return 1
-            time.sleep(0.2)
-        return 0
+        return _serve(stack, stop)
     finally:
         stack.stop()
+
+
+def keep_serving(stack: Stack, out: TextIO = sys.stdout) -> int:
+    """The end of ``costmesh demo --keep``: print where the web console is and serve until Ctrl-C (or SIGTERM, or a
+    service dying). The caller still stops the stack."""
+    stop = _stop_on_signals()
+    url = f"http://127.0.0.1:{stack.api_port}/"
+    print(f"\nThe costmesh console: {url}", file=out)
+    if stack.config.api.tokens_env:
+        print(f"  sign in with a token from ${stack.config.api.tokens_env}", file=out)
+    print("Serving until Ctrl-C.", file=out, flush=True)
+    return _serve(stack, stop)
