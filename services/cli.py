@@ -184,12 +184,9 @@ def _run_service(args: argparse.Namespace, config: Config) -> int:
 
 
 def _demo_saas(args: argparse.Namespace) -> int:
-    """``costmesh demo``: the demo SaaS end to end (``costmesh.demo.run``), then cost and margin per customer from
-    ``/v1/pnl``, the allocation beside the truth, and the console's URL; ``finish_demo`` runs with the stack up."""
-    from costmesh.billing.report import from_api_pnl
-    from costmesh.billing.report import render_table as render_chargeback
-    from costmesh.demo.accuracy import assess, render_scenario
-    from costmesh.demo.run import DemoError, DemoRun
+    """``costmesh demo``: the demo SaaS end to end (``costmesh.demo.run``), then what ``_print_saas_demo`` prints and
+    ``finish_demo``, with the stack still up. Where nothing can be captured, the shipped sample capture instead."""
+    from costmesh.demo.run import CaptureUnavailable, DemoError, DemoRun
     from costmesh.demo.saas import SaasError
     from costmesh.demo.scenarios import DEMO
 
@@ -200,26 +197,50 @@ def _demo_saas(args: argparse.Namespace) -> int:
         print(f"costmesh demo: {DEMO.title}; workloads on 127.0.0.20-28, costmesh API on {run.base_url}", flush=True)
         try:
             result = run.run(args.timeout)
+        except CaptureUnavailable as exc:
+            unavailable = exc
         except (DemoError, SaasError) as exc:
             print(f"costmesh: demo failed: {exc}", file=sys.stderr)
             return 1
-        customers = [t.name for t in DEMO.tenants]
-        accuracy = assess(result, title=DEMO.title, mode=DEMO.mode, target_pct=DEMO.target_pct, customers=customers)
-        edge = sum(result.truth.share_of("edge").values())
-        print(f"capture: {result.capture} ({result.capture_note})")
-        print(
-            f"traffic: {edge} requests from {len(customers)} customers in {result.traffic_s:.1f} s "
-            f"({result.failed_requests} failed); bill: {len(result.bill.lines)} lines for "
-            f"{result.bill.charge_start:%Y-%m-%d %H:%M}-{result.bill.charge_end:%H:%M} UTC"
-        )
-        print()
-        print(
-            render_chargeback(from_api_pnl(result.pnl), note="Amounts rounded to cents; GET /v1/pnl has them exactly.")
-        )
-        print()
-        print("What really happened (the SaaS's own measurements), beside costmesh and two naive splits:")
-        print(render_scenario(accuracy))
-        return finish_demo(run, args)
+        else:
+            _print_saas_demo(result)
+            return finish_demo(run, args)
+    return _demo_sample(args, unavailable)
+
+
+def _print_saas_demo(result) -> None:
+    """Capture mode, traffic, cost and margin per customer (``/v1/pnl``), and the costs beside the truth."""
+    from costmesh.billing.report import from_api_pnl
+    from costmesh.billing.report import render_table as render_chargeback
+    from costmesh.demo.accuracy import assess, render_scenario
+    from costmesh.demo.scenarios import DEMO
+
+    customers = [t.name for t in DEMO.tenants]
+    accuracy = assess(result, title=DEMO.title, mode=DEMO.mode, target_pct=DEMO.target_pct, customers=customers)
+    edge = sum(result.truth.share_of("edge").values())
+    print(f"capture: {result.capture} ({result.capture_note})")
+    print(
+        f"traffic: {edge} requests from {len(customers)} customers in {result.traffic_s:.1f} s "
+        f"({result.failed_requests} failed); bill: {len(result.bill.lines)} lines for "
+        f"{result.bill.charge_start:%Y-%m-%d %H:%M}-{result.bill.charge_end:%H:%M} UTC"
+    )
+    print()
+    print(render_chargeback(from_api_pnl(result.pnl), note="Amounts rounded to cents; GET /v1/pnl has them exactly."))
+    print()
+    print("What really happened (the SaaS's own measurements), beside costmesh and two naive splits:")
+    print(render_scenario(accuracy))
+
+
+def _demo_sample(args: argparse.Namespace, why: Exception) -> int:
+    """The last resort where nothing can be captured (not root): the sample capture of the repository, replayed."""
+    sample = Path(__file__).resolve().parent.parent / "tests" / "data"
+    capture, config = sample / "demo_tenants.pcap", sample / "demo" / "costmesh.toml"
+    if not capture.exists():
+        print(f"costmesh: demo failed: {why}; no sample capture at {capture} to replay instead", file=sys.stderr)
+        return 1
+    print(f"capture: replay of the sample {capture} ({why})", flush=True)
+    args.capture, args.config = str(capture), str(config)
+    return _demo(args, _load(args.config))
 
 
 def finish_demo(run, args: argparse.Namespace) -> int:

@@ -207,7 +207,7 @@ def test_accuracy_compares_every_method_with_the_truth_per_customer():
         capture="live",
         capture_note="",
         truth=t,
-        bill=bill.Bill(lines, hour, hour, Decimal(1)),
+        bill=bill.Bill(lines, hour, hour),
         allocated=allocated,
         pnl={},
         traffic_s=1.0,

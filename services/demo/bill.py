@@ -185,7 +185,6 @@ class Bill:
     lines: list[BilledLine]
     charge_start: datetime
     charge_end: datetime
-    hour_scale: Decimal
 
     @property
     def period(self) -> str:
@@ -199,7 +198,6 @@ def hour_of(ts: float) -> datetime:
 def make_bill(truth: Truth, started_at: float, ended_at: float) -> Bill:
     """The bill for the hour(s) the run's traffic fell in; usage priced at ``price`` per ``unit`` of the truth's
     quantity times ``HOUR_SCALE``."""
-    scale = HOUR_SCALE
     lines = []
     for spec in LINES.values():
         if spec.hourly:
@@ -208,11 +206,11 @@ def make_bill(truth: Truth, started_at: float, ended_at: float) -> Bill:
             total = sum(truth.share_of(spec.key).values())
             if not total:
                 continue
-            quantity = (Decimal(total) * scale / spec.per_unit).quantize(Decimal("0.000000001"))
+            quantity = (Decimal(total) * HOUR_SCALE / spec.per_unit).quantize(Decimal("0.000000001"))
         lines.append(BilledLine(spec, quantity, (quantity * spec.price).quantize(MICRO)))
     start = hour_of(started_at)
     end = hour_of(ended_at) + timedelta(hours=1)
-    return Bill(lines, start, end, scale)
+    return Bill(lines, start, end)
 
 
 def _ts(dt: datetime) -> str:

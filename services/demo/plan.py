@@ -23,7 +23,6 @@ EdgeForm = Literal["header", "jwt", "baggage"]
 #: What an edge request does: list recent orders, place an order, run a revenue report (few rows back, expensive in
 #: the database), ask the AI assistant.
 Operation = Literal["browse", "checkout", "report", "assist"]
-OPERATIONS: Final[tuple[Operation, ...]] = ("browse", "checkout", "report", "assist")
 
 #: The workloads, each a process on its own address (``db`` is PostgreSQL, ``model`` the OpenAI-compatible endpoint
 #: standing for api.openai.com). ``clients`` are the customers' browsers and scripts at the edge.
@@ -56,7 +55,7 @@ class Tenant(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     name: str
     edge: EdgeForm
-    requests: dict[str, int]
+    requests: dict[Operation, int]
     ai: AiProfile = AiProfile()
     #: Revenue for the billed hour (decimal text), for the margin.
     revenue: str = "0"
@@ -89,11 +88,8 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
     tls_chain: str = ""
     tls_key: str = ""
 
-    def url(self, service: str, port_name: str | None = None) -> str:
-        return f"http://{self.addresses[service]}:{self.ports[port_name or service]}"
-
-    def tenant(self, name: str) -> Tenant:
-        return next(t for t in self.tenants if t.name == name)
+    def url(self, service: str) -> str:
+        return f"http://{self.addresses[service]}:{self.ports[service]}"
 
     @property
     def path(self) -> Path:

@@ -51,6 +51,10 @@ class DemoError(RuntimeError):
     """The demo could not finish (a service or workload failed, or a wait timed out); the message says where."""
 
 
+class CaptureUnavailable(DemoError):
+    """Neither eBPF nor a packet socket is allowed here (not root, no capabilities): the SaaS cannot be observed."""
+
+
 class RunResult(msgspec.Struct):
     scenario: str
     capture: str  # "live" or "replay"
@@ -107,6 +111,7 @@ class DemoRun:
 
     # -- the run ---------------------------------------------------------------------------------------------------
     def run(self, timeout_s: float = 100.0) -> RunResult:
+        """Run the scenario once, within ``timeout_s`` of waiting; the stack stays up until ``close``."""
         deadline = time.monotonic() + timeout_s
         self.saas.start_database()
         plan = self.saas.plan
@@ -176,7 +181,7 @@ class DemoRun:
         try:
             Recorder.check()
         except RecorderUnavailable as exc:
-            raise DemoError(f"cannot capture at all: eBPF {live}; packet socket: {exc}") from None
+            raise CaptureUnavailable(f"cannot capture at all: eBPF {live}; packet socket: {exc}") from None
         return "replay", f"eBPF {live}; {plain}"
 
     def _wait_applied(self, deadline: float, *, live: bool) -> int:

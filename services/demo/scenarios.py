@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from .plan import AiProfile, Mode, Tenant
+from .plan import AiProfile, Mode, Operation, Tenant
 
 
 class Scenario(msgspec.Struct, frozen=True, kw_only=True):
@@ -26,7 +26,7 @@ class Scenario(msgspec.Struct, frozen=True, kw_only=True):
     seed: int = 1
 
 
-def _mix(browse: int, checkout: int, assist: int, report: int = 0) -> dict[str, int]:
+def _mix(browse: int, checkout: int, assist: int, report: int = 0) -> dict[Operation, int]:
     return {k: v for k, v in {"browse": browse, "checkout": checkout, "assist": assist, "report": report}.items() if v}
 
 

@@ -88,9 +88,9 @@ class Workload:
 
         return middleware
 
-    async def serve_until_stopped(self, app: web.Application, port_name: str | None = None, ssl_context=None) -> None:
-        """Serve ``app`` on this workload's address until the stop signal."""
-        runner, server = await serve(app, self.address, self.plan.ports[port_name or self.name], ssl_context)
+    async def serve_until_stopped(self, app: web.Application) -> None:
+        """Serve ``app`` on this workload's address and port until the stop signal."""
+        runner, server = await serve(app, self.address, self.plan.ports[self.name])
         self.on_ready()
         try:
             await self.stopping.wait()
