@@ -132,9 +132,9 @@ SMALL = Scenario(
     title="tenant on every call (suite check)",
     mode="direct",
     tenants=[
-        Tenant(name="acme", edge="jwt", requests=_mix(24, 8, 6), revenue="4.00"),
-        Tenant(name="globex", edge="header", requests=_mix(12, 4, 3), revenue="2.50"),
-        Tenant(name="initech", edge="baggage", requests=_mix(6, 2, 2), revenue="0.40"),
+        Tenant(name="acme", edge="jwt", requests=_mix(96, 32, 24), revenue="4.00"),
+        Tenant(name="globex", edge="header", requests=_mix(48, 16, 12), revenue="2.50"),
+        Tenant(name="initech", edge="baggage", requests=_mix(24, 8, 8), revenue="0.40"),
     ],
     target_pct=1.0,
     deadline_s=20.0,
