@@ -225,3 +225,21 @@ def test_accuracy_compares_every_method_with_the_truth_per_customer():
     assert a.platform == {"truth": "2.000000", "costmesh": "0.000000"} and a.unallocated == "2.000000"
     assert a.coverage_pct == round(10 / 12 * 100, 2) and not a.passed
     assert a.worst_pct["costmesh"] == rows["globex"].errors_pct["costmesh"]
+
+
+def test_without_any_way_to_capture_the_demo_replays_the_sample_capture(monkeypatch, capsys):
+    """Not root (no eBPF, no packet socket): ``costmesh demo`` says why and replays the repository's sample capture
+    with its config, through the same replay demo as ``--capture``."""
+    from costmesh import cli
+    from costmesh.demo.run import CaptureUnavailable, DemoRun
+
+    def refuse(self, timeout_s=100.0):
+        raise CaptureUnavailable("cannot capture at all: eBPF unavailable: not root; packet socket: not permitted")
+
+    replayed = []
+    monkeypatch.setattr(cli, "setup_logging", lambda *_args: None)  # keeps pytest's own log handlers in place
+    monkeypatch.setattr(DemoRun, "run", refuse)
+    monkeypatch.setattr(cli, "_demo", lambda args, config: replayed.append((args.capture, args.config)) or 0)
+    assert cli.main(["demo"]) == 0
+    assert replayed == [(str(REPO / "tests/data/demo_tenants.pcap"), str(REPO / "tests/data/demo/costmesh.toml"))]
+    assert "capture: replay of the sample" in capsys.readouterr().out
