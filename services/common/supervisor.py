@@ -132,6 +132,22 @@ class Stack:
             time.sleep(0.1)
         raise StartupError(f"service {name} did not become healthy within {timeout_s:.0f} s")
 
+    def stop_child(self, name: str) -> None:
+        """Stop one service of the stack (the others keep running)."""
+        proc, _port = self.children.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+
+    def replay_in_sensor(self, paths: list[str]) -> None:
+        """(Re)start the sensor replaying ``paths`` instead of capturing live: the demo's fallback where eBPF is not
+        allowed (the traffic was recorded from a packet socket meanwhile)."""
+        if "sensor" in self.children:
+            self.stop_child("sensor")
+        self.replay = list(paths)
+        self._spawn("sensor")
+        self.wait_healthy("sensor")
+
     def failed(self) -> str | None:
         """The name of a child that died on its own, if any."""
         for name, (proc, _port) in self.children.items():
