@@ -20,6 +20,7 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 
+from costmesh.common import allocation_summary
 from costmesh.common.graph import live_graph
 from costmesh.common.ledger import Allocation, Revenue
 from costmesh.common.pnl import customer_pnl
@@ -132,6 +133,38 @@ def _series(points: Mapping[datetime, Decimal], grid: Sequence[datetime]) -> lis
 COST_GROUPS: Final = {g: g for g in ("tenant", "feature", "agent", "service", "resource", "method")}
 
 
+def summary_where(
+    q: Sql,
+    dim: str | None,
+    period: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    keys: Sequence[str] | None = None,
+) -> str:
+    """``WHERE`` over ``allocation_series`` (``allocation_totals`` without ``start``/``end``): one dimension, the
+    billing period, charge start in ``[start, end)``, and the accepted keys of the dimension."""
+    parts = ["true"] if dim is None else [f"dim = {q(dim)}"]
+    if period is not None:
+        parts.append(f"billing_period = {q(period)}")
+    if start is not None:
+        parts.append(f"charge_start >= {q(start)}")
+    if end is not None:
+        parts.append(f"charge_start < {q(end)}")
+    if keys is not None:
+        parts.append(q.any_of("key", keys))
+    return " AND ".join(parts)
+
+
+async def summaries_answer(
+    conn: asyncpg.Connection, period: str | None, filters: Mapping[str, Sequence[str]], carried: Iterable[str] = ()
+) -> bool:
+    """Whether the allocation summaries (``costmesh.common.allocation_summary``) answer this question: they are those
+    of the current run of ``period`` (every period when ``None``), and they carry every column filtered on."""
+    if not set(filters) <= set(carried):
+        return False
+    return allocation_summary.covers(await allocation_summary.summarized(conn), None if period is None else [period])
+
+
 async def cost(
     conn: asyncpg.Connection,
     group: str,
@@ -143,13 +176,27 @@ async def cost(
     limit: int | None,
 ) -> a.CostAnswer:
     column = COST_GROUPS[group]
+    summary = await summaries_answer(conn, period, filters, carried=[group])
+    keys = filters.get(group)
     q = Sql()
-    where = allocation_where(q, period, start, end, filters)
-    rows = await conn.fetch(
-        f"SELECT {column} AS key, currency, method, sum(amount) AS amount, min(charge_start) AS first, "
-        f"max(charge_start) AS last FROM allocations WHERE {where} GROUP BY 1, 2, 3",
-        *q.args,
-    )
+    if not summary:
+        where = allocation_where(q, period, start, end, filters)
+        sql = (
+            f"SELECT {column} AS key, currency, method, sum(amount) AS amount, min(charge_start) AS first, "
+            f"max(charge_start) AS last FROM allocations WHERE {where} GROUP BY 1, 2, 3"
+        )
+    elif start is None and end is None:
+        sql = (
+            "SELECT key, currency, method, sum(amount) AS amount, min(first_start) AS first, max(last_start) AS last "
+            f"FROM allocation_totals WHERE {summary_where(q, group, period, None, None, keys)} GROUP BY 1, 2, 3"
+        )
+    else:
+        sql = (
+            "SELECT key, currency, method, sum(amount) AS amount, min(charge_start) AS first, "
+            "max(charge_start) AS last FROM allocation_series "
+            f"WHERE {summary_where(q, group, period, start, end, keys)} GROUP BY 1, 2, 3"
+        )
+    rows = await conn.fetch(sql, *q.args)
     groups: dict[tuple[str, str], dict[str, Decimal]] = defaultdict(dict)
     totals: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for r in rows:
@@ -181,22 +228,11 @@ async def cost(
         lo = min(lo, month_bounds(period)[0])
     grid = buckets(lo, hi, step)
     answer.from_, answer.to, answer.buckets = grid[0], hi, grid
-    q = Sql()
-    where = allocation_where(q, period, start, end, filters)
-    bucket = _bucket_sql(q, step)
-    keys = [key for (key, _cur), _m in kept]
-    series = await conn.fetch(
-        f"SELECT {column} = ANY({q(keys)}::text[]) AS kept, CASE WHEN {column} = ANY({q(keys)}::text[]) THEN "
-        f"{column} END AS key, currency, {bucket} AS bucket, sum(amount) AS amount FROM allocations "
-        f"WHERE {where} GROUP BY 1, 2, 3, 4",
-        *q.args,
-    )
-    per_row: dict[tuple[str, str], dict[datetime, Decimal]] = defaultdict(dict)
-    per_currency: dict[str, dict[datetime, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    for r in series:
-        if r["kept"]:
-            per_row[(r["key"], r["currency"])][r["bucket"]] = r["amount"]
-        per_currency[r["currency"]][r["bucket"]] += r["amount"]
+    kept_keys = [key for (key, _cur), _m in kept]
+    if summary:
+        per_row, per_currency = await _summary_series(conn, group, period, start, end, step, keys, kept_keys)
+    else:
+        per_row, per_currency = await _allocation_series(conn, column, period, start, end, step, filters, kept_keys)
     for row, ((key, cur), _m) in zip(out_rows, kept, strict=True):
         row.series = _series(per_row[(key, cur)], grid)
     for total in out_totals:
@@ -204,18 +240,88 @@ async def cost(
     return answer
 
 
+Points = dict[datetime, Decimal]
+
+
+async def _allocation_series(
+    conn: asyncpg.Connection,
+    column: str,
+    period: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    step: a.Step,
+    filters: Mapping[str, Sequence[str]],
+    kept: Sequence[str],
+) -> tuple[dict[tuple[str, str], Points], dict[str, Points]]:
+    """Cost per bucket of each kept (key, currency) and of each currency, summed over ``allocations``."""
+    q = Sql()
+    where = allocation_where(q, period, start, end, filters)
+    bucket = _bucket_sql(q, step)
+    series = await conn.fetch(
+        f"SELECT {column} = ANY({q(kept)}::text[]) AS kept, CASE WHEN {column} = ANY({q(kept)}::text[]) THEN "
+        f"{column} END AS key, currency, {bucket} AS bucket, sum(amount) AS amount FROM allocations "
+        f"WHERE {where} GROUP BY 1, 2, 3, 4",
+        *q.args,
+    )
+    per_row: dict[tuple[str, str], Points] = defaultdict(dict)
+    per_currency: dict[str, Points] = defaultdict(lambda: defaultdict(Decimal))
+    for r in series:
+        if r["kept"]:
+            per_row[(r["key"], r["currency"])][r["bucket"]] = r["amount"]
+        per_currency[r["currency"]][r["bucket"]] += r["amount"]
+    return per_row, per_currency
+
+
+async def _summary_series(
+    conn: asyncpg.Connection,
+    group: str,
+    period: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    step: a.Step,
+    keys: Sequence[str] | None,
+    kept: Sequence[str],
+) -> tuple[dict[tuple[str, str], Points], dict[str, Points]]:
+    """The same from ``allocation_series``: the kept keys by the primary key, and the currency totals from the small
+    ``method`` dimension (every allocation has one method) unless the group's keys are filtered."""
+    q = Sql()
+    rows = await conn.fetch(
+        f"SELECT key, currency, {_bucket_sql(q, step)} AS bucket, sum(amount) AS amount FROM allocation_series "
+        f"WHERE {summary_where(q, group, period, start, end, kept)} GROUP BY 1, 2, 3",
+        *q.args,
+    )
+    per_row: dict[tuple[str, str], Points] = defaultdict(dict)
+    for r in rows:
+        per_row[(r["key"], r["currency"])][r["bucket"]] = r["amount"]
+    q = Sql()
+    where = (
+        summary_where(q, group, period, start, end, keys) if keys else summary_where(q, "method", period, start, end)
+    )
+    rows = await conn.fetch(
+        f"SELECT currency, {_bucket_sql(q, step)} AS bucket, sum(amount) AS amount FROM allocation_series "
+        f"WHERE {where} GROUP BY 1, 2",
+        *q.args,
+    )
+    per_currency: dict[str, Points] = defaultdict(dict)
+    for r in rows:
+        per_currency[r["currency"]][r["bucket"]] = r["amount"]
+    return per_row, per_currency
+
+
 async def pnl(conn: asyncpg.Connection, period: str, currency: str, tenants: Sequence[str]) -> a.PnlAnswer:
     """Customer P&L through the one P&L rule (``customer_pnl``), fed with the period's allocations summed per tenant
     and method by the database (the same sums as row by row, without loading every row)."""
 
     q = Sql()
-    where = allocation_where(
-        q, period, None, None, {"currency": [currency], **({"tenant": tenants} if tenants else {})}
-    )
-    sums = await conn.fetch(
-        f"SELECT tenant, method, sum(amount) AS amount FROM allocations WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2",
-        *q.args,
-    )
+    if await summaries_answer(conn, period, {}):
+        where = summary_where(q, "tenant", period, None, None, tenants or None) + f" AND currency = {q(currency)}"
+        sql = f"SELECT key AS tenant, method, amount FROM allocation_totals WHERE {where} ORDER BY 1, 2"
+    else:
+        where = allocation_where(
+            q, period, None, None, {"currency": [currency], **({"tenant": tenants} if tenants else {})}
+        )
+        sql = f"SELECT tenant, method, sum(amount) AS amount FROM allocations WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
+    sums = await conn.fetch(sql, *q.args)
     q = Sql()
     cond = f"period = {q(period)}" + (f" AND {q.any_of('customer', tenants)}" if tenants else "")
     income = await conn.fetch(f"SELECT customer, period, amount, currency FROM revenue WHERE {cond}", *q.args)
@@ -306,10 +412,15 @@ async def customer(
 
     resources = sorted({r["resource"] for r in rows if r["resource"]})
     q = Sql()
-    where = allocation_where(q, period, start, end, {"resource": resources})
+    if start is None and end is None and await summaries_answer(conn, period, {}):
+        table = "allocation_resource_tenants"
+        where = allocation_where(q, period, None, None, {"resource": resources})
+    else:
+        table = "allocations"
+        where = allocation_where(q, period, start, end, {"resource": resources})
     shared = await conn.fetch(
         "SELECT resource, currency, sum(amount) AS amount, count(DISTINCT tenant) FILTER (WHERE tenant <> '') AS "
-        f"tenants FROM allocations WHERE {where} GROUP BY 1, 2",
+        f"tenants FROM {table} WHERE {where} GROUP BY 1, 2",
         *q.args,
     )
     own = facets["resource"]
@@ -392,7 +503,12 @@ async def resource(
     filters: Mapping[str, Sequence[str]],
     limit: int,
 ) -> a.ResourceAnswer | None:
+    """Who consumes one resource. Without a time range or filters, from the allocation summaries: the totals, the
+    per-tenant sums and the largest consumers (read from the top of an index) come ready-made; else from
+    ``allocations``, summed here."""
     q = Sql()
+    if start is None and end is None and not filters and await summaries_answer(conn, period, {}):
+        return await _resource_from_summaries(conn, name, period, limit)
     where = allocation_where(q, period, start, end, {**filters, "resource": [name]})
     rows = await conn.fetch(
         "SELECT tenant, feature, agent, method, basis, currency, sum(amount) AS amount FROM allocations "
@@ -406,14 +522,73 @@ async def resource(
     for r in rows:
         by_method[r["currency"]][r["method"]] += r["amount"]
         by_tenant[(r["tenant"], r["currency"])] += r["amount"]
-    totals = {cur: sum(m.values(), ZERO) for cur, m in by_method.items()}
-    consumers = sorted(rows, key=lambda r: (r["currency"], -r["amount"], r["tenant"], r["feature"], r["agent"]))
+    consumers = sorted(rows, key=_consumer_order)[:limit]
     lines = await conn.fetch(
-        "SELECT c.line_id, c.billing_period, c.service, c.resource_id, c.usage_type, c.description, c.currency, "
-        f"c.amount FROM cost_lines c WHERE c.line_id IN (SELECT line_id FROM allocations WHERE {where}) "
+        f"{_LINES} WHERE c.line_id IN (SELECT line_id FROM allocations WHERE {where}) "
         f"ORDER BY c.amount DESC, c.line_id LIMIT {int(limit)}",
         *q.args,
     )
+    return _resource_answer(name, period, by_method, by_tenant, consumers, lines)
+
+
+_LINES: Final = (
+    "SELECT c.line_id, c.billing_period, c.service, c.resource_id, c.usage_type, c.description, c.currency, "
+    "c.amount FROM cost_lines c"
+)
+
+
+def _consumer_order(r: Mapping[str, Any]) -> tuple:
+    """Largest first within a currency; the names, then method and basis, break ties."""
+    return (r["currency"], -r["amount"], r["tenant"], r["feature"], r["agent"], r["method"], r["basis"])
+
+
+async def _resource_from_summaries(
+    conn: asyncpg.Connection, name: str, period: str | None, limit: int
+) -> a.ResourceAnswer | None:
+    q = Sql()
+    totals = await conn.fetch(
+        "SELECT currency, method, sum(amount) AS amount FROM allocation_totals "
+        f"WHERE {summary_where(q, 'resource', period, None, None, [name])} GROUP BY 1, 2",
+        *q.args,
+    )
+    if not totals:
+        return None
+    by_method: dict[str, dict[str, Decimal]] = defaultdict(dict)
+    for r in totals:
+        by_method[r["currency"]][r["method"]] = r["amount"]
+    q = Sql()
+    where = allocation_where(q, period, None, None, {"resource": [name]})
+    by_tenant = {
+        (r["tenant"], r["currency"]): r["amount"]
+        for r in await conn.fetch(
+            "SELECT tenant, currency, sum(amount) AS amount FROM allocation_resource_tenants "
+            f"WHERE {where} GROUP BY 1, 2",
+            *q.args,
+        )
+    }
+    consumers = await conn.fetch(
+        "SELECT tenant, feature, agent, method, basis, currency, sum(amount) AS amount FROM allocation_consumers "
+        f"WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6 "
+        f"ORDER BY currency, amount DESC, tenant, feature, agent, method, basis LIMIT {int(limit)}",
+        *q.args,
+    )
+    lines = await conn.fetch(
+        f"{_LINES} WHERE c.line_id IN (SELECT line_id FROM allocation_resource_lines WHERE {where}) "
+        f"ORDER BY c.amount DESC, c.line_id LIMIT {int(limit)}",
+        *q.args,
+    )
+    return _resource_answer(name, period, by_method, by_tenant, consumers, lines)
+
+
+def _resource_answer(
+    name: str,
+    period: str | None,
+    by_method: Mapping[str, Mapping[str, Decimal]],
+    by_tenant: Mapping[tuple[str, str], Decimal],
+    consumers: Sequence[Mapping[str, Any]],
+    lines: Sequence[Mapping[str, Any]],
+) -> a.ResourceAnswer:
+    totals = {cur: sum(m.values(), ZERO) for cur, m in by_method.items()}
     return a.ResourceAnswer(
         resource=name,
         period=period,
@@ -432,7 +607,7 @@ async def resource(
                 amount=r["amount"],
                 share_pct=pct(r["amount"], totals[r["currency"]]),
             )
-            for r in consumers[:limit]
+            for r in consumers
         ],
         by_tenant=_slices(by_tenant, totals),
         lines=[a.BillLine(**dict(r)) for r in lines],
@@ -449,13 +624,18 @@ async def coverage(
     lines that carry unallocated cost. A line is *unmatched* when its allocation names no resource and is
     unallocated whole."""
     q = Sql()
-    where = allocation_where(q, period, None, None, filters)
-    sums = await conn.fetch(
-        "SELECT billing_period, currency, method, sum(amount) AS amount, "
-        "sum(amount) FILTER (WHERE resource = '') AS unmatched FROM allocations "
-        f"WHERE {where} GROUP BY 1, 2, 3",
-        *q.args,
-    )
+    if await summaries_answer(conn, period, filters):
+        sql = (
+            "SELECT billing_period, currency, method, sum(amount) AS amount FROM allocation_totals "
+            f"WHERE {summary_where(q, 'method', period, None, None)} GROUP BY 1, 2, 3"
+        )
+    else:
+        where = allocation_where(q, period, None, None, filters)
+        sql = (
+            "SELECT billing_period, currency, method, sum(amount) AS amount FROM allocations "
+            f"WHERE {where} GROUP BY 1, 2, 3"
+        )
+    sums = await conn.fetch(sql, *q.args)
     q = Sql()
     where = allocation_where(q, period, None, None, filters, alias="a")
     unallocated = await conn.fetch(
