@@ -12,7 +12,7 @@ measures them over 1 M consumption rows and 100 k allocation rows.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
@@ -21,12 +21,14 @@ import asyncpg
 import msgspec
 
 from costmesh.common import allocation_summary
+from costmesh.common.allocation_summary import SummaryState
 from costmesh.common.graph import live_graph
 from costmesh.common.ledger import Allocation, Revenue
 from costmesh.common.pnl import customer_pnl
 from costmesh.common.schemas import COUNTERS
 
 from . import answers as a
+from .answer_cache import AnswerCache
 from .params import BadRequest
 
 ZERO = Decimal(0)
@@ -157,12 +159,24 @@ def summary_where(
 
 async def summaries_answer(
     conn: asyncpg.Connection, period: str | None, filters: Mapping[str, Sequence[str]], carried: Iterable[str] = ()
-) -> bool:
-    """Whether the allocation summaries (``costmesh.common.allocation_summary``) answer this question: they are those
-    of the current run of ``period`` (every period when ``None``), and they carry every column filtered on."""
+) -> SummaryState | None:
+    """The state of the allocation summaries (``costmesh.common.allocation_summary``) when they answer this question:
+    they are those of the current run of ``period`` (every period when ``None``), and they carry every column
+    filtered on; else ``None`` (read ``allocations``)."""
     if not set(filters) <= set(carried):
-        return False
-    return allocation_summary.covers(await allocation_summary.summarized(conn), None if period is None else [period])
+        return None
+    state = await allocation_summary.summarized(conn)
+    return state if state.covers(period) else None
+
+
+def _cache_key(*parts: Any) -> tuple:
+    return tuple(tuple((k, tuple(v)) for k, v in sorted(p.items())) if isinstance(p, Mapping) else p for p in parts)
+
+
+async def _kept(
+    cache: AnswerCache | None, state: SummaryState, key: tuple, compute: Callable[[], Awaitable[Any]]
+) -> Any:
+    return await (compute() if cache is None else cache.get(state, key, compute))
 
 
 async def cost(
@@ -174,9 +188,30 @@ async def cost(
     step: a.Step | None,
     filters: Mapping[str, Sequence[str]],
     limit: int | None,
+    cache: AnswerCache | None = None,
+) -> a.CostAnswer:
+    """Cost per group; from the summaries (and then computed once per allocation run) when they carry the filters."""
+    state = await summaries_answer(conn, period, filters, carried=[group])
+    if state is None:
+        return await _cost(conn, group, period, start, end, step, filters, limit, summary=False)
+    key = _cache_key("cost", group, period, start, end, step, filters, limit)
+    return await _kept(
+        cache, state, key, lambda: _cost(conn, group, period, start, end, step, filters, limit, summary=True)
+    )
+
+
+async def _cost(
+    conn: asyncpg.Connection,
+    group: str,
+    period: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    step: a.Step | None,
+    filters: Mapping[str, Sequence[str]],
+    limit: int | None,
+    summary: bool,
 ) -> a.CostAnswer:
     column = COST_GROUPS[group]
-    summary = await summaries_answer(conn, period, filters, carried=[group])
     keys = filters.get(group)
     q = Sql()
     if not summary:
@@ -184,6 +219,11 @@ async def cost(
         sql = (
             f"SELECT {column} AS key, currency, method, sum(amount) AS amount, min(charge_start) AS first, "
             f"max(charge_start) AS last FROM allocations WHERE {where} GROUP BY 1, 2, 3"
+        )
+    elif start is None and end is None and period is not None:  # one row per group already
+        sql = (
+            "SELECT key, currency, method, amount, first_start AS first, last_start AS last FROM allocation_totals "
+            f"WHERE {summary_where(q, group, period, None, None, keys)}"
         )
     elif start is None and end is None:
         sql = (
@@ -308,20 +348,25 @@ async def _summary_series(
     return per_row, per_currency
 
 
-async def pnl(conn: asyncpg.Connection, period: str, currency: str, tenants: Sequence[str]) -> a.PnlAnswer:
+async def pnl(
+    conn: asyncpg.Connection, period: str, currency: str, tenants: Sequence[str], cache: AnswerCache | None = None
+) -> a.PnlAnswer:
     """Customer P&L through the one P&L rule (``customer_pnl``), fed with the period's allocations summed per tenant
     and method by the database (the same sums as row by row, without loading every row)."""
 
     q = Sql()
-    if await summaries_answer(conn, period, {}):
+    state = await summaries_answer(conn, period, {})
+    if state is not None:
         where = summary_where(q, "tenant", period, None, None, tenants or None) + f" AND currency = {q(currency)}"
         sql = f"SELECT key AS tenant, method, amount FROM allocation_totals WHERE {where} ORDER BY 1, 2"
+        key = _cache_key("pnl", period, currency, tuple(tenants))
+        sums = await _kept(cache, state, key, lambda: conn.fetch(sql, *q.args))
     else:
         where = allocation_where(
             q, period, None, None, {"currency": [currency], **({"tenant": tenants} if tenants else {})}
         )
         sql = f"SELECT tenant, method, sum(amount) AS amount FROM allocations WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
-    sums = await conn.fetch(sql, *q.args)
+        sums = await conn.fetch(sql, *q.args)
     q = Sql()
     cond = f"period = {q(period)}" + (f" AND {q.any_of('customer', tenants)}" if tenants else "")
     income = await conn.fetch(f"SELECT customer, period, amount, currency FROM revenue WHERE {cond}", *q.args)
@@ -412,16 +457,18 @@ async def customer(
 
     resources = sorted({r["resource"] for r in rows if r["resource"]})
     q = Sql()
-    if start is None and end is None and await summaries_answer(conn, period, {}):
-        table = "allocation_resource_tenants"
-        where = allocation_where(q, period, None, None, {"resource": resources})
+    summary = start is None and end is None and await summaries_answer(conn, period, {}) is not None
+    if summary and period is not None:  # ready-made per resource
+        sql = "SELECT resource, currency, amount, tenants FROM allocation_resources"
     else:
-        table = "allocations"
-        where = allocation_where(q, period, start, end, {"resource": resources})
+        table = "allocation_resource_tenants" if summary else "allocations"
+        sql = (
+            "SELECT resource, currency, sum(amount) AS amount, count(DISTINCT tenant) FILTER (WHERE tenant <> '') "
+            f"AS tenants FROM {table}"
+        )
+    where = allocation_where(q, period, start, end, {"resource": resources})
     shared = await conn.fetch(
-        "SELECT resource, currency, sum(amount) AS amount, count(DISTINCT tenant) FILTER (WHERE tenant <> '') AS "
-        f"tenants FROM {table} WHERE {where} GROUP BY 1, 2",
-        *q.args,
+        f"{sql} WHERE {where}" + ("" if summary and period is not None else " GROUP BY 1, 2"), *q.args
     )
     own = facets["resource"]
     shared_rows = [
@@ -502,13 +549,26 @@ async def resource(
     end: datetime | None,
     filters: Mapping[str, Sequence[str]],
     limit: int,
+    cache: AnswerCache | None = None,
 ) -> a.ResourceAnswer | None:
     """Who consumes one resource. Without a time range or filters, from the allocation summaries: the totals, the
     per-tenant sums and the largest consumers (read from the top of an index) come ready-made; else from
     ``allocations``, summed here."""
     q = Sql()
-    if start is None and end is None and not filters and await summaries_answer(conn, period, {}):
-        return await _resource_from_summaries(conn, name, period, limit)
+    state = None if start is not None or end is not None else await summaries_answer(conn, period, filters)
+    if state is not None:
+        key = _cache_key("resource", name, period, limit)
+        parts = await _kept(cache, state, key, lambda: _resource_parts(conn, name, period, limit))
+        if parts is None:
+            return None
+        q = Sql()
+        where = allocation_where(q, period, None, None, {"resource": [name]})
+        lines = await conn.fetch(
+            f"{_LINES} WHERE c.line_id IN (SELECT line_id FROM allocation_resource_lines WHERE {where}) "
+            f"ORDER BY c.amount DESC, c.line_id LIMIT {int(limit)}",
+            *q.args,
+        )
+        return _resource_answer(name, period, *parts, lines)
     where = allocation_where(q, period, start, end, {**filters, "resource": [name]})
     rows = await conn.fetch(
         "SELECT tenant, feature, agent, method, basis, currency, sum(amount) AS amount FROM allocations "
@@ -542,9 +602,11 @@ def _consumer_order(r: Mapping[str, Any]) -> tuple:
     return (r["currency"], -r["amount"], r["tenant"], r["feature"], r["agent"], r["method"], r["basis"])
 
 
-async def _resource_from_summaries(
+async def _resource_parts(
     conn: asyncpg.Connection, name: str, period: str | None, limit: int
-) -> a.ResourceAnswer | None:
+) -> tuple[dict[str, dict[str, Decimal]], dict[tuple[str, str], Decimal], list[asyncpg.Record]] | None:
+    """A resource's totals by currency and method, sums by tenant and largest consumers, from the summaries (one row
+    per consumer within a period: read from the top of ``allocation_consumers_largest``)."""
     q = Sql()
     totals = await conn.fetch(
         "SELECT currency, method, sum(amount) AS amount FROM allocation_totals "
@@ -566,18 +628,17 @@ async def _resource_from_summaries(
             *q.args,
         )
     }
+    columns = "tenant, feature, agent, method, basis, currency"
+    if period is not None:
+        source = f"SELECT {columns}, amount FROM allocation_consumers WHERE {where}"
+    else:
+        source = (
+            f"SELECT {columns}, sum(amount) AS amount FROM allocation_consumers WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6"
+        )
     consumers = await conn.fetch(
-        "SELECT tenant, feature, agent, method, basis, currency, sum(amount) AS amount FROM allocation_consumers "
-        f"WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6 "
-        f"ORDER BY currency, amount DESC, tenant, feature, agent, method, basis LIMIT {int(limit)}",
-        *q.args,
+        f"{source} ORDER BY currency, amount DESC, tenant, feature, agent, method, basis LIMIT {int(limit)}", *q.args
     )
-    lines = await conn.fetch(
-        f"{_LINES} WHERE c.line_id IN (SELECT line_id FROM allocation_resource_lines WHERE {where}) "
-        f"ORDER BY c.amount DESC, c.line_id LIMIT {int(limit)}",
-        *q.args,
-    )
-    return _resource_answer(name, period, by_method, by_tenant, consumers, lines)
+    return by_method, by_tenant, consumers
 
 
 def _resource_answer(
@@ -618,24 +679,30 @@ _UNMATCHED_REASON = "no observed resource matches this line"
 
 
 async def coverage(
-    conn: asyncpg.Connection, period: str | None, filters: Mapping[str, Sequence[str]], limit: int
+    conn: asyncpg.Connection,
+    period: str | None,
+    filters: Mapping[str, Sequence[str]],
+    limit: int,
+    cache: AnswerCache | None = None,
 ) -> a.CoverageAnswer:
     """Per period and currency: attributed (direct + trace) / propagated / modeled (platform) / unallocated, and the
     lines that carry unallocated cost. A line is *unmatched* when its allocation names no resource and is
     unallocated whole."""
     q = Sql()
-    if await summaries_answer(conn, period, filters):
+    state = await summaries_answer(conn, period, filters)
+    if state is not None:
         sql = (
             "SELECT billing_period, currency, method, sum(amount) AS amount FROM allocation_totals "
             f"WHERE {summary_where(q, 'method', period, None, None)} GROUP BY 1, 2, 3"
         )
+        sums = await _kept(cache, state, _cache_key("coverage", period), lambda: conn.fetch(sql, *q.args))
     else:
         where = allocation_where(q, period, None, None, filters)
         sql = (
             "SELECT billing_period, currency, method, sum(amount) AS amount FROM allocations "
             f"WHERE {where} GROUP BY 1, 2, 3"
         )
-    sums = await conn.fetch(sql, *q.args)
+        sums = await conn.fetch(sql, *q.args)
     q = Sql()
     where = allocation_where(q, period, None, None, filters, alias="a")
     unallocated = await conn.fetch(

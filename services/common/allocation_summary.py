@@ -17,16 +17,19 @@ Tables (migration 201), and who reads them (``costmesh.api.queries``):
 - ``allocation_series``: the same per charge start. Cost over time, cost between two instants.
 - ``allocation_consumers``: per resource, the (tenant, feature, agent, method, basis, currency) parts.
   Who consumes a resource.
-- ``allocation_resource_tenants``: per resource, tenant and currency. A customer's share of each shared resource.
+- ``allocation_resource_tenants``: per resource, tenant and currency. Who consumes a resource, by tenant.
+- ``allocation_resources``: per resource and currency, the amount and the number of tenants (not ``""``) consuming
+  it. A customer's share of each shared resource.
 - ``allocation_resource_lines``: which bill lines pay for a resource.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from datetime import datetime
 from typing import Final
 
 import asyncpg
+import msgspec
 
 #: The dimensions of ``allocation_totals`` and ``allocation_series``: columns of ``allocations`` a cost is grouped by.
 DIMENSIONS: Final = ("tenant", "feature", "agent", "service", "resource", "method")
@@ -35,6 +38,7 @@ TABLES: Final = (
     "allocation_series",
     "allocation_consumers",
     "allocation_resource_tenants",
+    "allocation_resources",
     "allocation_resource_lines",
 )
 
@@ -58,6 +62,9 @@ _REBUILD: Final = (
     "INSERT INTO allocation_resource_tenants (billing_period, resource, tenant, currency, amount) "
     "SELECT $1, resource, tenant, currency, sum(amount) FROM allocation_consumers WHERE billing_period = $1 "
     "GROUP BY 2, 3, 4",
+    "INSERT INTO allocation_resources (billing_period, resource, currency, amount, tenants) "
+    "SELECT $1, resource, currency, sum(amount), count(*) FILTER (WHERE tenant <> '') FROM allocation_resource_tenants "
+    "WHERE billing_period = $1 GROUP BY 2, 3",
     "INSERT INTO allocation_resource_lines (billing_period, resource, line_id) "
     "SELECT DISTINCT $1, resource, line_id FROM allocations WHERE billing_period = $1",
 )
@@ -79,17 +86,23 @@ async def refresh(conn: asyncpg.Connection, period: str) -> None:
         )
 
 
-async def summarized(conn: asyncpg.Connection) -> tuple[frozenset[str], bool]:
-    """The periods whose summaries are those of their current run, and whether that is every period with a run."""
+class SummaryState(msgspec.Struct, frozen=True):
+    """Which periods' summaries are those of their current run, read in one statement."""
+
+    #: (period, run_at) of every period whose summaries are current: what an answer built from them depends on.
+    version: tuple[tuple[str, datetime], ...]
+    #: Whether that is every period with a run.
+    everything: bool
+
+    def covers(self, period: str | None) -> bool:
+        """Whether the summaries answer for ``period`` (``None``: every period)."""
+        return self.everything if period is None else any(p == period for p, _at in self.version)
+
+
+async def summarized(conn: asyncpg.Connection) -> SummaryState:
     rows = await conn.fetch(
-        "SELECT r.billing_period, s.run_at IS NOT DISTINCT FROM r.run_at AS current FROM allocation_runs r "
-        "LEFT JOIN allocation_summary_runs s USING (billing_period)"
+        "SELECT r.billing_period, r.run_at, s.run_at IS NOT DISTINCT FROM r.run_at AS current FROM allocation_runs r "
+        "LEFT JOIN allocation_summary_runs s USING (billing_period) ORDER BY 1"
     )
-    current = frozenset(r["billing_period"] for r in rows if r["current"])
-    return current, len(current) == len(rows)
-
-
-def covers(state: tuple[frozenset[str], bool], periods: Iterable[str] | None) -> bool:
-    """Whether the summaries answer for ``periods`` (``None``: every period)."""
-    current, everything = state
-    return everything if periods is None else all(p in current for p in periods)
+    version = tuple((r["billing_period"], r["run_at"]) for r in rows if r["current"])
+    return SummaryState(version=version, everything=len(version) == len(rows))

@@ -507,6 +507,14 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
             amount          numeric NOT NULL,
             PRIMARY KEY (billing_period, resource, tenant, currency)
         );
+        CREATE TABLE allocation_resources (
+            billing_period  text NOT NULL,
+            resource        text NOT NULL,
+            currency        text NOT NULL,
+            amount          numeric NOT NULL,
+            tenants         integer NOT NULL,
+            PRIMARY KEY (billing_period, resource, currency)
+        );
         CREATE TABLE allocation_resource_lines (
             billing_period  text NOT NULL,
             resource        text NOT NULL,
