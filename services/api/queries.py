@@ -352,21 +352,37 @@ async def pnl(
     conn: asyncpg.Connection, period: str, currency: str, tenants: Sequence[str], cache: AnswerCache | None = None
 ) -> a.PnlAnswer:
     """Customer P&L through the one P&L rule (``customer_pnl``), fed with the period's allocations summed per tenant
-    and method by the database (the same sums as row by row, without loading every row)."""
+    and method by the database (the same sums as row by row, without loading every row).
 
+    From the summaries, the answer is kept per allocation run and revenue: a digest of the period's revenue, read in
+    the same snapshot as the summaries' state and the figures, is part of the key (revenue is imported apart from
+    allocation runs)."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        state = await summaries_answer(conn, period, {})
+        if state is None or cache is None:
+            return await _pnl(conn, period, currency, tenants, summary=state is not None)
+        digest = await conn.fetchval(
+            "SELECT md5(coalesce(string_agg(customer || ' ' || currency || ' ' || amount::text, ','"
+            " ORDER BY customer, currency), '')) FROM revenue WHERE period = $1",
+            period,
+        )
+        key = _cache_key("pnl", period, currency, tuple(tenants), digest)
+        return await cache.get(state, key, lambda: _pnl(conn, period, currency, tenants, summary=True))
+
+
+async def _pnl(
+    conn: asyncpg.Connection, period: str, currency: str, tenants: Sequence[str], summary: bool
+) -> a.PnlAnswer:
     q = Sql()
-    state = await summaries_answer(conn, period, {})
-    if state is not None:
+    if summary:
         where = summary_where(q, "tenant", period, None, None, tenants or None) + f" AND currency = {q(currency)}"
         sql = f"SELECT key AS tenant, method, amount FROM allocation_totals WHERE {where} ORDER BY 1, 2"
-        key = _cache_key("pnl", period, currency, tuple(tenants))
-        sums = await _kept(cache, state, key, lambda: conn.fetch(sql, *q.args))
     else:
         where = allocation_where(
             q, period, None, None, {"currency": [currency], **({"tenant": tenants} if tenants else {})}
         )
         sql = f"SELECT tenant, method, sum(amount) AS amount FROM allocations WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
-        sums = await conn.fetch(sql, *q.args)
+    sums = await conn.fetch(sql, *q.args)
     q = Sql()
     cond = f"period = {q(period)}" + (f" AND {q.any_of('customer', tenants)}" if tenants else "")
     income = await conn.fetch(f"SELECT customer, period, amount, currency FROM revenue WHERE {cond}", *q.args)
