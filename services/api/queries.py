@@ -439,6 +439,11 @@ def _slices(parts: Mapping[tuple[str, str], Decimal], totals: Mapping[str, Decim
     return out
 
 
+def _driver_order(r: Mapping[str, Any]) -> tuple:
+    """Largest first; the names, then basis, service and currency, break ties."""
+    return (-r["amount"], r["resource"], r["feature"], r["agent"], r["method"], r["basis"], r["service"], r["currency"])
+
+
 async def customer(
     conn: asyncpg.Connection,
     tenant: str,
@@ -449,15 +454,22 @@ async def customer(
     filters: Mapping[str, Sequence[str]],
     top: int = 10,
 ) -> a.CustomerAnswer | None:
-    """One customer's cost taken apart; ``None`` when the customer has no allocated cost in the range."""
+    """One customer's cost taken apart; ``None`` when the customer has no allocated cost in the range.
+
+    Its parts and its points over time are two groupings of the same few hundred rows (read by the tenant index),
+    summed in one statement."""
     q = Sql()
     where = allocation_where(q, period, start, end, {**filters, "tenant": [tenant]})
-    rows = await conn.fetch(
-        "SELECT resource, service, feature, agent, method, basis, currency, sum(amount) AS amount, "
-        f"min(charge_start) AS first, max(charge_start) AS last FROM allocations WHERE {where} "
-        "GROUP BY 1, 2, 3, 4, 5, 6, 7",
+    both = await conn.fetch(
+        "SELECT GROUPING(service) = 1 AS point, resource, service, feature, agent, method, basis, currency, "
+        f"{_bucket_sql(q, step)} AS bucket, sum(amount) AS amount, min(charge_start) AS first, "
+        f"max(charge_start) AS last FROM allocations WHERE {where} "
+        "GROUP BY GROUPING SETS ((resource, service, feature, agent, method, basis, currency), "
+        "(resource, currency, bucket))",
         *q.args,
     )
+    rows = [r for r in both if not r["point"]]
+    points = [r for r in both if r["point"]]
     if not rows:
         return None
     by_method_total: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
@@ -469,7 +481,7 @@ async def customer(
         for f, parts in facets.items():
             parts[(r[f], r["currency"])] += r["amount"]
     totals = {cur: sum(m.values(), ZERO) for cur, m in by_method_total.items()}
-    drivers = sorted(rows, key=lambda r: (-r["amount"], r["resource"], r["feature"], r["agent"], r["method"]))[:top]
+    drivers = sorted(rows, key=_driver_order)[:top]
 
     resources = sorted({r["resource"] for r in rows if r["resource"]})
     q = Sql()
@@ -504,13 +516,6 @@ async def customer(
     lo = start or (month_bounds(period)[0] if period else floor_to(min(r["first"] for r in rows), step))
     hi = end or (month_bounds(period)[1] if period else next_bucket(floor_to(max(r["last"] for r in rows), step), step))
     grid = buckets(lo, hi, step)
-    q = Sql()
-    where = allocation_where(q, period, start, end, {**filters, "tenant": [tenant]})
-    points = await conn.fetch(
-        f"SELECT resource, currency, {_bucket_sql(q, step)} AS bucket, sum(amount) AS amount FROM allocations "
-        f"WHERE {where} GROUP BY 1, 2, 3",
-        *q.args,
-    )
     largest = {key for (key, _cur), _amt in sorted(own.items(), key=lambda kv: -kv[1])[:5]}
     series: dict[tuple[str, str], dict[datetime, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for p in points:
@@ -831,8 +836,10 @@ async def consumption_parts(
     200), minus the hours that still have dirty (not yet rolled up) minutes. Everything else, and the partial hours
     at both ends, is read from the minutes. A month of usage is then ~700 rollup rows per key instead of ~43,000.
     """
-    flavour = await conn.fetchval("SELECT flavour FROM storage_flavour")
-    newest = await conn.fetchval("SELECT max(hour) FROM consumption_hourly") if flavour == "partitioned" else None
+    flavour, newest = await conn.fetchrow(
+        "SELECT flavour, CASE WHEN flavour = 'partitioned' THEN (SELECT max(hour) FROM consumption_hourly) END "
+        "FROM storage_flavour"
+    )
     lo = _hour_ceil(start) if start is not None else None
     if flavour == "timescaledb":
         hi = floor_to(end, "hour") if end is not None else None
