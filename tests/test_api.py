@@ -373,6 +373,18 @@ async def test_usage_reads_rollups_for_settled_hours_and_minutes_for_the_rest(po
         await conn.execute("DELETE FROM consumption_minute WHERE minute < date_trunc('hour', $1::timestamptz)", newest)
         assert await api.get("/v1/usage", {"group_by": "tenant"}) == before
 
+        # AI cost likewise, from ai_usage_hourly
+        ai_params = [{"group_by": "model"}, {"group_by": "tenant", "from": start.isoformat(), "agent": "summarizer"}]
+        ai_before = [await api.get("/v1/ai-cost", p) for p in ai_params]
+        ai_minutes = [r["minute"] for r in await conn.fetch("SELECT DISTINCT minute FROM ai_usage_minute")]
+        await storage.refresh_side_rollups(conn, ai_minutes)
+        assert await conn.fetchval("SELECT count(*) FROM ai_usage_hourly") > 0
+        assert [await api.get("/v1/ai-cost", p) for p in ai_params] == ai_before
+        newest_ai = await conn.fetchval("SELECT max(minute) FROM ai_usage_minute")
+        await conn.execute("INSERT INTO dirty_minutes (minute) VALUES ($1) ON CONFLICT DO NOTHING", newest_ai)
+        await conn.execute("DELETE FROM ai_usage_minute WHERE minute < date_trunc('hour', $1::timestamptz)", newest_ai)
+        assert [await api.get("/v1/ai-cost", p) for p in ai_params] == ai_before
+
 
 async def test_cost_metrics_equal_the_api_and_stay_bounded(pool):
     from costmesh.api.app import COST_METRICS

@@ -825,23 +825,36 @@ def _hour_ceil(t: datetime) -> datetime:
     return floor if floor == t else floor + timedelta(hours=1)
 
 
-async def consumption_parts(
-    conn: asyncpg.Connection, q: Sql, start: datetime | None, end: datetime | None
-) -> tuple[str, str]:
-    """Where to read consumption in ``[start, end)``: conditions on ``consumption_hourly`` and ``consumption_minute``
-    that together cover the range exactly once.
+#: Hourly rollups of per-minute tables, and whether TimescaleDB keeps the rollup real-time (a continuous aggregate,
+#: migration 200) rather than the attributor's maintenance rolling up settled hours.
+CONSUMPTION_HOURLY: Final = ("consumption_hourly", True)
+AI_HOURLY: Final = ("ai_usage_hourly", False)
 
-    Whole hours come from the hourly rollup when it holds them: up to its newest hour (plain PostgreSQL: rolled up by
-    the attributor as minutes settle) or up to ``end`` (TimescaleDB: a real-time continuous aggregate, migration
+
+async def consumption_parts(
+    conn: asyncpg.Connection,
+    q: Sql,
+    start: datetime | None,
+    end: datetime | None,
+    rollup: tuple[str, bool] = CONSUMPTION_HOURLY,
+) -> tuple[str, str]:
+    """Where to read per-minute data in ``[start, end)``: conditions on the hourly rollup (``consumption_hourly`` or
+    ``ai_usage_hourly``) and on the minutes that together cover the range exactly once.
+
+    Whole hours come from the hourly rollup when it holds them: up to its newest hour (rolled up by the attributor as
+    minutes settle) or up to ``end`` (consumption with TimescaleDB: a real-time continuous aggregate, migration
     200), minus the hours that still have dirty (not yet rolled up) minutes. Everything else, and the partial hours
-    at both ends, is read from the minutes. A month of usage is then ~700 rollup rows per key instead of ~43,000.
+    at both ends, is read from the minutes. A month of usage is then ~700 rollup rows per key instead of ~43,000,
+    and hours whose minutes have expired are still answered.
     """
+    table, realtime = rollup
     flavour, newest = await conn.fetchrow(
-        "SELECT flavour, CASE WHEN flavour = 'partitioned' THEN (SELECT max(hour) FROM consumption_hourly) END "
-        "FROM storage_flavour"
+        f"SELECT flavour, CASE WHEN flavour = 'partitioned' OR NOT $1 THEN (SELECT max(hour) FROM {table}) END "
+        "FROM storage_flavour",
+        realtime,
     )
     lo = _hour_ceil(start) if start is not None else None
-    if flavour == "timescaledb":
+    if flavour == "timescaledb" and realtime:
         hi = floor_to(end, "hour") if end is not None else None
         dirty: list[datetime] = []
     elif newest is None:
@@ -945,13 +958,18 @@ async def ai_cost(
     end: datetime | None,
     filters: Mapping[str, Sequence[str]],
 ) -> a.AiCostAnswer:
+    """AI cost per group: settled whole hours from ``ai_usage_hourly``, the rest from the minutes (as usage)."""
     column = AI_GROUPS[group]
     q = Sql()
-    where = _range(q, "minute", start, end) + "".join(f" AND {q.any_of(n, v)}" for n, v in filters.items())
+    hourly, minutely = await consumption_parts(conn, q, start, end, AI_HOURLY)
+    cond = "".join(f" AND {q.any_of(n, v)}" for n, v in filters.items())
+    fields = ", ".join(("cost_micros", *_AI_FIELDS))
     sums = ", ".join(f"sum({f})::bigint AS {f}" for f in _AI_FIELDS)
     rows = await conn.fetch(
-        f"SELECT {column} AS key, sum(cost_micros)::bigint AS cost_micros, {sums} FROM ai_usage_minute "
-        f"WHERE {where} GROUP BY 1 ORDER BY cost_micros DESC, key",
+        f"SELECT key, sum(cost_micros)::bigint AS cost_micros, {sums} FROM ("
+        f"SELECT {column} AS key, {fields} FROM ai_usage_hourly WHERE {hourly}{cond} UNION ALL "
+        f"SELECT {column} AS key, {fields} FROM ai_usage_minute WHERE {minutely}{cond}"
+        ") u GROUP BY 1 ORDER BY cost_micros DESC, key",
         *q.args,
     )
     return a.AiCostAnswer(
