@@ -1,12 +1,15 @@
 """The API's reads: SQL over the store, answered as the types of ``answers``.
 
-Reads: ``allocations`` and ``cost_lines`` (billing), ``revenue``, ``allocation_runs``, ``billing_imports``,
-``consumption_minute`` with its rollups ``consumption_hourly`` (settled whole hours; see ``consumption_parts``),
-``ai_usage_minute``, ``alert_state`` and the graph tables. Sums are done by PostgreSQL in ``numeric`` (exact); column
-names are never taken from a request (every grouping goes through a fixed mapping).
+Reads: ``allocations`` and ``cost_lines`` (billing), their summaries per allocation run
+(``costmesh.common.allocation_summary``), ``revenue``, ``allocation_runs``, ``billing_imports``, ``consumption_minute``
+and ``ai_usage_minute`` with their rollups ``consumption_hourly`` and ``ai_usage_hourly`` (settled whole hours; see
+``consumption_parts``), ``alert_state`` and the graph tables. Sums are done by PostgreSQL in ``numeric`` (exact);
+column names are never taken from a request (every grouping goes through a fixed mapping).
 
-The indexes these queries rely on are migration 200 (``costmesh.common.migrations``); ``loadtests/bench_api.py``
-measures them over 1 M consumption rows and 100 k allocation rows.
+A question over allocations is answered from the summaries when they are those of the current run and carry every
+column filtered on, else from ``allocations`` with migration 200's indexes; both give the same bytes (tested). An
+answer built from the summaries is kept per allocation run (``answer_cache``). ``loadtests/bench_api.py`` measures
+every route over 1 M consumption rows and 100 k allocation rows; the README's API section states the plans.
 """
 
 from __future__ import annotations

@@ -42,17 +42,17 @@ TABLES: Final = (
     "allocation_resource_lines",
 )
 
-_PER_DIMENSION = " UNION ALL ".join(
-    f"SELECT '{d}' AS dim, {d} AS key, currency, method, charge_start, amount FROM part" for d in DIMENSIONS
-)
+#: The dimension a row of a ``GROUPING SETS`` result is grouped by (the others are NULL there), and its key.
+_DIM = "CASE " + " ".join(f"WHEN GROUPING({d}) = 0 THEN '{d}'" for d in DIMENSIONS[:-1]) + " ELSE 'method' END"
+_KEY = f"coalesce({', '.join(DIMENSIONS)})"
 #: One statement per table over the period's rows (``$1``): the series reads the allocations once for all six
-#: dimensions, the totals are grouped from the series, the resource-tenant sums from the consumers.
+#: dimensions (one grouping set each; ``method`` is grouped in all of them), the totals are grouped from the series,
+#: the per-resource sums from the consumers.
 _REBUILD: Final = (
     "INSERT INTO allocation_series (billing_period, dim, key, currency, method, charge_start, amount) "
-    f"SELECT $1, dim, key, currency, method, charge_start, sum(amount) FROM ("
-    "WITH part AS MATERIALIZED (SELECT tenant, feature, agent, service, resource, method, currency, charge_start, "
-    "amount FROM allocations WHERE billing_period = $1) "
-    f"{_PER_DIMENSION}) d GROUP BY dim, key, currency, method, charge_start",
+    f"SELECT $1, {_DIM}, {_KEY}, currency, method, charge_start, sum(amount) FROM allocations "
+    "WHERE billing_period = $1 GROUP BY currency, method, charge_start, "
+    f"GROUPING SETS ({', '.join(f'({d})' for d in DIMENSIONS[:-1])}, ())",
     "INSERT INTO allocation_totals (billing_period, dim, key, currency, method, amount, first_start, last_start) "
     "SELECT $1, dim, key, currency, method, sum(amount), min(charge_start), max(charge_start) FROM allocation_series "
     "WHERE billing_period = $1 GROUP BY dim, key, currency, method",
