@@ -1,8 +1,8 @@
 """API latency benchmark: every route over 1,000,000 consumption rows and 100,000 allocation rows, target p99 < 50 ms.
 
 The store is the seeded one of the tests (``tests/store_seed.py``) at scale: ~600 customers, a month of daily bill
-lines over six shared resources, 1 M consumption minutes (rolled up into hours as the attributor does once minutes
-settle), 100 k AI usage minutes. The API runs as in production (the app of ``costmesh.api``, a real PostgreSQL,
+lines over six shared resources, 1 M consumption minutes and 100 k AI usage minutes (rolled up into hours as the
+attributor does once minutes settle). The API runs as in production (the app of ``costmesh.api``, a real PostgreSQL,
 bearer tokens on); requests are sequential over loopback keep-alive, each route ``--requests`` times after a warm-up,
 with the customer and resource of each request drawn at random.
 
@@ -121,6 +121,8 @@ async def run(args: argparse.Namespace) -> int:
                 counts = await seed(conn, scale)
                 minutes = [r["minute"] for r in await conn.fetch("SELECT DISTINCT minute FROM consumption_minute")]
                 await storage.refresh_rollups(conn, minutes, storage.Upkeep())
+                ai_minutes = [r["minute"] for r in await conn.fetch("SELECT DISTINCT minute FROM ai_usage_minute")]
+                await storage.refresh_side_rollups(conn, ai_minutes)
                 hourly = await conn.fetchval("SELECT count(*) FROM consumption_hourly")
                 t1 = time.perf_counter()
                 async with conn.transaction():

@@ -644,14 +644,14 @@ async def _resource_parts(
         by_method[r["currency"]][r["method"]] = r["amount"]
     q = Sql()
     where = allocation_where(q, period, None, None, {"resource": [name]})
-    by_tenant = {
-        (r["tenant"], r["currency"]): r["amount"]
-        for r in await conn.fetch(
+    if period is not None:  # one row per tenant and currency already
+        per_tenant = f"SELECT tenant, currency, amount FROM allocation_resource_tenants WHERE {where}"
+    else:
+        per_tenant = (
             "SELECT tenant, currency, sum(amount) AS amount FROM allocation_resource_tenants "
-            f"WHERE {where} GROUP BY 1, 2",
-            *q.args,
+            f"WHERE {where} GROUP BY 1, 2"
         )
-    }
+    by_tenant = {(r["tenant"], r["currency"]): r["amount"] for r in await conn.fetch(per_tenant, *q.args)}
     columns = "tenant, feature, agent, method, basis, currency"
     if period is not None:
         source = f"SELECT {columns}, amount FROM allocation_consumers WHERE {where}"
