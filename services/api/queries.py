@@ -585,13 +585,8 @@ async def resource(
         parts = await _kept(cache, state, key, lambda: _resource_parts(conn, name, period, limit))
         if parts is None:
             return None
-        q = Sql()
         where = allocation_where(q, period, None, None, {"resource": [name]})
-        lines = await conn.fetch(
-            f"{_LINES} WHERE c.line_id IN (SELECT line_id FROM allocation_resource_lines WHERE {where}) "
-            f"ORDER BY c.amount DESC, c.line_id LIMIT {int(limit)}",
-            *q.args,
-        )
+        lines = await _resource_lines(conn, q, "allocation_resource_lines", where, limit)
         return _resource_answer(name, period, *parts, lines)
     where = allocation_where(q, period, start, end, {**filters, "resource": [name]})
     rows = await conn.fetch(
@@ -607,18 +602,19 @@ async def resource(
         by_method[r["currency"]][r["method"]] += r["amount"]
         by_tenant[(r["tenant"], r["currency"])] += r["amount"]
     consumers = sorted(rows, key=_consumer_order)[:limit]
-    lines = await conn.fetch(
-        f"{_LINES} WHERE c.line_id IN (SELECT line_id FROM allocations WHERE {where}) "
-        f"ORDER BY c.amount DESC, c.line_id LIMIT {int(limit)}",
-        *q.args,
-    )
+    lines = await _resource_lines(conn, q, "allocations", where, limit)
     return _resource_answer(name, period, by_method, by_tenant, consumers, lines)
 
 
-_LINES: Final = (
-    "SELECT c.line_id, c.billing_period, c.service, c.resource_id, c.usage_type, c.description, c.currency, "
-    "c.amount FROM cost_lines c"
-)
+async def _resource_lines(conn: asyncpg.Connection, q: Sql, table: str, where: str, limit: int) -> list[asyncpg.Record]:
+    """The largest bill lines paying for a resource: those with a row of ``table`` (``allocations`` or its summary
+    ``allocation_resource_lines``) matching ``where``."""
+    return await conn.fetch(
+        "SELECT c.line_id, c.billing_period, c.service, c.resource_id, c.usage_type, c.description, c.currency, "
+        f"c.amount FROM cost_lines c WHERE c.line_id IN (SELECT line_id FROM {table} WHERE {where}) "
+        f"ORDER BY c.amount DESC, c.line_id LIMIT {int(limit)}",
+        *q.args,
+    )
 
 
 def _consumer_order(r: Mapping[str, Any]) -> tuple:
