@@ -73,6 +73,8 @@ cdef struct Flow:
     Buf stmt_text[4]
     int nstmts
     int stmt_next
+    int64_t reads[8]        # when the server on this host read from the flow (Engine.server_reads), oldest first
+    int nreads              # (MAX_READS): the start of its server time for the request it read (flow_served_from)
     int32_t hnext
     int32_t lru_prev
     int32_t lru_next

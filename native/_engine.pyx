@@ -82,7 +82,7 @@ cdef int NE = len(ERROR_KINDS)
 cdef int C_FRAMES = _C["frames"], C_BYTES = _C["bytes"], C_NON_IP = _C["non_ip"], C_OTHER_L4 = _C["other_l4"]
 cdef int C_FLOWS = _C["flows"], C_EVICTED = _C["flows_evicted"], C_RETRANS = _C["tcp_retransmissions"]
 cdef int C_OOO = _C["tcp_out_of_order"], C_GAPS = _C["tcp_gaps"], C_MID_HTTP = _C["midstream_http"]
-cdef int C_UNRECOGNISED = _C["flows_unrecognised"]
+cdef int C_UNRECOGNISED = _C["flows_unrecognised"], C_READS = _C["server_reads"]
 
 include "_records.pxi"
 include "_flows.pxi"
@@ -211,6 +211,18 @@ cdef class Engine:
 
     def feed_frame(self, int64_t ts, int linktype, bytes frame):
         self._frame(ts, linktype, <const uint8_t*>PyBytes_AS_STRING(frame), len(frame))
+
+
+    def server_reads(self, reads):
+        """Reads by servers on this host, ``(ts_us, local, local_port, peer, peer_port)`` with 16-byte addresses
+        (IPv4 mapped), from the kernel's socket reads: where a request's server time starts (``flow_served_from``).
+        Reads of flows the engine does not know (yet), or by a client's end, are ignored."""
+        cdef int64_t ts
+        cdef bytes local, peer
+        for ts, local, lport, peer, pport in reads:
+            if len(local) == 16 and len(peer) == 16:
+                self.counters[C_READS] += flow_read(self, ts, <const uint8_t*>PyBytes_AS_STRING(local), lport,
+                                                    <const uint8_t*>PyBytes_AS_STRING(peer), pport)
 
 
     def count_error(self, kind):

@@ -17,7 +17,19 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from . import _net_py as net
-from ._flows_py import MAX_DETECT, P_DNS, P_HTTP, P_OPAQUE, P_PG, P_TLS, P_UNKNOWN, Flow, flow_end_all, tcp_segment
+from ._flows_py import (
+    MAX_DETECT,
+    P_DNS,
+    P_HTTP,
+    P_OPAQUE,
+    P_PG,
+    P_TLS,
+    P_UNKNOWN,
+    Flow,
+    flow_end_all,
+    flow_read,
+    tcp_segment,
+)
 from ._http_py import http_data, http_desync, http_fin, http_finish
 from ._pg_py import PG_BACKEND, PG_FRONTEND, pg_begin, pg_chain, pg_data, pg_desync, pg_finish, pg_startup_like
 from ._records_py import agg_take, build
@@ -62,6 +74,14 @@ class Engine:
             if n == max_frames:
                 break
         return n
+
+    def server_reads(self, reads) -> None:
+        """Reads by servers on this host, ``(ts_us, local, local_port, peer, peer_port)`` with 16-byte addresses
+        (IPv4 mapped), from the kernel's socket reads: where a request's server time starts (``flow_served_from``).
+        Reads of flows the engine does not know (yet), or by a client's end, are ignored."""
+        for ts, local, lport, peer, pport in reads:
+            if len(local) == 16 and len(peer) == 16:
+                self.counters[C["server_reads"]] += flow_read(self, ts, local, lport, peer, pport)
 
     def count_error(self, kind: str) -> None:
         self.errors[E[kind]] += 1
