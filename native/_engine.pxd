@@ -123,6 +123,7 @@ cdef class Engine:
     cdef uint32_t gen_counter
     cdef list ooo                      # per flow slot: None or {seq: (ts, payload, fin)} per direction
     cdef Req* free_reqs
+    cdef dict early_reads              # server reads of flows not fed yet: {flow key: [(ts, side of the reader)]}
     # aggregates (_records.pxi)
     cdef AggSlot* agg                  # open addressing by hash: entry and its hash side by side (one cache line)
     cdef uint64_t agg_cap

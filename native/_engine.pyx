@@ -147,6 +147,7 @@ cdef class Engine:
         self.slots_touched = 0
         self.lru_head = self.lru_tail = -1
         self.ooo = [None] * self.max_flows
+        self.early_reads = {}
         self.agg_cap = 1024
         self.agg_n = 0
         self.agg = <AggSlot*>calloc(self.agg_cap, sizeof(AggSlot))

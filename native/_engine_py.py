@@ -58,6 +58,8 @@ class Engine:
         self.pg_ports = frozenset(pg_ports)
         self.http_ports = frozenset(http_ports)
         self.flows: OrderedDict[tuple, Flow] = OrderedDict()
+        #: Server reads of flows not fed yet: {flow key: [(ts, side of the reader)]} (``_flows_py.flow_read``).
+        self.early_reads: dict[tuple, list[tuple[int, int]]] = {}
         self.agg: dict[tuple, list[int]] = {}
         self.counters = [0] * len(COUNTERS)
         self.errors = [0] * len(ERROR_KINDS)

@@ -702,7 +702,8 @@ def _served(build, exchanges, dport: int, reads: dict[int, list[tuple[int, str]]
 def test_server_time_starts_when_the_server_reads_the_request(build, proto):
     """A request waits in the socket until the server reads it (on a busy CPU, for its turn): the server time runs
     from that read (``Engine.server_reads``) to the answer, not from the request's arrival on the wire. Reads by the
-    client's end, reads of another request and a request without a read (arrival, as before) in both builds."""
+    client's end, reads of another request, a read that came before the flow's first frame, and a request without a
+    read (arrival, as before) in both builds."""
     if proto == "http":
         exchanges = [(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")] * 3
         dport = 8080
@@ -714,7 +715,8 @@ def test_server_time_starts_when_the_server_reads_the_request(build, proto):
     plain, _ = _served(build, exchanges, dport, {})
     assert [(n, busy) for _op, n, busy in plain] == [(3, 3 * 1100)]
     reads = {
-        1: [(50, "server"), (400, "server"), (800, "server")],  # the first read after the arrival counts
+        0: [(400, "server")],  # read before the flow's first frame was fed (it waited in a ring block): kept
+        1: [(50, "server"), (800, "server")],  # the first read after the arrival counts (400)
         3: [(2500, "client")],  # the client reading its answer: not the server's start; no read of the second
         5: [(4900, "server")],
     }
