@@ -12,7 +12,6 @@
 # request still in that list and is cleared when it leaves. Callers of ``_data`` keep the flow alive; only
 # ``tcp_segment`` and ``tcp_deliver`` close flows, and they re-check ``gen`` after anything that may have done so.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
-from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcmp, memcpy
@@ -22,7 +21,6 @@ from costmesh.native._net cimport Pkt
 
 DEF MAX_OOO = 16
 DEF MAX_READS = 8  # server reads a flow keeps (Flow.reads in _engine.pxd)
-DEF MAX_EARLY_READS = 4096  # flows whose reads came before their first frame (Engine.early_reads)
 
 
 # ---- requests -----------------------------------------------------------------------------------------------------
@@ -265,9 +263,6 @@ cdef int32_t flow_new(Engine eng, const uint8_t* src, const uint8_t* dst, uint16
     fl.nstmts = 0
     fl.stmt_next = 0
     fl.nreads = 0
-    early = None
-    if eng.early_reads:
-        early = eng.early_reads.pop(flow_key_bytes(fl.addr[0], fl.port[0], fl.addr[1], fl.port[1]), None)
     if flags & 0x02:
         fl.fresh = True
         fl.cside = side[0] if not flags & 0x10 else 1 - side[0]
@@ -294,26 +289,13 @@ cdef int32_t flow_new(Engine eng, const uint8_t* src, const uint8_t* dst, uint16
     if eng.lru_head < 0:
         eng.lru_head = slot
     eng.nflows += 1
-    if early is not None:
-        for ts, t in early:
-            eng.counters[C_READS] += flow_keep_read(fl, ts, t)
     return slot
 
 
-cdef bytes flow_key_bytes(const uint8_t* a, uint16_t pa, const uint8_t* b, uint16_t pb):
-    cdef uint8_t k[36]
-    memcpy(k, a, 16)
-    memcpy(k + 16, b, 16)
-    memcpy(k + 32, &pa, 2)
-    memcpy(k + 34, &pb, 2)
-    return PyBytes_FromStringAndSize(<const char*>k, 36)
-
-
 cdef int flow_read(Engine eng, int64_t ts, const uint8_t* local, uint16_t lport, const uint8_t* peer,
-                   uint16_t pport) except -1:
+                   uint16_t pport) noexcept:
     """The end ``local``:``lport`` of a flow read bytes of it at ``ts``: kept for ``flow_served_from`` when it is
-    the server's end (1), else ignored (0). A read of a flow not fed yet (its first frames still wait in a ring
-    block) is kept until the flow's first frame (``flow_new``), among at most MAX_EARLY_READS flows."""
+    the server's end (1); ignored (0) when it is the client's end or the flow is unknown."""
     cdef int32_t slot
     cdef int side
     if memcmp(local, peer, 16) < 0 or (memcmp(local, peer, 16) == 0 and lport <= pport):
@@ -322,16 +304,9 @@ cdef int flow_read(Engine eng, int64_t ts, const uint8_t* local, uint16_t lport,
     else:
         slot = flow_lookup(eng, peer, pport, local, lport)
         side = 1
-    if slot >= 0:
-        return flow_keep_read(&eng.flows[slot], ts, side)
-    if len(eng.early_reads) >= MAX_EARLY_READS:
-        eng.early_reads.clear()
-    if side == 0:
-        key = flow_key_bytes(local, lport, peer, pport)
-    else:
-        key = flow_key_bytes(peer, pport, local, lport)
-    eng.early_reads.setdefault(key, []).append((ts, side))
-    return 0
+    if slot < 0:
+        return 0
+    return flow_keep_read(&eng.flows[slot], ts, side)
 
 
 cdef int flow_keep_read(Flow* fl, int64_t ts, int side) noexcept:

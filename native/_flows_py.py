@@ -22,7 +22,6 @@ MAX_OP = 2048
 MAX_STMTS = 4
 MAX_DETECT = 4
 MAX_READS = 8
-MAX_EARLY_READS = 4096
 
 
 class Req:
@@ -166,9 +165,6 @@ def flow_new(eng, src, dst, sport, dport, flags) -> tuple[Flow, int]:
         else:
             fl.cside = side
     eng.counters[C["flows"]] += 1
-    if eng.early_reads:
-        for ts, t in eng.early_reads.pop((fl.addr[0], fl.port[0], fl.addr[1], fl.port[1]), ()):
-            eng.counters[C["server_reads"]] += flow_keep_read(fl, ts, t)
     return fl, side
 
 
@@ -255,19 +251,13 @@ def tcp_deliver(eng, key, fl, side, ts, data, fin) -> None:
 
 def flow_read(eng, ts: int, local: bytes, lport: int, peer: bytes, pport: int) -> int:
     """The end ``local``:``lport`` of a flow read bytes of it at ``ts``: kept for ``flow_served_from`` when it is
-    the server's end (1), else ignored (0). A read of a flow not fed yet (its first frames still wait in a ring
-    block) is kept until the flow's first frame (``flow_new``), among at most MAX_EARLY_READS flows."""
+    the server's end (1); ignored (0) when it is the client's end or the flow is unknown."""
     if (local, lport) <= (peer, pport):
         key, side = (local, lport, peer, pport), 0
     else:
         key, side = (peer, pport, local, lport), 1
     fl = eng.flows.get(key)
-    if fl is not None:
-        return flow_keep_read(fl, ts, side)
-    if len(eng.early_reads) >= MAX_EARLY_READS:
-        eng.early_reads.clear()
-    eng.early_reads.setdefault(key, []).append((ts, side))
-    return 0
+    return 0 if fl is None else flow_keep_read(fl, ts, side)
 
 
 def flow_keep_read(fl: Flow, ts: int, side: int) -> int:

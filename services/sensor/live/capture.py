@@ -254,8 +254,8 @@ class LiveCapture:
         return 0
 
     def read_server_reads(self) -> int:
-        """Hand the server reads so far to the frame sink: before the frames, so that a request answered in the
-        frames about to be read finds the read that started it (a read comes before its answer)."""
+        """Hand the server reads so far to the frame sink, before the frames about to be read: the engine applies
+        each when it reaches the frames of its time, so a request answered in them finds the read that started it."""
         if self.reads_bpf is None:
             return 0
         self.reads_bpf.ring_buffer_consume()
