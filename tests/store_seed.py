@@ -16,6 +16,8 @@ from decimal import Decimal
 
 import asyncpg
 
+from costmesh.common import allocation_summary
+
 PERIOD = "2026-01"
 PERIOD_START = datetime(2026, 1, 1, tzinfo=UTC)
 #: The live window: graph edges, AI usage and consumption end here (the last day of the period).
@@ -187,6 +189,7 @@ async def seed(conn: asyncpg.Connection, scale: Scale = Scale()) -> dict[str, in
         len(allocations),
         LIVE_END,
     )
+    await allocation_summary.refresh(conn, PERIOD)  # as billing does when a run completes
     await conn.execute(
         "INSERT INTO billing_imports (sha256, file, source, rows, lines, problems, imported_at) "
         "VALUES ('seed-sha', 'bills/focus-2026-01.csv', 'seed', $1, $1, 0, $2)",

@@ -373,6 +373,18 @@ async def test_usage_reads_rollups_for_settled_hours_and_minutes_for_the_rest(po
         await conn.execute("DELETE FROM consumption_minute WHERE minute < date_trunc('hour', $1::timestamptz)", newest)
         assert await api.get("/v1/usage", {"group_by": "tenant"}) == before
 
+        # AI cost likewise, from ai_usage_hourly
+        ai_params = [{"group_by": "model"}, {"group_by": "tenant", "from": start.isoformat(), "agent": "summarizer"}]
+        ai_before = [await api.get("/v1/ai-cost", p) for p in ai_params]
+        ai_minutes = [r["minute"] for r in await conn.fetch("SELECT DISTINCT minute FROM ai_usage_minute")]
+        await storage.refresh_side_rollups(conn, ai_minutes)
+        assert await conn.fetchval("SELECT count(*) FROM ai_usage_hourly") > 0
+        assert [await api.get("/v1/ai-cost", p) for p in ai_params] == ai_before
+        newest_ai = await conn.fetchval("SELECT max(minute) FROM ai_usage_minute")
+        await conn.execute("INSERT INTO dirty_minutes (minute) VALUES ($1) ON CONFLICT DO NOTHING", newest_ai)
+        await conn.execute("DELETE FROM ai_usage_minute WHERE minute < date_trunc('hour', $1::timestamptz)", newest_ai)
+        assert [await api.get("/v1/ai-cost", p) for p in ai_params] == ai_before
+
 
 async def test_cost_metrics_equal_the_api_and_stay_bounded(pool):
     from costmesh.api.app import COST_METRICS
@@ -516,3 +528,89 @@ async def test_an_admin_silences_an_alert_and_the_alerts_answer_shows_it(api):
         "post", f"/v1/alerts/{target['alert_id']}/silence", role="viewer", template=template, status=403,
         json={"duration_s": 60},
     )  # fmt: skip
+
+
+#: Calls whose answers the allocation summaries give (no filter they do not carry); each is also asked of the
+#: allocations themselves, and the two answers must be the same to the byte.
+SUMMARY_CALLS = [
+    *(("/v1/cost", "/v1/cost", {"group_by": g, "period": PERIOD}) for g in queries.COST_GROUPS),
+    ("/v1/cost", "/v1/cost", {"group_by": "tenant", "period": PERIOD, "step": "day", "limit": "3"}),
+    ("/v1/cost", "/v1/cost", {"group_by": "tenant", "tenant": ["acme", "wonka"], "step": "day"}),
+    ("/v1/cost", "/v1/cost", {"group_by": "resource", "step": "hour", "from": "2026-01-02T00:00:00Z",
+                              "to": "2026-01-03T06:30:00Z"}),
+    ("/v1/cost", "/v1/cost", {"group_by": "method", "step": "month"}),
+    ("/v1/cost", "/v1/cost", {"group_by": "feature", "from": "2026-01-10T00:00:00Z", "limit": "2"}),
+    ("/v1/pnl", "/v1/pnl", {"period": PERIOD}),
+    ("/v1/pnl", "/v1/pnl", {"period": PERIOD, "tenant": ["acme", "globex"]}),
+    ("/v1/coverage", "/v1/coverage", {}),
+    ("/v1/coverage", "/v1/coverage", {"period": PERIOD, "limit": "3"}),
+    ("/v1/customers/acme", "/v1/customers/{id}", {"period": PERIOD}),
+    ("/v1/customers/globex", "/v1/customers/{id}", {}),
+    ("/v1/resources/orders-db", "/v1/resources/{id}", {"period": PERIOD}),
+    ("/v1/resources/nat-egress", "/v1/resources/{id}", {"limit": "7"}),
+]  # fmt: skip
+
+
+async def _answers(api, calls) -> list[bytes]:
+    out = []
+    for path, _template, params in calls:
+        async with api.http.get(path, params=params, headers={"Authorization": f"Bearer {TOKENS['admin']}"}) as r:
+            assert r.status == 200, (path, params, await r.text())
+            out.append(await r.read())
+    return out
+
+
+async def test_summaries_answer_exactly_as_the_allocations_do(pool):
+    from costmesh.api.routes import CACHE
+
+    async with running_api(pool) as api:
+        summarized = await _answers(api, SUMMARY_CALLS)
+        assert api.app[CACHE].misses > 0
+        hits = api.app[CACHE].hits
+        assert await _answers(api, SUMMARY_CALLS) == summarized  # the second time from the cache
+        assert api.app[CACHE].hits > hits
+        # summaries that are not those of the current run are not read: the same calls now sum the allocations
+        await pool.execute("UPDATE allocation_summary_runs SET run_at = run_at - interval '1 second'")
+        try:
+            misses = api.app[CACHE].misses
+            from_allocations = await _answers(api, SUMMARY_CALLS)
+            assert api.app[CACHE].misses == misses  # nothing computed from the summaries
+        finally:
+            await pool.execute("UPDATE allocation_summary_runs SET run_at = run_at + interval '1 second'")
+    for call, one, other in zip(SUMMARY_CALLS, summarized, from_allocations, strict=True):
+        assert one == other, call
+
+
+async def test_a_new_allocation_run_is_answered_at_once(postgres):
+    """A run that rewrites a period is seen by the next request: stale summaries are passed over until they are
+    rebuilt, and what was kept from the previous run is not answered again."""
+    from costmesh.common import allocation_summary
+
+    async with seeded_database(postgres) as pool, running_api(pool) as api:
+        params = {"group_by": "tenant", "period": PERIOD}
+        before = {r["tenant"]: Decimal(r["cost"]) for r in (await api.get("/v1/cost", params))["rows"]}
+        pnl_before = await api.get("/v1/pnl", {"period": PERIOD}, role="finance")
+        async with pool.acquire() as conn, conn.transaction():  # a run giving acme one more dollar of a line
+            line = await conn.fetchval("SELECT min(line_id) FROM allocations WHERE tenant = 'acme'")
+            await conn.execute(
+                "UPDATE allocations SET amount = amount + 1 WHERE ctid = (SELECT min(ctid) FROM allocations "
+                "WHERE tenant = 'acme' AND line_id = $1)",
+                line,
+            )
+            await conn.execute("UPDATE allocation_runs SET run_at = now() WHERE billing_period = $1", PERIOD)
+        stale = {r["tenant"]: Decimal(r["cost"]) for r in (await api.get("/v1/cost", params))["rows"]}
+        assert stale == {**before, "acme": before["acme"] + 1}
+        async with pool.acquire() as conn:
+            await allocation_summary.refresh(conn, PERIOD)
+            assert (await allocation_summary.summarized(conn)).covers(PERIOD)
+        rebuilt = {r["tenant"]: Decimal(r["cost"]) for r in (await api.get("/v1/cost", params))["rows"]}
+        assert rebuilt == stale
+        pnl_after = await api.get("/v1/pnl", {"period": PERIOD}, role="finance")
+        acme = {c["customer"]: c for c in pnl_after["customers"]}["acme"]
+        old = {c["customer"]: c for c in pnl_before["customers"]}["acme"]
+        assert Decimal(acme["cost"]) == Decimal(old["cost"]) + 1
+        # revenue is imported apart from runs: a new figure is answered at once too
+        await pool.execute("UPDATE revenue SET amount = amount + 5 WHERE customer = 'acme' AND period = $1", PERIOD)
+        pnl_revenue = await api.get("/v1/pnl", {"period": PERIOD}, role="finance")
+        acme_now = {c["customer"]: c for c in pnl_revenue["customers"]}["acme"]
+        assert Decimal(acme_now["revenue"]) == Decimal(acme["revenue"]) + 5

@@ -19,8 +19,9 @@ from costmesh.common.metrics import REGISTRY, metrics_routes
 from costmesh.common.runtime import ServiceContext
 
 from . import auth, console, openapi
+from .answer_cache import AnswerCache
 from .costmetrics import CostMetrics
-from .routes import AUTH_REQUIRED, CONFIG, POOL, ROUTES, handler_of
+from .routes import AUTH_REQUIRED, CACHE, CONFIG, POOL, ROUTES, handler_of
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def make_app(pool: asyncpg.Pool, ctx: ServiceContext, tokens: auth.Tokens | None
     app[POOL] = pool
     app[CONFIG] = ctx.config
     app[AUTH_REQUIRED] = tokens.enabled
+    app[CACHE] = AnswerCache()
     roles: dict[str, str | None] = {}
     for route in ROUTES:
         app.router.add_route(route.method.upper(), route.path, handler_of(route))

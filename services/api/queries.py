@@ -1,18 +1,21 @@
 """The API's reads: SQL over the store, answered as the types of ``answers``.
 
-Reads: ``allocations`` and ``cost_lines`` (billing), ``revenue``, ``allocation_runs``, ``billing_imports``,
-``consumption_minute`` with its rollups ``consumption_hourly`` (settled whole hours; see ``consumption_parts``),
-``ai_usage_minute``, ``alert_state`` and the graph tables. Sums are done by PostgreSQL in ``numeric`` (exact); column
-names are never taken from a request (every grouping goes through a fixed mapping).
+Reads: ``allocations`` and ``cost_lines`` (billing), their summaries per allocation run
+(``costmesh.common.allocation_summary``), ``revenue``, ``allocation_runs``, ``billing_imports``, ``consumption_minute``
+and ``ai_usage_minute`` with their rollups ``consumption_hourly`` and ``ai_usage_hourly`` (settled whole hours; see
+``consumption_parts``), ``alert_state`` and the graph tables. Sums are done by PostgreSQL in ``numeric`` (exact);
+column names are never taken from a request (every grouping goes through a fixed mapping).
 
-The indexes these queries rely on are migration 200 (``costmesh.common.migrations``); ``loadtests/bench_api.py``
-measures them over 1 M consumption rows and 100 k allocation rows.
+A question over allocations is answered from the summaries when they are those of the current run and carry every
+column filtered on, else from ``allocations`` with migration 200's indexes; both give the same bytes (tested). An
+answer built from the summaries is kept per allocation run (``answer_cache``). ``loadtests/bench_api.py`` measures
+every route over 1 M consumption rows and 100 k allocation rows; the README's API section states the plans.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
@@ -20,12 +23,15 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 
+from costmesh.common import allocation_summary
+from costmesh.common.allocation_summary import SummaryState
 from costmesh.common.graph import live_graph
 from costmesh.common.ledger import Allocation, Revenue
 from costmesh.common.pnl import customer_pnl
 from costmesh.common.schemas import COUNTERS
 
 from . import answers as a
+from .answer_cache import AnswerCache
 from .params import BadRequest
 
 ZERO = Decimal(0)
@@ -132,6 +138,50 @@ def _series(points: Mapping[datetime, Decimal], grid: Sequence[datetime]) -> lis
 COST_GROUPS: Final = {g: g for g in ("tenant", "feature", "agent", "service", "resource", "method")}
 
 
+def summary_where(
+    q: Sql,
+    dim: str | None,
+    period: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    keys: Sequence[str] | None = None,
+) -> str:
+    """``WHERE`` over ``allocation_series`` (``allocation_totals`` without ``start``/``end``): one dimension, the
+    billing period, charge start in ``[start, end)``, and the accepted keys of the dimension."""
+    parts = ["true"] if dim is None else [f"dim = {q(dim)}"]
+    if period is not None:
+        parts.append(f"billing_period = {q(period)}")
+    if start is not None:
+        parts.append(f"charge_start >= {q(start)}")
+    if end is not None:
+        parts.append(f"charge_start < {q(end)}")
+    if keys is not None:
+        parts.append(q.any_of("key", keys))
+    return " AND ".join(parts)
+
+
+async def summaries_answer(
+    conn: asyncpg.Connection, period: str | None, filters: Mapping[str, Sequence[str]], carried: Iterable[str] = ()
+) -> SummaryState | None:
+    """The state of the allocation summaries (``costmesh.common.allocation_summary``) when they answer this question:
+    they are those of the current run of ``period`` (every period when ``None``), and they carry every column
+    filtered on; else ``None`` (read ``allocations``)."""
+    if not set(filters) <= set(carried):
+        return None
+    state = await allocation_summary.summarized(conn)
+    return state if state.covers(period) else None
+
+
+def _cache_key(*parts: Any) -> tuple:
+    return tuple(tuple((k, tuple(v)) for k, v in sorted(p.items())) if isinstance(p, Mapping) else p for p in parts)
+
+
+async def _kept(
+    cache: AnswerCache | None, state: SummaryState, key: tuple, compute: Callable[[], Awaitable[Any]]
+) -> Any:
+    return await (compute() if cache is None else cache.get(state, key, compute))
+
+
 async def cost(
     conn: asyncpg.Connection,
     group: str,
@@ -141,15 +191,55 @@ async def cost(
     step: a.Step | None,
     filters: Mapping[str, Sequence[str]],
     limit: int | None,
+    cache: AnswerCache | None = None,
+) -> a.CostAnswer:
+    """Cost per group; from the summaries (and then computed once per allocation run) when they carry the filters."""
+    state = await summaries_answer(conn, period, filters, carried=[group])
+    if state is None:
+        return await _cost(conn, group, period, start, end, step, filters, limit, summary=False)
+    key = _cache_key("cost", group, period, start, end, step, filters, limit)
+    return await _kept(
+        cache, state, key, lambda: _cost(conn, group, period, start, end, step, filters, limit, summary=True)
+    )
+
+
+async def _cost(
+    conn: asyncpg.Connection,
+    group: str,
+    period: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    step: a.Step | None,
+    filters: Mapping[str, Sequence[str]],
+    limit: int | None,
+    summary: bool,
 ) -> a.CostAnswer:
     column = COST_GROUPS[group]
+    keys = filters.get(group)
     q = Sql()
-    where = allocation_where(q, period, start, end, filters)
-    rows = await conn.fetch(
-        f"SELECT {column} AS key, currency, method, sum(amount) AS amount, min(charge_start) AS first, "
-        f"max(charge_start) AS last FROM allocations WHERE {where} GROUP BY 1, 2, 3",
-        *q.args,
-    )
+    if not summary:
+        where = allocation_where(q, period, start, end, filters)
+        sql = (
+            f"SELECT {column} AS key, currency, method, sum(amount) AS amount, min(charge_start) AS first, "
+            f"max(charge_start) AS last FROM allocations WHERE {where} GROUP BY 1, 2, 3"
+        )
+    elif start is None and end is None and period is not None:  # one row per group already
+        sql = (
+            "SELECT key, currency, method, amount, first_start AS first, last_start AS last FROM allocation_totals "
+            f"WHERE {summary_where(q, group, period, None, None, keys)}"
+        )
+    elif start is None and end is None:
+        sql = (
+            "SELECT key, currency, method, sum(amount) AS amount, min(first_start) AS first, max(last_start) AS last "
+            f"FROM allocation_totals WHERE {summary_where(q, group, period, None, None, keys)} GROUP BY 1, 2, 3"
+        )
+    else:
+        sql = (
+            "SELECT key, currency, method, sum(amount) AS amount, min(charge_start) AS first, "
+            "max(charge_start) AS last FROM allocation_series "
+            f"WHERE {summary_where(q, group, period, start, end, keys)} GROUP BY 1, 2, 3"
+        )
+    rows = await conn.fetch(sql, *q.args)
     groups: dict[tuple[str, str], dict[str, Decimal]] = defaultdict(dict)
     totals: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for r in rows:
@@ -181,22 +271,11 @@ async def cost(
         lo = min(lo, month_bounds(period)[0])
     grid = buckets(lo, hi, step)
     answer.from_, answer.to, answer.buckets = grid[0], hi, grid
-    q = Sql()
-    where = allocation_where(q, period, start, end, filters)
-    bucket = _bucket_sql(q, step)
-    keys = [key for (key, _cur), _m in kept]
-    series = await conn.fetch(
-        f"SELECT {column} = ANY({q(keys)}::text[]) AS kept, CASE WHEN {column} = ANY({q(keys)}::text[]) THEN "
-        f"{column} END AS key, currency, {bucket} AS bucket, sum(amount) AS amount FROM allocations "
-        f"WHERE {where} GROUP BY 1, 2, 3, 4",
-        *q.args,
-    )
-    per_row: dict[tuple[str, str], dict[datetime, Decimal]] = defaultdict(dict)
-    per_currency: dict[str, dict[datetime, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    for r in series:
-        if r["kept"]:
-            per_row[(r["key"], r["currency"])][r["bucket"]] = r["amount"]
-        per_currency[r["currency"]][r["bucket"]] += r["amount"]
+    kept_keys = [key for (key, _cur), _m in kept]
+    if summary:
+        per_row, per_currency = await _summary_series(conn, group, period, start, end, step, keys, kept_keys)
+    else:
+        per_row, per_currency = await _allocation_series(conn, column, period, start, end, step, filters, kept_keys)
     for row, ((key, cur), _m) in zip(out_rows, kept, strict=True):
         row.series = _series(per_row[(key, cur)], grid)
     for total in out_totals:
@@ -204,18 +283,109 @@ async def cost(
     return answer
 
 
-async def pnl(conn: asyncpg.Connection, period: str, currency: str, tenants: Sequence[str]) -> a.PnlAnswer:
-    """Customer P&L through the one P&L rule (``customer_pnl``), fed with the period's allocations summed per tenant
-    and method by the database (the same sums as row by row, without loading every row)."""
+Points = dict[datetime, Decimal]
 
+
+async def _allocation_series(
+    conn: asyncpg.Connection,
+    column: str,
+    period: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    step: a.Step,
+    filters: Mapping[str, Sequence[str]],
+    kept: Sequence[str],
+) -> tuple[dict[tuple[str, str], Points], dict[str, Points]]:
+    """Cost per bucket of each kept (key, currency) and of each currency, summed over ``allocations``."""
     q = Sql()
-    where = allocation_where(
-        q, period, None, None, {"currency": [currency], **({"tenant": tenants} if tenants else {})}
-    )
-    sums = await conn.fetch(
-        f"SELECT tenant, method, sum(amount) AS amount FROM allocations WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2",
+    where = allocation_where(q, period, start, end, filters)
+    bucket = _bucket_sql(q, step)
+    series = await conn.fetch(
+        f"SELECT {column} = ANY({q(kept)}::text[]) AS kept, CASE WHEN {column} = ANY({q(kept)}::text[]) THEN "
+        f"{column} END AS key, currency, {bucket} AS bucket, sum(amount) AS amount FROM allocations "
+        f"WHERE {where} GROUP BY 1, 2, 3, 4",
         *q.args,
     )
+    per_row: dict[tuple[str, str], Points] = defaultdict(dict)
+    per_currency: dict[str, Points] = defaultdict(lambda: defaultdict(Decimal))
+    for r in series:
+        if r["kept"]:
+            per_row[(r["key"], r["currency"])][r["bucket"]] = r["amount"]
+        per_currency[r["currency"]][r["bucket"]] += r["amount"]
+    return per_row, per_currency
+
+
+async def _summary_series(
+    conn: asyncpg.Connection,
+    group: str,
+    period: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    step: a.Step,
+    keys: Sequence[str] | None,
+    kept: Sequence[str],
+) -> tuple[dict[tuple[str, str], Points], dict[str, Points]]:
+    """The same from ``allocation_series``: the kept keys by the primary key, and the currency totals from the small
+    ``method`` dimension (every allocation has one method) unless the group's keys are filtered."""
+    q = Sql()
+    rows = await conn.fetch(
+        f"SELECT key, currency, {_bucket_sql(q, step)} AS bucket, sum(amount) AS amount FROM allocation_series "
+        f"WHERE {summary_where(q, group, period, start, end, kept)} GROUP BY 1, 2, 3",
+        *q.args,
+    )
+    per_row: dict[tuple[str, str], Points] = defaultdict(dict)
+    for r in rows:
+        per_row[(r["key"], r["currency"])][r["bucket"]] = r["amount"]
+    q = Sql()
+    where = (
+        summary_where(q, group, period, start, end, keys) if keys else summary_where(q, "method", period, start, end)
+    )
+    rows = await conn.fetch(
+        f"SELECT currency, {_bucket_sql(q, step)} AS bucket, sum(amount) AS amount FROM allocation_series "
+        f"WHERE {where} GROUP BY 1, 2",
+        *q.args,
+    )
+    per_currency: dict[str, Points] = defaultdict(dict)
+    for r in rows:
+        per_currency[r["currency"]][r["bucket"]] = r["amount"]
+    return per_row, per_currency
+
+
+async def pnl(
+    conn: asyncpg.Connection, period: str, currency: str, tenants: Sequence[str], cache: AnswerCache | None = None
+) -> a.PnlAnswer:
+    """Customer P&L through the one P&L rule (``customer_pnl``), fed with the period's allocations summed per tenant
+    and method by the database (the same sums as row by row, without loading every row).
+
+    From the summaries, the answer is kept per allocation run and revenue: a digest of the period's revenue, read in
+    the same snapshot as the summaries' state and the figures, is part of the key (revenue is imported apart from
+    allocation runs)."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        state = await summaries_answer(conn, period, {})
+        if state is None or cache is None:
+            return await _pnl(conn, period, currency, tenants, summary=state is not None)
+        digest = await conn.fetchval(
+            "SELECT md5(coalesce(string_agg(customer || ' ' || currency || ' ' || amount::text, ','"
+            " ORDER BY customer, currency), '')) FROM revenue WHERE period = $1",
+            period,
+        )
+        key = _cache_key("pnl", period, currency, tuple(tenants), digest)
+        return await cache.get(state, key, lambda: _pnl(conn, period, currency, tenants, summary=True))
+
+
+async def _pnl(
+    conn: asyncpg.Connection, period: str, currency: str, tenants: Sequence[str], summary: bool
+) -> a.PnlAnswer:
+    q = Sql()
+    if summary:
+        where = summary_where(q, "tenant", period, None, None, tenants or None) + f" AND currency = {q(currency)}"
+        sql = f"SELECT key AS tenant, method, amount FROM allocation_totals WHERE {where} ORDER BY 1, 2"
+    else:
+        where = allocation_where(
+            q, period, None, None, {"currency": [currency], **({"tenant": tenants} if tenants else {})}
+        )
+        sql = f"SELECT tenant, method, sum(amount) AS amount FROM allocations WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2"
+    sums = await conn.fetch(sql, *q.args)
     q = Sql()
     cond = f"period = {q(period)}" + (f" AND {q.any_of('customer', tenants)}" if tenants else "")
     income = await conn.fetch(f"SELECT customer, period, amount, currency FROM revenue WHERE {cond}", *q.args)
@@ -272,6 +442,11 @@ def _slices(parts: Mapping[tuple[str, str], Decimal], totals: Mapping[str, Decim
     return out
 
 
+def _driver_order(r: Mapping[str, Any]) -> tuple:
+    """Largest first; the names, then basis, service and currency, break ties."""
+    return (-r["amount"], r["resource"], r["feature"], r["agent"], r["method"], r["basis"], r["service"], r["currency"])
+
+
 async def customer(
     conn: asyncpg.Connection,
     tenant: str,
@@ -282,15 +457,22 @@ async def customer(
     filters: Mapping[str, Sequence[str]],
     top: int = 10,
 ) -> a.CustomerAnswer | None:
-    """One customer's cost taken apart; ``None`` when the customer has no allocated cost in the range."""
+    """One customer's cost taken apart; ``None`` when the customer has no allocated cost in the range.
+
+    Its parts and its points over time are two groupings of the same few hundred rows (read by the tenant index),
+    summed in one statement."""
     q = Sql()
     where = allocation_where(q, period, start, end, {**filters, "tenant": [tenant]})
-    rows = await conn.fetch(
-        "SELECT resource, service, feature, agent, method, basis, currency, sum(amount) AS amount, "
-        f"min(charge_start) AS first, max(charge_start) AS last FROM allocations WHERE {where} "
-        "GROUP BY 1, 2, 3, 4, 5, 6, 7",
+    both = await conn.fetch(
+        "SELECT GROUPING(service) = 1 AS point, resource, service, feature, agent, method, basis, currency, "
+        f"{_bucket_sql(q, step)} AS bucket, sum(amount) AS amount, min(charge_start) AS first, "
+        f"max(charge_start) AS last FROM allocations WHERE {where} "
+        "GROUP BY GROUPING SETS ((resource, service, feature, agent, method, basis, currency), "
+        "(resource, currency, bucket))",
         *q.args,
     )
+    rows = [r for r in both if not r["point"]]
+    points = [r for r in both if r["point"]]
     if not rows:
         return None
     by_method_total: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
@@ -302,15 +484,22 @@ async def customer(
         for f, parts in facets.items():
             parts[(r[f], r["currency"])] += r["amount"]
     totals = {cur: sum(m.values(), ZERO) for cur, m in by_method_total.items()}
-    drivers = sorted(rows, key=lambda r: (-r["amount"], r["resource"], r["feature"], r["agent"], r["method"]))[:top]
+    drivers = sorted(rows, key=_driver_order)[:top]
 
     resources = sorted({r["resource"] for r in rows if r["resource"]})
     q = Sql()
+    summary = start is None and end is None and await summaries_answer(conn, period, {}) is not None
+    if summary and period is not None:  # ready-made per resource
+        sql = "SELECT resource, currency, amount, tenants FROM allocation_resources"
+    else:
+        table = "allocation_resource_tenants" if summary else "allocations"
+        sql = (
+            "SELECT resource, currency, sum(amount) AS amount, count(DISTINCT tenant) FILTER (WHERE tenant <> '') "
+            f"AS tenants FROM {table}"
+        )
     where = allocation_where(q, period, start, end, {"resource": resources})
     shared = await conn.fetch(
-        "SELECT resource, currency, sum(amount) AS amount, count(DISTINCT tenant) FILTER (WHERE tenant <> '') AS "
-        f"tenants FROM allocations WHERE {where} GROUP BY 1, 2",
-        *q.args,
+        f"{sql} WHERE {where}" + ("" if summary and period is not None else " GROUP BY 1, 2"), *q.args
     )
     own = facets["resource"]
     shared_rows = [
@@ -330,13 +519,6 @@ async def customer(
     lo = start or (month_bounds(period)[0] if period else floor_to(min(r["first"] for r in rows), step))
     hi = end or (month_bounds(period)[1] if period else next_bucket(floor_to(max(r["last"] for r in rows), step), step))
     grid = buckets(lo, hi, step)
-    q = Sql()
-    where = allocation_where(q, period, start, end, {**filters, "tenant": [tenant]})
-    points = await conn.fetch(
-        f"SELECT resource, currency, {_bucket_sql(q, step)} AS bucket, sum(amount) AS amount FROM allocations "
-        f"WHERE {where} GROUP BY 1, 2, 3",
-        *q.args,
-    )
     largest = {key for (key, _cur), _amt in sorted(own.items(), key=lambda kv: -kv[1])[:5]}
     series: dict[tuple[str, str], dict[datetime, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for p in points:
@@ -391,8 +573,26 @@ async def resource(
     end: datetime | None,
     filters: Mapping[str, Sequence[str]],
     limit: int,
+    cache: AnswerCache | None = None,
 ) -> a.ResourceAnswer | None:
+    """Who consumes one resource. Without a time range or filters, from the allocation summaries: the totals, the
+    per-tenant sums and the largest consumers (read from the top of an index) come ready-made; else from
+    ``allocations``, summed here."""
     q = Sql()
+    state = None if start is not None or end is not None else await summaries_answer(conn, period, filters)
+    if state is not None:
+        key = _cache_key("resource", name, period, limit)
+        parts = await _kept(cache, state, key, lambda: _resource_parts(conn, name, period, limit))
+        if parts is None:
+            return None
+        q = Sql()
+        where = allocation_where(q, period, None, None, {"resource": [name]})
+        lines = await conn.fetch(
+            f"{_LINES} WHERE c.line_id IN (SELECT line_id FROM allocation_resource_lines WHERE {where}) "
+            f"ORDER BY c.amount DESC, c.line_id LIMIT {int(limit)}",
+            *q.args,
+        )
+        return _resource_answer(name, period, *parts, lines)
     where = allocation_where(q, period, start, end, {**filters, "resource": [name]})
     rows = await conn.fetch(
         "SELECT tenant, feature, agent, method, basis, currency, sum(amount) AS amount FROM allocations "
@@ -406,14 +606,74 @@ async def resource(
     for r in rows:
         by_method[r["currency"]][r["method"]] += r["amount"]
         by_tenant[(r["tenant"], r["currency"])] += r["amount"]
-    totals = {cur: sum(m.values(), ZERO) for cur, m in by_method.items()}
-    consumers = sorted(rows, key=lambda r: (r["currency"], -r["amount"], r["tenant"], r["feature"], r["agent"]))
+    consumers = sorted(rows, key=_consumer_order)[:limit]
     lines = await conn.fetch(
-        "SELECT c.line_id, c.billing_period, c.service, c.resource_id, c.usage_type, c.description, c.currency, "
-        f"c.amount FROM cost_lines c WHERE c.line_id IN (SELECT line_id FROM allocations WHERE {where}) "
+        f"{_LINES} WHERE c.line_id IN (SELECT line_id FROM allocations WHERE {where}) "
         f"ORDER BY c.amount DESC, c.line_id LIMIT {int(limit)}",
         *q.args,
     )
+    return _resource_answer(name, period, by_method, by_tenant, consumers, lines)
+
+
+_LINES: Final = (
+    "SELECT c.line_id, c.billing_period, c.service, c.resource_id, c.usage_type, c.description, c.currency, "
+    "c.amount FROM cost_lines c"
+)
+
+
+def _consumer_order(r: Mapping[str, Any]) -> tuple:
+    """Largest first within a currency; the names, then method and basis, break ties."""
+    return (r["currency"], -r["amount"], r["tenant"], r["feature"], r["agent"], r["method"], r["basis"])
+
+
+async def _resource_parts(
+    conn: asyncpg.Connection, name: str, period: str | None, limit: int
+) -> tuple[dict[str, dict[str, Decimal]], dict[tuple[str, str], Decimal], list[asyncpg.Record]] | None:
+    """A resource's totals by currency and method, sums by tenant and largest consumers, from the summaries (one row
+    per consumer within a period: read from the top of ``allocation_consumers_largest``)."""
+    q = Sql()
+    totals = await conn.fetch(
+        "SELECT currency, method, sum(amount) AS amount FROM allocation_totals "
+        f"WHERE {summary_where(q, 'resource', period, None, None, [name])} GROUP BY 1, 2",
+        *q.args,
+    )
+    if not totals:
+        return None
+    by_method: dict[str, dict[str, Decimal]] = defaultdict(dict)
+    for r in totals:
+        by_method[r["currency"]][r["method"]] = r["amount"]
+    q = Sql()
+    where = allocation_where(q, period, None, None, {"resource": [name]})
+    if period is not None:  # one row per tenant and currency already
+        per_tenant = f"SELECT tenant, currency, amount FROM allocation_resource_tenants WHERE {where}"
+    else:
+        per_tenant = (
+            "SELECT tenant, currency, sum(amount) AS amount FROM allocation_resource_tenants "
+            f"WHERE {where} GROUP BY 1, 2"
+        )
+    by_tenant = {(r["tenant"], r["currency"]): r["amount"] for r in await conn.fetch(per_tenant, *q.args)}
+    columns = "tenant, feature, agent, method, basis, currency"
+    if period is not None:
+        source = f"SELECT {columns}, amount FROM allocation_consumers WHERE {where}"
+    else:
+        source = (
+            f"SELECT {columns}, sum(amount) AS amount FROM allocation_consumers WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6"
+        )
+    consumers = await conn.fetch(
+        f"{source} ORDER BY currency, amount DESC, tenant, feature, agent, method, basis LIMIT {int(limit)}", *q.args
+    )
+    return by_method, by_tenant, consumers
+
+
+def _resource_answer(
+    name: str,
+    period: str | None,
+    by_method: Mapping[str, Mapping[str, Decimal]],
+    by_tenant: Mapping[tuple[str, str], Decimal],
+    consumers: Sequence[Mapping[str, Any]],
+    lines: Sequence[Mapping[str, Any]],
+) -> a.ResourceAnswer:
+    totals = {cur: sum(m.values(), ZERO) for cur, m in by_method.items()}
     return a.ResourceAnswer(
         resource=name,
         period=period,
@@ -432,7 +692,7 @@ async def resource(
                 amount=r["amount"],
                 share_pct=pct(r["amount"], totals[r["currency"]]),
             )
-            for r in consumers[:limit]
+            for r in consumers
         ],
         by_tenant=_slices(by_tenant, totals),
         lines=[a.BillLine(**dict(r)) for r in lines],
@@ -443,19 +703,30 @@ _UNMATCHED_REASON = "no observed resource matches this line"
 
 
 async def coverage(
-    conn: asyncpg.Connection, period: str | None, filters: Mapping[str, Sequence[str]], limit: int
+    conn: asyncpg.Connection,
+    period: str | None,
+    filters: Mapping[str, Sequence[str]],
+    limit: int,
+    cache: AnswerCache | None = None,
 ) -> a.CoverageAnswer:
     """Per period and currency: attributed (direct + trace) / propagated / modeled (platform) / unallocated, and the
     lines that carry unallocated cost. A line is *unmatched* when its allocation names no resource and is
     unallocated whole."""
     q = Sql()
-    where = allocation_where(q, period, None, None, filters)
-    sums = await conn.fetch(
-        "SELECT billing_period, currency, method, sum(amount) AS amount, "
-        "sum(amount) FILTER (WHERE resource = '') AS unmatched FROM allocations "
-        f"WHERE {where} GROUP BY 1, 2, 3",
-        *q.args,
-    )
+    state = await summaries_answer(conn, period, filters)
+    if state is not None:
+        sql = (
+            "SELECT billing_period, currency, method, sum(amount) AS amount FROM allocation_totals "
+            f"WHERE {summary_where(q, 'method', period, None, None)} GROUP BY 1, 2, 3"
+        )
+        sums = await _kept(cache, state, _cache_key("coverage", period), lambda: conn.fetch(sql, *q.args))
+    else:
+        where = allocation_where(q, period, None, None, filters)
+        sql = (
+            "SELECT billing_period, currency, method, sum(amount) AS amount FROM allocations "
+            f"WHERE {where} GROUP BY 1, 2, 3"
+        )
+        sums = await conn.fetch(sql, *q.args)
     q = Sql()
     where = allocation_where(q, period, None, None, filters, alias="a")
     unallocated = await conn.fetch(
@@ -557,21 +828,36 @@ def _hour_ceil(t: datetime) -> datetime:
     return floor if floor == t else floor + timedelta(hours=1)
 
 
-async def consumption_parts(
-    conn: asyncpg.Connection, q: Sql, start: datetime | None, end: datetime | None
-) -> tuple[str, str]:
-    """Where to read consumption in ``[start, end)``: conditions on ``consumption_hourly`` and ``consumption_minute``
-    that together cover the range exactly once.
+#: Hourly rollups of per-minute tables, and whether TimescaleDB keeps the rollup real-time (a continuous aggregate,
+#: migration 200) rather than the attributor's maintenance rolling up settled hours.
+CONSUMPTION_HOURLY: Final = ("consumption_hourly", True)
+AI_HOURLY: Final = ("ai_usage_hourly", False)
 
-    Whole hours come from the hourly rollup when it holds them: up to its newest hour (plain PostgreSQL: rolled up by
-    the attributor as minutes settle) or up to ``end`` (TimescaleDB: a real-time continuous aggregate, migration
+
+async def consumption_parts(
+    conn: asyncpg.Connection,
+    q: Sql,
+    start: datetime | None,
+    end: datetime | None,
+    rollup: tuple[str, bool] = CONSUMPTION_HOURLY,
+) -> tuple[str, str]:
+    """Where to read per-minute data in ``[start, end)``: conditions on the hourly rollup (``consumption_hourly`` or
+    ``ai_usage_hourly``) and on the minutes that together cover the range exactly once.
+
+    Whole hours come from the hourly rollup when it holds them: up to its newest hour (rolled up by the attributor as
+    minutes settle) or up to ``end`` (consumption with TimescaleDB: a real-time continuous aggregate, migration
     200), minus the hours that still have dirty (not yet rolled up) minutes. Everything else, and the partial hours
-    at both ends, is read from the minutes. A month of usage is then ~700 rollup rows per key instead of ~43,000.
+    at both ends, is read from the minutes. A month of usage is then ~700 rollup rows per key instead of ~43,000,
+    and hours whose minutes have expired are still answered.
     """
-    flavour = await conn.fetchval("SELECT flavour FROM storage_flavour")
-    newest = await conn.fetchval("SELECT max(hour) FROM consumption_hourly") if flavour == "partitioned" else None
+    table, realtime = rollup
+    flavour, newest = await conn.fetchrow(
+        f"SELECT flavour, CASE WHEN flavour = 'partitioned' OR NOT $1 THEN (SELECT max(hour) FROM {table}) END "
+        "FROM storage_flavour",
+        realtime,
+    )
     lo = _hour_ceil(start) if start is not None else None
-    if flavour == "timescaledb":
+    if flavour == "timescaledb" and realtime:
         hi = floor_to(end, "hour") if end is not None else None
         dirty: list[datetime] = []
     elif newest is None:
@@ -675,13 +961,18 @@ async def ai_cost(
     end: datetime | None,
     filters: Mapping[str, Sequence[str]],
 ) -> a.AiCostAnswer:
+    """AI cost per group: settled whole hours from ``ai_usage_hourly``, the rest from the minutes (as usage)."""
     column = AI_GROUPS[group]
     q = Sql()
-    where = _range(q, "minute", start, end) + "".join(f" AND {q.any_of(n, v)}" for n, v in filters.items())
+    hourly, minutely = await consumption_parts(conn, q, start, end, AI_HOURLY)
+    cond = "".join(f" AND {q.any_of(n, v)}" for n, v in filters.items())
+    fields = ", ".join(("cost_micros", *_AI_FIELDS))
     sums = ", ".join(f"sum({f})::bigint AS {f}" for f in _AI_FIELDS)
     rows = await conn.fetch(
-        f"SELECT {column} AS key, sum(cost_micros)::bigint AS cost_micros, {sums} FROM ai_usage_minute "
-        f"WHERE {where} GROUP BY 1 ORDER BY cost_micros DESC, key",
+        f"SELECT key, sum(cost_micros)::bigint AS cost_micros, {sums} FROM ("
+        f"SELECT {column} AS key, {fields} FROM ai_usage_hourly WHERE {hourly}{cond} UNION ALL "
+        f"SELECT {column} AS key, {fields} FROM ai_usage_minute WHERE {minutely}{cond}"
+        ") u GROUP BY 1 ORDER BY cost_micros DESC, key",
         *q.args,
     )
     return a.AiCostAnswer(

@@ -19,6 +19,7 @@ from costmesh.common.config import Config
 
 from . import answers as a
 from . import queries, tables
+from .answer_cache import AnswerCache
 from .auth import ROLE
 from .params import (
     COST_FILTER_NAMES,
@@ -44,6 +45,8 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 CONFIG = web.AppKey("config", Config)
 #: Whether bearer tokens are enforced by this app.
 AUTH_REQUIRED = web.AppKey("auth_required", bool)
+#: Answers built from the allocation summaries, per app (so per database).
+CACHE = web.AppKey("answer_cache", AnswerCache)
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Call:
     #: The caller's role (``None``: no or an unknown token, on a public route).
     role: a.Role | None = None
     auth_required: bool = False
+    cache: AnswerCache | None = None
 
 
 Handler = Callable[[Call], Awaitable[msgspec.Struct | None]]
@@ -103,12 +107,20 @@ async def _ingest(c: Call) -> msgspec.Struct:
 async def _cost(c: Call) -> msgspec.Struct:
     x = c.args
     return await queries.cost(
-        c.conn, x["group_by"], x["period"], x["from"], x["to"], x["step"], filters(x, COST_FILTER_NAMES), x["limit"]
+        c.conn,
+        x["group_by"],
+        x["period"],
+        x["from"],
+        x["to"],
+        x["step"],
+        filters(x, COST_FILTER_NAMES),
+        x["limit"],
+        c.cache,
     )
 
 
 async def _pnl(c: Call) -> msgspec.Struct:
-    return await queries.pnl(c.conn, c.args["period"], c.args["currency"], c.args["tenant"])
+    return await queries.pnl(c.conn, c.args["period"], c.args["currency"], c.args["tenant"], c.cache)
 
 
 async def _revenue(c: Call) -> msgspec.Struct:
@@ -124,11 +136,12 @@ async def _customer(c: Call) -> msgspec.Struct | None:
 async def _resource(c: Call) -> msgspec.Struct | None:
     x = c.args
     f = filters(x, tuple(n for n in COST_FILTER_NAMES if n != "resource"))
-    return await queries.resource(c.conn, x["id"], x["period"], x["from"], x["to"], f, x["limit"])
+    return await queries.resource(c.conn, x["id"], x["period"], x["from"], x["to"], f, x["limit"], c.cache)
 
 
 async def _coverage(c: Call) -> msgspec.Struct:
-    return await queries.coverage(c.conn, c.args["period"], filters(c.args, COST_FILTER_NAMES), c.args["limit"])
+    f = filters(c.args, COST_FILTER_NAMES)
+    return await queries.coverage(c.conn, c.args["period"], f, c.args["limit"], c.cache)
 
 
 async def _periods(c: Call) -> msgspec.Struct:
@@ -336,7 +349,14 @@ def handler_of(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResp
                 raise BadRequest(f"body: {exc}") from None
         async with request.app[POOL].acquire() as conn:
             answer = await route.handler(
-                Call(args, conn, request.app[CONFIG], request.get(ROLE), request.app[AUTH_REQUIRED])
+                Call(
+                    args,
+                    conn,
+                    request.app[CONFIG],
+                    request.get(ROLE),
+                    request.app[AUTH_REQUIRED],
+                    request.app[CACHE],
+                )
             )
         if answer is None:
             raise web.HTTPNotFound(

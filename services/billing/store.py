@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from costmesh.common import allocation_summary
 from costmesh.common.usage import HOUR_US, Consumption, QueueUse, hourly_usage
 
 from .model import Allocation, CostLine, ImportResult, Usage, Window
@@ -303,6 +304,7 @@ async def replace_allocations(
             len(lines),
             len(records),
         )
+        await allocation_summary.refresh(conn, period)  # the run is complete: the API's summaries follow it
     return len(records)
 
 

@@ -453,4 +453,74 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         $api$;
         """,
     ),
+    (
+        201,
+        "api: summaries of each period's allocations, rebuilt when its allocation run completes "
+        "(costmesh.common.allocation_summary)",
+        """
+        CREATE TABLE allocation_summary_runs (
+            billing_period  text PRIMARY KEY,
+            -- allocation_runs.run_at of the run summarized; another value there means the summaries are stale
+            run_at          timestamptz NOT NULL
+        );
+        CREATE TABLE allocation_totals (
+            billing_period  text NOT NULL,
+            dim             text NOT NULL,
+            key             text NOT NULL,
+            currency        text NOT NULL,
+            method          text NOT NULL,
+            amount          numeric NOT NULL,
+            first_start     timestamptz NOT NULL,
+            last_start      timestamptz NOT NULL,
+            PRIMARY KEY (billing_period, dim, key, currency, method)
+        );
+        CREATE TABLE allocation_series (
+            billing_period  text NOT NULL,
+            dim             text NOT NULL,
+            key             text NOT NULL,
+            currency        text NOT NULL,
+            method          text NOT NULL,
+            charge_start    timestamptz NOT NULL,
+            amount          numeric NOT NULL,
+            PRIMARY KEY (billing_period, dim, key, currency, method, charge_start)
+        );
+        CREATE TABLE allocation_consumers (
+            billing_period  text NOT NULL,
+            resource        text NOT NULL,
+            tenant          text NOT NULL,
+            feature         text NOT NULL,
+            agent           text NOT NULL,
+            method          text NOT NULL,
+            basis           text NOT NULL,
+            currency        text NOT NULL,
+            amount          numeric NOT NULL,
+            PRIMARY KEY (billing_period, resource, tenant, feature, agent, method, basis, currency)
+        );
+        -- a resource's largest consumers in the API's order, read from the top
+        CREATE INDEX allocation_consumers_largest
+            ON allocation_consumers (resource, billing_period, currency, amount DESC, tenant, feature, agent);
+        CREATE TABLE allocation_resource_tenants (
+            billing_period  text NOT NULL,
+            resource        text NOT NULL,
+            tenant          text NOT NULL,
+            currency        text NOT NULL,
+            amount          numeric NOT NULL,
+            PRIMARY KEY (billing_period, resource, tenant, currency)
+        );
+        CREATE TABLE allocation_resources (
+            billing_period  text NOT NULL,
+            resource        text NOT NULL,
+            currency        text NOT NULL,
+            amount          numeric NOT NULL,
+            tenants         integer NOT NULL,
+            PRIMARY KEY (billing_period, resource, currency)
+        );
+        CREATE TABLE allocation_resource_lines (
+            billing_period  text NOT NULL,
+            resource        text NOT NULL,
+            line_id         text NOT NULL,
+            PRIMARY KEY (billing_period, resource, line_id)
+        );
+        """,
+    ),
 ]
