@@ -54,7 +54,7 @@ def run_scenario(name: str, *, replay: bool, keep: Path | None, snaplen: int) ->
     with tempfile.TemporaryDirectory(prefix=f"costmesh-accuracy-{name}-") as tmp:
         work = keep / name if keep else Path(tmp)
         with DemoRun(scenario, work, force_replay=replay, snaplen=snaplen) as run:
-            result = run.run()
+            result = run.run(timeout_s=300)  # a loaded machine (several engineers) takes a while to roll up
     return assess(
         result,
         title=scenario.title,

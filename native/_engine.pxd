@@ -73,6 +73,8 @@ cdef struct Flow:
     Buf stmt_text[4]
     int nstmts
     int stmt_next
+    int64_t reads[8]        # when the server on this host read from the flow (Engine.server_reads), oldest first
+    int nreads              # (MAX_READS): the start of its server time for the request it read (flow_served_from)
     int32_t hnext
     int32_t lru_prev
     int32_t lru_next
@@ -121,6 +123,8 @@ cdef class Engine:
     cdef uint32_t gen_counter
     cdef list ooo                      # per flow slot: None or {seq: (ts, payload, fin)} per direction
     cdef Req* free_reqs
+    cdef object reads_due              # server reads waiting for the frames of their time (deque, oldest first)
+    cdef int64_t next_read_ts          # the oldest one's time (INT64_MAX: none)
     # aggregates (_records.pxi)
     cdef AggSlot* agg                  # open addressing by hash: entry and its hash side by side (one cache line)
     cdef uint64_t agg_cap
@@ -158,6 +162,7 @@ cdef class Engine:
     cdef int _fin(self, Flow* fl, int side, int64_t ts) except -1
     cdef int _finish(self, Flow* fl) except -1
     cdef void _desync(self, Flow* fl, int side) noexcept
+    cdef int _reads_until(self, int64_t ts) except -1
 
 
 # One frame by pointer into an engine (a compiled ``Engine``): the live ring walk (``ring.pyx``) feeds frames from the

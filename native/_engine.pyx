@@ -33,13 +33,15 @@ import), the recognition in ``Engine._detect`` (first bytes, port hints; order m
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
+from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t, uint32_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from costmesh.native._bytes cimport Buf, buf_free, starts
 from costmesh.native._capture cimport CaptureReader, Frame
 from costmesh.native._net cimport NET_NON_IP, NET_OTHER_L4, Pkt, decode_c
+
+from collections import deque
 
 from .kinds import PROTOCOLS
 from .kinds import C as _C
@@ -59,6 +61,7 @@ DEF MAX_PENDING = 64
 DEF MAX_OP = 2048
 DEF MAX_STMTS = 4
 DEF MAX_DETECT = 4
+DEF MAX_READS_DUE = 1 << 18  # server reads waiting for their frames (a quarter second at 1M reads/s)
 DEF MAX_VALUE = 128
 # protocols of a flow
 DEF P_UNKNOWN = 0
@@ -82,7 +85,7 @@ cdef int NE = len(ERROR_KINDS)
 cdef int C_FRAMES = _C["frames"], C_BYTES = _C["bytes"], C_NON_IP = _C["non_ip"], C_OTHER_L4 = _C["other_l4"]
 cdef int C_FLOWS = _C["flows"], C_EVICTED = _C["flows_evicted"], C_RETRANS = _C["tcp_retransmissions"]
 cdef int C_OOO = _C["tcp_out_of_order"], C_GAPS = _C["tcp_gaps"], C_MID_HTTP = _C["midstream_http"]
-cdef int C_UNRECOGNISED = _C["flows_unrecognised"]
+cdef int C_UNRECOGNISED = _C["flows_unrecognised"], C_READS = _C["server_reads"]
 
 include "_records.pxi"
 include "_flows.pxi"
@@ -147,6 +150,8 @@ cdef class Engine:
         self.slots_touched = 0
         self.lru_head = self.lru_tail = -1
         self.ooo = [None] * self.max_flows
+        self.reads_due = deque()
+        self.next_read_ts = INT64_MAX
         self.agg_cap = 1024
         self.agg_n = 0
         self.agg = <AggSlot*>calloc(self.agg_cap, sizeof(AggSlot))
@@ -213,6 +218,31 @@ cdef class Engine:
         self._frame(ts, linktype, <const uint8_t*>PyBytes_AS_STRING(frame), len(frame))
 
 
+    def server_reads(self, reads):
+        """Reads by servers on this host, ``(ts_us, local, local_port, peer, peer_port)`` with 16-byte addresses
+        (IPv4 mapped), oldest first, from the kernel's socket reads: where a request's server time starts
+        (``flow_served_from``). Each is applied when the first frame later than it is fed, so it meets the request
+        it read and not yet its answer, however far the frames lag (a ring block is handed over up to
+        ``ring_retire_ms`` after its first frame). At most MAX_READS_DUE wait (the oldest go first)."""
+        self.reads_due.extend(reads)
+        while len(self.reads_due) > MAX_READS_DUE:
+            self.reads_due.popleft()
+        if self.reads_due:
+            self.next_read_ts = self.reads_due[0][0]
+
+    cdef int _reads_until(self, int64_t ts) except -1:
+        """Apply the waiting reads up to ``ts`` (the frame about to be parsed)."""
+        cdef bytes local, peer
+        due = self.reads_due
+        while due and due[0][0] <= ts:
+            rts, local, lport, peer, pport = due.popleft()
+            if len(local) == 16 and len(peer) == 16:
+                self.counters[C_READS] += flow_read(self, rts, <const uint8_t*>PyBytes_AS_STRING(local), lport,
+                                                    <const uint8_t*>PyBytes_AS_STRING(peer), pport)
+        self.next_read_ts = due[0][0] if due else INT64_MAX
+        return 0
+
+
     def count_error(self, kind):
         self.errors[_E[kind]] += 1
 
@@ -246,6 +276,8 @@ cdef class Engine:
         cdef int r
         self.counters[C_FRAMES] += 1
         self.counters[C_BYTES] += n
+        if ts >= self.next_read_ts:
+            self._reads_until(ts)
         if ts > self.last_ts:
             self.last_ts = ts
         r = decode_c(linktype, f, n, &pkt)

@@ -14,10 +14,22 @@ identical output.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 from . import _net_py as net
-from ._flows_py import MAX_DETECT, P_DNS, P_HTTP, P_OPAQUE, P_PG, P_TLS, P_UNKNOWN, Flow, flow_end_all, tcp_segment
+from ._flows_py import (
+    MAX_DETECT,
+    P_DNS,
+    P_HTTP,
+    P_OPAQUE,
+    P_PG,
+    P_TLS,
+    P_UNKNOWN,
+    Flow,
+    flow_end_all,
+    flow_read,
+    tcp_segment,
+)
 from ._http_py import http_data, http_desync, http_fin, http_finish
 from ._pg_py import PG_BACKEND, PG_FRONTEND, pg_begin, pg_chain, pg_data, pg_desync, pg_finish, pg_startup_like
 from ._records_py import agg_take, build
@@ -26,6 +38,9 @@ from .http import HTTP_METHODS
 from .kinds import COUNTERS, ERROR_KINDS, PROTOCOLS, C, E
 
 __all__ = ["PROTOCOLS", "Engine"]
+
+#: Server reads waiting for their frames at most (the compiled engine's ``DEF``).
+MAX_READS_DUE = 1 << 18
 
 
 class Engine:
@@ -46,6 +61,8 @@ class Engine:
         self.pg_ports = frozenset(pg_ports)
         self.http_ports = frozenset(http_ports)
         self.flows: OrderedDict[tuple, Flow] = OrderedDict()
+        #: Server reads waiting for the frames of their time, oldest first (``server_reads``).
+        self.reads_due: deque[tuple[int, bytes, int, bytes, int]] = deque()
         self.agg: dict[tuple, list[int]] = {}
         self.counters = [0] * len(COUNTERS)
         self.errors = [0] * len(ERROR_KINDS)
@@ -62,6 +79,24 @@ class Engine:
             if n == max_frames:
                 break
         return n
+
+    def server_reads(self, reads) -> None:
+        """Reads by servers on this host, ``(ts_us, local, local_port, peer, peer_port)`` with 16-byte addresses
+        (IPv4 mapped), oldest first, from the kernel's socket reads: where a request's server time starts
+        (``flow_served_from``). Each is applied when the first frame later than it is fed, so it meets the request
+        it read and not yet its answer, however far the frames lag (a ring block is handed over up to
+        ``ring_retire_ms`` after its first frame). At most MAX_READS_DUE wait (the oldest go first)."""
+        self.reads_due.extend(reads)
+        while len(self.reads_due) > MAX_READS_DUE:
+            self.reads_due.popleft()
+
+    def _reads_until(self, ts: int) -> None:
+        """Apply the waiting reads up to ``ts`` (the frame about to be parsed)."""
+        due = self.reads_due
+        while due and due[0][0] <= ts:
+            rts, local, lport, peer, pport = due.popleft()
+            if len(local) == 16 and len(peer) == 16:
+                self.counters[C["server_reads"]] += flow_read(self, rts, local, lport, peer, pport)
 
     def count_error(self, kind: str) -> None:
         self.errors[E[kind]] += 1
@@ -90,6 +125,8 @@ class Engine:
         c = self.counters
         c[0] += 1
         c[1] += len(frame)
+        if self.reads_due and self.reads_due[0][0] <= ts:
+            self._reads_until(ts)
         if ts > self.last_ts:
             self.last_ts = ts
         r = net.decode(linktype, frame)

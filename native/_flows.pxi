@@ -20,6 +20,7 @@ from costmesh.native._bytes cimport Buf, buf_free, buf_trim, hash_bytes, s32
 from costmesh.native._net cimport Pkt
 
 DEF MAX_OOO = 16
+DEF MAX_READS = 8  # server reads a flow keeps (Flow.reads in _engine.pxd)
 
 
 # ---- requests -----------------------------------------------------------------------------------------------------
@@ -261,6 +262,7 @@ cdef int32_t flow_new(Engine eng, const uint8_t* src, const uint8_t* dst, uint16
     fl.cycle_bytes = 0
     fl.nstmts = 0
     fl.stmt_next = 0
+    fl.nreads = 0
     if flags & 0x02:
         fl.fresh = True
         fl.cside = side[0] if not flags & 0x10 else 1 - side[0]
@@ -288,6 +290,56 @@ cdef int32_t flow_new(Engine eng, const uint8_t* src, const uint8_t* dst, uint16
         eng.lru_head = slot
     eng.nflows += 1
     return slot
+
+
+cdef int flow_read(Engine eng, int64_t ts, const uint8_t* local, uint16_t lport, const uint8_t* peer,
+                   uint16_t pport) noexcept:
+    """The end ``local``:``lport`` of a flow read bytes of it at ``ts``: kept for ``flow_served_from`` when it is
+    the server's end (1); ignored (0) when it is the client's end or the flow is unknown."""
+    cdef int32_t slot
+    cdef int side
+    if memcmp(local, peer, 16) < 0 or (memcmp(local, peer, 16) == 0 and lport <= pport):
+        slot = flow_lookup(eng, local, lport, peer, pport)
+        side = 0
+    else:
+        slot = flow_lookup(eng, peer, pport, local, lport)
+        side = 1
+    if slot < 0:
+        return 0
+    return flow_keep_read(&eng.flows[slot], ts, side)
+
+
+cdef int flow_keep_read(Flow* fl, int64_t ts, int side) noexcept:
+    """Keep a read by ``side`` of the flow if that is the server's end (the MAX_READS latest)."""
+    cdef int i
+    if side == fl.cside:
+        return 0
+    if fl.nreads == MAX_READS:
+        for i in range(1, MAX_READS):
+            fl.reads[i - 1] = fl.reads[i]
+        fl.nreads -= 1
+    fl.reads[fl.nreads] = ts
+    fl.nreads += 1
+    return 1
+
+
+cdef int64_t flow_served_from(Flow* fl, int64_t start, int64_t end) noexcept:
+    """When the server began on a request that arrived at ``start`` and was answered at ``end``: its first read of
+    the flow in between, else ``start``. A request waits in the socket until the server reads it (for its turn on a
+    busy CPU): that wait is on the wire but is not work the server did. Reads up to the one used are forgotten."""
+    cdef int i, j, k = 0
+    cdef int64_t r, found = -1
+    for i in range(fl.nreads):
+        r = fl.reads[i]
+        if start <= r <= end and (found < 0 or r < found):
+            found = r
+    for i in range(fl.nreads):
+        r = fl.reads[i]
+        if r >= start and (found < 0 or r > found):  # a read after the one used: of a later request
+            fl.reads[k] = r
+            k += 1
+    fl.nreads = k
+    return found if found >= 0 else start
 
 
 cdef int flow_close(Engine eng, int32_t slot) except -1:

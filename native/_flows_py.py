@@ -21,6 +21,7 @@ MAX_PENDING = 64
 MAX_OP = 2048
 MAX_STMTS = 4
 MAX_DETECT = 4
+MAX_READS = 8
 
 
 class Req:
@@ -113,6 +114,7 @@ class Flow:
         "pending",
         "port",
         "proto",
+        "reads",
         "stmt_next",
         "stmts",
         "tls_done",
@@ -138,6 +140,7 @@ class Flow:
         self.tls_done = False
         self.stmts: list[tuple[bytes, bytes]] = []
         self.stmt_next = 0
+        self.reads: list[int] = []
 
 
 def _s32(x: int) -> int:
@@ -244,6 +247,36 @@ def tcp_deliver(eng, key, fl, side, ts, data, fin) -> None:
         eng._fin(fl, side, ts)
         if fl.dirs[0].fin and fl.dirs[1].fin:
             flow_close(eng, key, fl)
+
+
+def flow_read(eng, ts: int, local: bytes, lport: int, peer: bytes, pport: int) -> int:
+    """The end ``local``:``lport`` of a flow read bytes of it at ``ts``: kept for ``flow_served_from`` when it is
+    the server's end (1); ignored (0) when it is the client's end or the flow is unknown."""
+    if (local, lport) <= (peer, pport):
+        key, side = (local, lport, peer, pport), 0
+    else:
+        key, side = (peer, pport, local, lport), 1
+    fl = eng.flows.get(key)
+    return 0 if fl is None else flow_keep_read(fl, ts, side)
+
+
+def flow_keep_read(fl: Flow, ts: int, side: int) -> int:
+    """Keep a read by ``side`` of the flow if that is the server's end (the MAX_READS latest)."""
+    if side == fl.cside:
+        return 0
+    if len(fl.reads) == MAX_READS:
+        del fl.reads[0]
+    fl.reads.append(ts)
+    return 1
+
+
+def flow_served_from(fl: Flow, start: int, end: int) -> int:
+    """When the server began on a request that arrived at ``start`` and was answered at ``end``: its first read of
+    the flow in between, else ``start``. A request waits in the socket until the server reads it (for its turn on a
+    busy CPU): that wait is on the wire but is not work the server did. Reads up to the one used are forgotten."""
+    found = min((r for r in fl.reads if start <= r <= end), default=-1)
+    fl.reads = [r for r in fl.reads if r >= start and (found < 0 or r > found)]
+    return found if found >= 0 else start
 
 
 def flow_close(eng, key, fl) -> None:

@@ -783,6 +783,7 @@ cdef int http_call(Engine eng, Flow* fl, Req* req, int64_t ts, bint answered) ex
     cdef bytes model = b""
     cdef Usage u
     cdef int pi, t
+    cdef int64_t start
     memset(vals, 0, sizeof(vals))
     if req.capture and req.ai and answered and http_ai_ids_none(eng, req):
         # AI call whose deferred rules cannot match: read a plain JSON usage body in C when that is certain to
@@ -798,7 +799,8 @@ cdef int http_call(Engine eng, Flow* fl, Req* req, int64_t ts, bint answered) ex
             vals[1] = 1 if req.status >= 500 else 0
             vals[2] = req.bytes_in
             vals[3] = req.bytes_out
-            vals[4] = ts - req.ts if ts > req.ts else 0
+            start = flow_served_from(fl, req.ts, ts)
+            vals[4] = ts - start if ts > start else 0
             vals[5] = u.tokens[0]
             vals[6] = u.tokens[1]
             vals[7] = u.tokens[2]
@@ -831,7 +833,9 @@ cdef int http_call(Engine eng, Flow* fl, Req* req, int64_t ts, bint answered) ex
     vals[1] = 1 if req.status >= 500 else 0
     vals[2] = req.bytes_in
     vals[3] = req.bytes_out
-    vals[4] = ts - req.ts if answered and ts > req.ts else 0
+    if answered:
+        start = flow_served_from(fl, req.ts, ts)
+        vals[4] = ts - start if ts > start else 0
     return agg(eng, req.ts, fl, R_HTTP, req.op.p, req.op.n, req.host.p, req.host.n, req.ids, req.rule,
                      PyBytes_AS_STRING(provider), len(provider), PyBytes_AS_STRING(model), len(model), vals)
 

@@ -9,7 +9,7 @@ does the same steps in the same order; the parser tests require identical output
 
 from __future__ import annotations
 
-from ._flows_py import MAX_OP, MAX_PENDING, P_HTTP, P_OPAQUE, P_UNKNOWN, Flow, Req
+from ._flows_py import MAX_OP, MAX_PENDING, P_HTTP, P_OPAQUE, P_UNKNOWN, Flow, Req, flow_served_from
 from ._records_py import agg
 from .http import HTTP_METHODS, baggage_value, collapse_http_op, query_value
 from .kinds import MAX_VALUE, R_HTTP, SRC_BAGGAGE, SRC_HEADER, SRC_HOST, SRC_PY, SRC_QUERY, C, E
@@ -355,7 +355,10 @@ def http_call(eng, fl: Flow, req: Req, ts: int, answered: bool) -> None:
                 eng.errors[E["ai_body"]] += 1
             else:
                 provider, model, tin, tout, tc, tr = r
-    busy = ts - req.ts if answered and ts > req.ts else 0
+    busy = 0
+    if answered:
+        start = flow_served_from(fl, req.ts, ts)
+        busy = ts - start if ts > start else 0
     errors = 1 if req.status >= 500 else 0
     agg(
         eng,

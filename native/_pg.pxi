@@ -194,6 +194,7 @@ cdef int pg_message(Engine eng, Flow* fl, int side, int64_t ts, int mtype, int64
     cdef uint32_t code
     cdef Req* req
     cdef Req* front
+    cdef int64_t start
     cdef const char* z
     cdef const char* q
     cdef Py_ssize_t qn, name_n
@@ -279,7 +280,8 @@ cdef int pg_message(Engine eng, Flow* fl, int side, int64_t ts, int mtype, int64
                 vals[1] = front.error
                 vals[2] = front.bytes_in
                 vals[3] = front.bytes_out
-                vals[4] = ts - front.ts if ts > front.ts else 0
+                start = flow_served_from(fl, front.ts, ts)
+                vals[4] = ts - start if ts > start else 0
                 agg(eng, front.ts, fl, R_PG, front.op.p, front.op.n, NULL, 0, fl.ids, fl.idrule, NULL, 0,
                           NULL, 0, vals)
         finally:

@@ -9,7 +9,7 @@ the rules (``slow.pg_startup``).
 
 from __future__ import annotations
 
-from ._flows_py import MAX_OP, MAX_PENDING, MAX_STMTS, P_OPAQUE, P_PG, P_TLS, Flow, Req
+from ._flows_py import MAX_OP, MAX_PENDING, MAX_STMTS, P_OPAQUE, P_PG, P_TLS, Flow, Req, flow_served_from
 from ._records_py import agg
 from .kinds import R_PG, C, E
 
@@ -227,7 +227,8 @@ def pg_message(eng, fl: Flow, side: int, ts: int, mtype: int, mlen: int, body: b
     elif mtype == 0x5A:  # ReadyForQuery
         fl.pending.popleft()
         if not front.silent:
-            busy = ts - front.ts if ts > front.ts else 0
+            start = flow_served_from(fl, front.ts, ts)
+            busy = ts - start if ts > start else 0
             vals = (1, int(front.error), front.bytes_in, front.bytes_out, busy, 0, 0, 0, 0)
             agg(eng, front.ts, fl, R_PG, front.op, b"", fl.ids, b"", b"", vals)
 

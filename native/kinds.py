@@ -58,6 +58,7 @@ COUNTERS: Final = (
     "dns_messages",
     "ai_calls",
     "flows_unrecognised",
+    "server_reads",  # reads by a server on this host matched to a flow (the start of its server time)
 )
 C = {name: i for i, name in enumerate(COUNTERS)}
 

@@ -191,7 +191,9 @@ def _demo_saas(args: argparse.Namespace) -> int:
         tempfile.TemporaryDirectory(prefix="costmesh-demo-") as tmp,
         DemoRun(DEMO, Path(tmp), force_replay=args.replay) as run,
     ):
-        print(f"costmesh demo: {DEMO.title}; workloads on 127.0.0.20-28, costmesh API on {run.base_url}", flush=True)
+        addrs = sorted(run.saas.plan.addresses.values(), key=lambda a: int(a.rsplit(".", 1)[1]))
+        where = f"{addrs[0]}-{addrs[-1].rsplit('.', 1)[1]}"
+        print(f"costmesh demo: {DEMO.title}; workloads on {where}, costmesh API on {run.base_url}", flush=True)
         try:
             result = run.run(args.timeout)
         except CaptureUnavailable as exc:

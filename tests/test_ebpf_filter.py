@@ -54,6 +54,7 @@ def test_record_layouts_match_the_header():
     try:
         assert ctypes.sizeof(cap.bpf[b"flows0"].Key) == bpf.FLOW_KEY.size
         assert ctypes.sizeof(cap.tls_bpf[b"scratch"].Leaf._type_) == bpf.TLS_EVENT_HEAD.size + 4096
+        assert cap.reads_bpf is not None, cap.reads_error
     finally:
         cap.close()
 

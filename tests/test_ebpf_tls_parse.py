@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from costmesh.common.config import Config
+from costmesh.common.config import Config, SensorConfig
 from costmesh.sensor.live import tls as live_tls
 from costmesh.sensor.live.sinks import TlsChunk
 from costmesh.sensor.live.tls import IDLE_US, TLS_CHUNK, TlsPlaintextSink
@@ -98,11 +98,21 @@ def test_client_stream_split_across_calls_with_chunked_response():
 
 
 def test_server_side_is_named_by_the_process_and_its_caller_is_unknown():
-    sink = TlsPlaintextSink(Config(), "n", name_of_pid=lambda pid, _cg, comm: f"pod-of-{comm}-{pid}")
+    """Recorded only with ``tls_server_side``: by default a call the process served is left out (its caller, when on
+    this host, has it from its own probe; recording both would count it twice)."""
     request = b"GET /health HTTP/1.1\r\nHost: svc\r\nX-Tenant-ID: globex\r\n\r\n"
-    sink.feed_tls(call(T0, "read", request) + call(T0 + 10, "write", b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"))
-    (rec,) = sink.drain()
-    assert (rec.src_workload, rec.dst, rec.errors, rec.tenant) == ("tls-client", "pod-of-agent-7", 1, "globex")
+    answer = b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"
+    for server_side in (True, False):
+        config = Config(sensor=SensorConfig(tls_server_side=server_side))
+        sink = TlsPlaintextSink(config, "n", name_of_pid=lambda pid, _cg, comm: f"pod-of-{comm}-{pid}")
+        left_out = metric("costmesh_sensor_tls_served_calls_total")
+        sink.feed_tls(call(T0, "read", request) + call(T0 + 10, "write", answer))
+        records = sink.drain()
+        if server_side:
+            (rec,) = records
+            assert (rec.src_workload, rec.dst, rec.errors, rec.tenant) == ("tls-client", "pod-of-agent-7", 1, "globex")
+        else:
+            assert records == [] and metric("costmesh_sensor_tls_served_calls_total") == left_out + 1
 
 
 @pytest.mark.parametrize("filled", [True, False], ids=["gap filled", "gap too large"])
@@ -155,7 +165,8 @@ def test_idle_connections_are_forgotten_and_a_reused_ssl_pointer_is_a_new_connec
 def test_a_server_response_too_large_to_fill_restarts_at_once():
     """A server's 3 MB response is cut at the chunk limit and is too large to fill: the made-up connection ends at
     once (not at the next call), so the requests after it pair with their own responses."""
-    sink = TlsPlaintextSink(Config(), "n", name_of_pid=lambda pid, _cg, comm: "files")
+    config = Config(sensor=SensorConfig(tls_server_side=True))  # the probed process is the server here
+    sink = TlsPlaintextSink(config, "n", name_of_pid=lambda pid, _cg, comm: "files")
     big = b"HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n" + b"x" * 3_000_000
     sink.feed_tls(call(T0, "read", b"GET /file HTTP/1.1\r\nHost: files\r\n\r\n"))
     sink.feed_tls([c for c in call(T0 + 1, "write", big) if c.offset < 16 * TLS_CHUNK])

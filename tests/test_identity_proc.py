@@ -87,7 +87,10 @@ def test_proc_finds_the_process_that_owns_a_socket():
             assert resolver.name("127.0.0.1", listen_port) == "api"  # the table wins
             assert resolver.name("127.0.0.1", cport) == comm
             assert resolver.name("203.0.113.9", 443) == ""
-    assert resolver.name_of_pid(os.getpid(), 0, comm) == f"{comm}[{os.getpid()}]"
+            # a process holding a socket of a workload in the table is that workload (TLS plaintext has a pid only)
+            assert resolver.name_of_pid(os.getpid(), 0, comm) == "api"
+    fresh = IdentityResolver(Config(workloads=[Workload(address="127.0.0.1", port=listen_port, name="api")]))
+    assert fresh.name_of_pid(os.getpid(), 0, comm) == f"{comm}[{os.getpid()}]"  # its sockets are closed now
 
 
 def test_a_process_in_a_container_is_named_by_container_then_by_pod(tmp_path):

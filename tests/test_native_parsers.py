@@ -680,3 +680,54 @@ def test_ai_markers_in_host_and_path_agree():
     calls, stats, _ = both_agree(lambda: io.BytesIO(pcap_bytes(conversation(exchanges))))
     assert stats["counters"]["ai_calls"] == 9, stats["counters"]["ai_calls"]  # markers are substrings
     assert sum(c["requests"] for c in calls) == len(cases)
+
+
+def _served(build, exchanges, dport: int, reads: list[tuple[int, str]], *, at_once: bool):
+    """Feed ``conversation(exchanges)`` and the server reads ``reads`` (µs after the capture's start, and which end
+    read: "server" or "client"): all reads before the first frame (as live, where frames wait in a ring block while
+    the reads are already known), or each just before the first frame later than it. Returns (operation, requests,
+    busy_us) per record and the engine's stats."""
+    s = sensor_for(build)
+    frames = conversation(exchanges, dport=dport)[2:]  # joined mid-stream: no handshake, no startup
+    v4 = b"\0" * 10 + b"\xff\xff"
+    ends = {"server": (v4 + bytes([10, 0, 0, 20]), dport, v4 + bytes([10, 0, 0, 10]), 40000)}
+    ends["client"] = (ends["server"][2], 40000, ends["server"][0], dport)
+    events = [(T0 + at, *ends[who]) for at, who in reads]
+    if at_once:
+        s.engine.server_reads(events)
+    for ts, f in frames:
+        if not at_once:
+            s.engine.server_reads([e for e in events if e[0] <= ts])
+            events = [e for e in events if e[0] > ts]
+        s.feed_frame(ts, 1, f)
+    calls = s.drain(final=True)
+    return sorted((c.operation, c.requests, c.busy_us) for c in calls), s.stats()
+
+
+@pytest.mark.parametrize("proto", ["http", "postgres"])
+def test_server_time_starts_when_the_server_reads_the_request(build, proto):
+    """A request waits in the socket until the server reads it (on a busy CPU, for its turn): the server time runs
+    from that read (``Engine.server_reads``) to the answer, not from the request's arrival on the wire. Reads by the
+    client's end, reads of another request, a request without a read (arrival, as before), and reads handed over
+    long before their frames (as live), in both builds."""
+    if proto == "http":
+        exchanges = [(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")] * 3
+        dport = 8080
+    else:
+        query = _pg(b"Q", b"SELECT 1\0")
+        exchanges = [(query, _pg(b"C", b"SELECT 1\0") + _pg(b"Z", b"I"))] * 3
+        dport = 5432
+    # frames: the requests at 100, 2300, 4500 µs, each answered 1100 µs later, the FINs
+    plain, _ = _served(build, exchanges, dport, [], at_once=True)
+    assert [(n, busy) for _op, n, busy in plain] == [(3, 3 * 1100)]
+    reads = [
+        (50, "server"),  # before the first request arrived: of no request
+        (400, "server"),  # the first read after the arrival counts
+        (800, "server"),  # a second read of the same request
+        (2500, "client"),  # the client reading its answer: not the server's start; the second request has no read
+        (4900, "server"),
+    ]
+    for at_once in (True, False):
+        served, stats = _served(build, exchanges, dport, reads, at_once=at_once)
+        assert [busy for *_, busy in served] == [(1200 - 400) + 1100 + (5600 - 4900)], served
+        assert stats["counters"]["server_reads"] == 3  # the server's reads of a known flow (not the one at 50)

@@ -308,6 +308,11 @@ class SensorConfig(_Section):
     #: own, and no other process pays for a uprobe. Empty: every process on the host. A matching process started
     #: later is probed from the next scan (tls_discover_s) on.
     tls_processes: list[str] = []
+    #: Also record the TLS plaintext of calls a probed process serves (it accepted the connection). Off: only the
+    #: calls processes make (AI APIs and other HTTPS destinations), as the uprobes are for; a served call's bytes
+    #: came in over the wire as ciphertext, and when its caller is on this host too, the caller's own probe has
+    #: the call already (recording both counts it twice).
+    tls_server_side: bool = False
     #: One SSL call's plaintext is captured up to tls_max_chunks × 4 KiB.
     tls_max_chunks: int = 16
     #: Size of the TLS events ring buffer in pages (a power of two).

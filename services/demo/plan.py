@@ -12,6 +12,7 @@ Modes (how far the tenant travels on the calls costmesh can see):
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Final, Literal
 
@@ -30,7 +31,9 @@ WORKLOADS: Final = ("clients", "gateway", "orders", "assistant", "queue", "worke
 #: The workloads that run on the billed node (its cost is theirs); the queue, the database and the model are billed
 #: services of their own.
 NODE_WORKLOADS: Final = ("gateway", "orders", "assistant", "worker", "cron")
-#: Where the workloads live: 127.0.0.<offset>, so each has an address as a pod has its IP.
+#: Where the workloads live: 127.<a>.<b>.<offset + i>, so each has an address as a pod has its IP. ``a.b`` is the
+#: run's own block (``address_block``): two demos at once (two suites on one machine) must not see each other's
+#: traffic as their own, since a capture on ``lo`` sees both.
 ADDRESS_BASE: Final = 20
 MODEL_HOST: Final = "api.openai.com"
 MODEL_NAME: Final = "gpt-4o-mini"
@@ -100,8 +103,16 @@ class Plan(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
         return self.path
 
 
-def addresses() -> dict[str, str]:
-    return {name: f"127.0.0.{ADDRESS_BASE + i}" for i, name in enumerate(WORKLOADS)}
+def address_block(pid: int | None = None) -> str:
+    """The run's ``127.a.b`` block, from the supervising process's pid (distinct for runs at the same time); ``a``
+    is never 0, so the block never holds 127.0.0.1."""
+    pid = os.getpid() if pid is None else pid
+    return f"127.{1 + (pid >> 8) % 254}.{pid & 0xFF}"
+
+
+def addresses(block: str | None = None) -> dict[str, str]:
+    base = block or address_block()
+    return {name: f"{base}.{ADDRESS_BASE + i}" for i, name in enumerate(WORKLOADS)}
 
 
 def process_name(workload: str) -> str:

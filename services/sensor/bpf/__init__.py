@@ -1,7 +1,8 @@
 """Kernel programs of the live sensor and the one place their text is prepared and loaded.
 
 The C sources live beside this module (``sensor.bpf.c``: socket filter and flow counters; ``tls.bpf.c``: OpenSSL
-uprobes); the records they share with user space are declared once, in ``records.h``. ``program_text`` inlines the
+uprobes; ``reads.bpf.c``: when servers read their requests); the records they share with user space are declared
+once, in ``records.h``. ``program_text`` inlines the
 header and replaces the UPPER_SNAKE placeholders, so the text that is compiled is exactly the text that
 ``costmesh sensor --print-bpf`` shows. ``load`` compiles it with bcc and translates every way of failing (no bcc, not
 root, no kernel headers, the verifier or the kernel saying no) into ``BpfUnavailable`` carrying the kernel's words.
@@ -30,6 +31,8 @@ FLOW_KEY = struct.Struct("=16s16sHHBBH")
 TLS_EVENT_HEAD = struct.Struct("=QQQIIIIIB3x16s")
 #: struct exec_event: pid, comm.
 EXEC_EVENT = struct.Struct("=I16s")
+#: struct read_event: ts_ns, local, peer, local_port, peer_port, pad.
+READ_EVENT = struct.Struct("=Q16s16sHHI")
 
 STAT_SEEN_PACKETS = 0
 STAT_PASSED_PACKETS = 1
@@ -37,7 +40,8 @@ STAT_FLOW_FULL_PACKETS = 2
 STAT_FLOW_FULL_BYTES = 3
 STAT_TLS_LOST = 4
 STAT_TLS_EVENTS = 5
-STAT_COUNT = 6
+STAT_READS_LOST = 6
+STAT_COUNT = 7
 
 PORT_WATCH = 1
 PORT_AI = 2

@@ -40,7 +40,8 @@ struct ai_flow_key {
 #define STAT_FLOW_FULL_BYTES   3
 #define STAT_TLS_LOST          4  /* TLS events the ring buffer had no room for */
 #define STAT_TLS_EVENTS        5
-#define STAT_COUNT             6
+#define STAT_READS_LOST        6  /* server reads the ring buffer had no room for (reads.bpf.c) */
+#define STAT_COUNT             7
 
 /* One SSL_read/SSL_write call's plaintext (or one chunk of it when longer than TLS_CHUNK). */
 #define TLS_CHUNK 4096  /* bytes of plaintext one event carries (a power of two) */
@@ -65,6 +66,16 @@ struct tls_event {
 struct exec_event {
     __u32 pid;        /* process (tgid) */
     char comm[16];    /* the new program's name */
+};
+
+/* A server on this host read bytes of one of its connections (reads.bpf.c). Addresses as in flow_key. */
+struct read_event {
+    __u64 ts_ns;      /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+    __u8 local[16];   /* the server's end */
+    __u8 peer[16];
+    __u16 local_port;
+    __u16 peer_port;
+    __u32 pad;
 };
 
 #endif

@@ -1,8 +1,10 @@
 """Live capture: the eBPF socket filter on the configured interfaces, PACKET_RX_RING rings read a block at a time,
 kernel flow counters polled every window into ``FlowVolume`` records, and (optionally) OpenSSL plaintext by uprobes.
 
-Reads: the interfaces of ``sensor.interfaces`` (through ``bpf/sensor.bpf.c``) and, with ``sensor.tls_capture``, the
-``libssl.so.3`` calls of every process on the host (through ``bpf/tls.bpf.c``, probes kept by ``tls_probes``).
+Reads: the interfaces of ``sensor.interfaces`` (through ``bpf/sensor.bpf.c``), when servers on the watched HTTP and
+PostgreSQL ports read their connections (``bpf/reads.bpf.c``: where their server time starts) and, with
+``sensor.tls_capture``, the ``libssl.so.3`` calls of the probed processes (``bpf/tls.bpf.c``, probes kept by
+``tls_probes``).
 Emits: ring frames to a ``FrameSink`` (by pointer into the compiled engine) and batches of ``TlsChunk`` to a
 ``TlsSink`` (the parsers, see ``sinks``), and per window a ``LiveWindow``: the sinks' ``ObservedCall`` records, the
 kernel's ``FlowVolume`` records (``flows``), and counters.
@@ -42,6 +44,8 @@ from .metrics import (
     FLOWS,
     KERNEL_PACKETS,
     PACKETS,
+    SERVER_READS,
+    SERVER_READS_LOST,
     TLS_EVENTS,
 )
 from .ring import PacketRing
@@ -52,6 +56,8 @@ log = logging.getLogger(__name__)
 
 #: The TLS program wakes the reader once per this many events; the reader also drains at every window's end.
 TLS_WAKEUP_EVERY = 64
+#: Ring buffer of server reads, in pages: 48-byte events, taken before every ring read (a quarter second at most).
+READS_RING_PAGES = 256
 
 
 class LiveCapture:
@@ -87,6 +93,10 @@ class LiveCapture:
         self.tls_bpf: Any = None
         #: Why TLS capture is off although configured ("" when on or not configured).
         self.tls_error = ""
+        self.reads_bpf: Any = None
+        #: Why server reads are not followed ("" when they are): server time then starts at a request's arrival.
+        self.reads_error = ""
+        self._pending_reads: list[tuple[int, bytes, int, bytes, int]] = []
         self.volumes: FlowVolumes | None = None
         self.tls_probes: TlsProbes | None = None
         self._pending_tls: list[TlsChunk] = []
@@ -151,6 +161,14 @@ class LiveCapture:
                 )
             except OSError as exc:
                 raise bpf.BpfUnavailable(f"cannot open a packet ring on {ifname}: {exc}") from exc
+        try:
+            self._open_reads()
+        except bpf.BpfUnavailable as exc:  # server time from the wire alone is still server time
+            log.error("server reads unavailable, server time starts at each request's arrival: %s", exc)
+            self.reads_error = str(exc)
+            if self.reads_bpf is not None:
+                self.reads_bpf.cleanup()
+                self.reads_bpf = None
         if self.sensor_cfg.tls_capture and self.tls is not None:
             try:
                 self._open_tls()
@@ -160,6 +178,19 @@ class LiveCapture:
                 if self.tls_bpf is not None:
                     self.tls_bpf.cleanup()
                     self.tls_bpf = None
+
+    def reads_program(self) -> str:
+        return bpf.program_text("reads", {"READS_RING_PAGES": READS_RING_PAGES})
+
+    def _open_reads(self) -> None:
+        text = self.reads_program()
+        if self.print_programs:
+            print(text, file=sys.stderr)
+        self.reads_bpf = bpf.load(text)
+        ports = self.reads_bpf[b"server_ports"]
+        for port in {*self.sensor_cfg.http_ports, *self.sensor_cfg.postgres_ports}:
+            ports[ports.Key(port)] = ports.Leaf(1)
+        self.reads_bpf[b"reads"].open_ring_buffer(self._on_read)
 
     def _open_tls(self) -> None:
         text = self.tls_program()
@@ -190,10 +221,10 @@ class LiveCapture:
         if self.tls_probes is not None:
             self.tls_probes.close()  # every probe is gone before close returns
             self.tls_probes = None
-        for prog in (self.tls_bpf, self.bpf):
+        for prog in (self.tls_bpf, self.reads_bpf, self.bpf):
             if prog is not None:
                 prog.cleanup()
-        self.bpf = self.tls_bpf = None
+        self.bpf = self.tls_bpf = self.reads_bpf = None
 
     # ---- reading ----------------------------------------------------------------------------------------------
 
@@ -217,10 +248,29 @@ class LiveCapture:
         )
         return 0
 
+    def _on_read(self, _ctx: Any, data: Any, size: int) -> int:
+        ts_ns, local, peer, lport, pport, _pad = bpf.READ_EVENT.unpack(ct.string_at(data, size))
+        self._pending_reads.append(((ts_ns + self._mono_to_wall_ns) // 1000, local, lport, peer, pport))
+        return 0
+
+    def read_server_reads(self) -> int:
+        """Hand the server reads so far to the frame sink, before the frames about to be read: the engine applies
+        each when it reaches the frames of its time, so a request answered in them finds the read that started it."""
+        if self.reads_bpf is None:
+            return 0
+        self.reads_bpf.ring_buffer_consume()
+        reads, n = self._pending_reads, len(self._pending_reads)
+        if n:
+            self._pending_reads = []
+            self.frames.feed_reads(reads)
+            SERVER_READS.inc(n)
+        return n
+
     def read_rings(self, max_blocks: int = 0) -> int:
-        """Hand every ready block of every ring to the frame sink, then mark the AI flows the opening frames name;
-        returns frames read."""
+        """Hand the server reads, then every ready block of every ring to the frame sink, then mark the AI flows the
+        opening frames name; returns frames read."""
         hellos: list[bytes] | None = [] if self.ai_marker.patterns else None
+        self.read_server_reads()
         n = 0
         for ring in self.rings:
             n += self.frames.feed_ring(ring, hellos, max_blocks)
@@ -276,6 +326,7 @@ class LiveCapture:
         c.flow_table_full_bytes = totals[bpf.STAT_FLOW_FULL_BYTES] - prev.flow_table_full_bytes
         c.tls_events = totals[bpf.STAT_TLS_EVENTS + 100] - prev.tls_events
         c.tls_lost = totals[bpf.STAT_TLS_LOST + 100] - prev.tls_lost
+        c.reads_lost = totals[bpf.STAT_READS_LOST + 200] - prev.reads_lost
         self._counters = LiveCounters(
             seen_packets=totals[bpf.STAT_SEEN_PACKETS],
             passed_packets=totals[bpf.STAT_PASSED_PACKETS],
@@ -283,6 +334,7 @@ class LiveCapture:
             flow_table_full_bytes=totals[bpf.STAT_FLOW_FULL_BYTES],
             tls_events=totals[bpf.STAT_TLS_EVENTS + 100],
             tls_lost=totals[bpf.STAT_TLS_LOST + 100],
+            reads_lost=totals[bpf.STAT_READS_LOST + 200],
         )
         KERNEL_PACKETS.labels("seen").inc(c.seen_packets)
         KERNEL_PACKETS.labels("passed").inc(c.passed_packets)
@@ -290,11 +342,12 @@ class LiveCapture:
         FLOW_TABLE_FULL_BYTES.inc(c.flow_table_full_bytes)
         TLS_EVENTS.labels("received").inc(c.tls_events - c.tls_lost)
         TLS_EVENTS.labels("lost").inc(c.tls_lost)
+        SERVER_READS_LOST.inc(c.reads_lost)
         return c
 
     def _kernel_stats(self) -> dict[int, int]:
         totals: dict[int, int] = {}
-        for base, prog in ((0, self.bpf), (100, self.tls_bpf)):
+        for base, prog in ((0, self.bpf), (100, self.tls_bpf), (200, self.reads_bpf)):
             if prog is None:
                 for i in range(bpf.STAT_COUNT):
                     totals[base + i] = 0

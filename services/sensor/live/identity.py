@@ -96,6 +96,34 @@ def _hex_addr(text: str) -> tuple[str, int]:
     return str(ip), int(port, 16)
 
 
+def socket_endpoints_of_pid(pid: int, proc: Path = Path("/proc")) -> list[tuple[str, int]]:
+    """Local ``(address, port)`` of the TCP sockets process ``pid`` holds: its fds' socket inodes, looked up in the
+    socket tables of its own network namespace. Empty when the process is gone or unreadable."""
+    inodes: set[int] = set()
+    try:
+        with os.scandir(proc / str(pid) / "fd") as fds:
+            for fd in fds:
+                try:
+                    m = _SOCKET_LINK.match(os.readlink(fd.path))
+                except OSError:
+                    continue
+                if m:
+                    inodes.add(int(m.group(1)))
+    except OSError:
+        return []
+    out: list[tuple[str, int]] = []
+    for name in ("tcp", "tcp6"):
+        try:
+            lines = (proc / str(pid) / "net" / name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) >= 10 and int(cols[9]) in inodes:
+                out.append(_hex_addr(cols[1]))
+    return out
+
+
 @dataclass
 class ProcessInfo:
     pid: int
@@ -215,6 +243,9 @@ class IdentityResolver:
         self.pod_of_ip = pod_of_ip
         self.pod_of_container = pod_of_container
         self.local = {"127.0.0.1", "::1"}
+        #: pid → (its workload by the table, when that was looked up): a process's sockets are read once a second
+        #: at most (TLS records name their process every window).
+        self._pid_table: dict[int, tuple[str, float]] = {}
 
     def name(self, addr: str, port: int) -> str:
         """Workload name of one endpoint, "" when nothing is known (callers then use ``ip:port``)."""
@@ -236,8 +267,12 @@ class IdentityResolver:
         return ""
 
     def name_of_pid(self, pid: int, _cgroup_id: int, comm: str) -> str:
-        """Workload of a process (TLS plaintext comes with a pid): its pod, its container, or ``comm[pid]``."""
+        """Workload of a process (TLS plaintext comes with a pid): the table's name for an address its sockets use
+        (as its plaintext calls leave from them), its pod, its container, or ``comm[pid]``."""
         proc = self.proc.proc if self.proc is not None else Path("/proc")
+        found = self._table_name_of_pid(pid, proc)
+        if found:
+            return found
         cid = container_id_of_pid(pid, proc)
         if cid and self.pod_of_container is not None:
             pod = self.pod_of_container(cid)
@@ -246,3 +281,17 @@ class IdentityResolver:
         if cid:
             return f"container:{cid[:12]}"
         return f"{comm}[{pid}]"
+
+    def _table_name_of_pid(self, pid: int, proc: Path) -> str:
+        if not self.static.entries:
+            return ""
+        now = time.monotonic()
+        known = self._pid_table.get(pid)
+        if known is not None and (known[0] or now - known[1] < 1.0):
+            return known[0]
+        names = {self.static.name(addr, port) for addr, port in socket_endpoints_of_pid(pid, proc)} - {""}
+        found = min(names) if names else ""  # one address per workload; several names: the same one every time
+        if len(self._pid_table) >= 4096:
+            self._pid_table.clear()
+        self._pid_table[pid] = (found, now)
+        return found

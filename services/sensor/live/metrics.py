@@ -30,6 +30,21 @@ TLS_EVENTS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+SERVER_READS = Counter(
+    "costmesh_sensor_server_reads_total",
+    "Reads by servers on the watched ports, handed to the parsers (where a request's server time starts).",
+    registry=REGISTRY,
+)
+SERVER_READS_LOST = Counter(
+    "costmesh_sensor_server_reads_lost_total",
+    "Server reads the ring buffer had no room for (those requests' server time starts at their arrival).",
+    registry=REGISTRY,
+)
+TLS_SERVED_CALLS = Counter(
+    "costmesh_sensor_tls_served_calls_total",
+    "Calls served by a probed process over TLS, not recorded (sensor.tls_server_side is off).",
+    registry=REGISTRY,
+)
 FLOWS = Gauge("costmesh_sensor_flows", "Flow directions with traffic in the last window.", registry=REGISTRY)
 FLOW_RECORDS = Counter(
     "costmesh_sensor_flow_records_total", "FlowVolume records produced from the kernel counters.", registry=REGISTRY

@@ -39,6 +39,7 @@ PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 TPACKET_V3 = 2
 SO_ATTACH_BPF = 50
+SO_TIMESTAMPNS = 35
 ETH_P_ALL = 0x0003
 #: Connections remembered per ring by the opening-frame check (direct-mapped; a power of two).
 SEEN_CONNECTIONS = 1 << 16
@@ -86,6 +87,11 @@ class PacketRing:
                 self.sock.fileno(), block_size * block_count, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
             )
             self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_BPF, struct.pack("=i", filter_fd))
+            # Stamp packets when they are handed to the stack (netif_rx, on lo in the sender's own send call), not
+            # when the receive softirq gets to them: on a busy CPU that runs in ksoftirqd, milliseconds later, and a
+            # response would look that much slower than its server was. Asking for timestamps on any socket turns
+            # on the kernel's early stamping; the ring's frames then carry it.
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             self.sock.bind((ifname, ETH_P_ALL))
         except OSError:
             self.sock.close()

@@ -86,6 +86,7 @@ async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> 
         ctx.health["tls"] = f"unavailable: {capture.tls_error}"
     else:
         ctx.health["tls"] = "probing " + ", ".join(capture.tls_files)
+    ctx.health["server_reads"] = f"unavailable: {capture.reads_error}" if capture.reads_error else "following"
     sender = BatchSender(nc, node, config.sensor.batch_records)
     queue: asyncio.Queue[LiveWindow] = asyncio.Queue(QUEUE_WINDOWS)
 

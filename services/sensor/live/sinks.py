@@ -26,6 +26,10 @@ class FrameSink(Protocol):
         """Take the ring's ready blocks (``PacketRing.feed``; frames start at the Ethernet header, cut to the snap
         length), appending the frames that open a connection to ``hellos``. Returns the number of frames."""
 
+    def feed_reads(self, reads: list[tuple[int, bytes, int, bytes, int]]) -> None:
+        """Reads by servers on this host, ``(ts_us, local, local_port, peer, peer_port)``: where the server time of
+        the requests they read starts (``Engine.server_reads``)."""
+
     def drain(self) -> list[ObservedCall]:
         """The records of every finished window, forgotten afterwards."""
 
@@ -43,6 +47,9 @@ class FrameListSink:
 
     def feed_frames(self, frames: Sequence[tuple[int, bytes]]) -> None:
         raise NotImplementedError
+
+    def feed_reads(self, reads: list[tuple[int, bytes, int, bytes, int]]) -> None:
+        """Frames only: server reads are not wanted here."""
 
     def drain(self) -> list[ObservedCall]:
         return []
@@ -83,6 +90,9 @@ class SensorFrameSink:
     def feed_ring(self, ring: PacketRing, hellos: list[bytes] | None, max_blocks: int) -> int:
         return ring.feed(self.sensor.engine, None, hellos, max_blocks)
 
+    def feed_reads(self, reads: list[tuple[int, bytes, int, bytes, int]]) -> None:
+        self.sensor.engine.server_reads(reads)
+
     def drain(self) -> list[ObservedCall]:
         records = self.sensor.drain()
         self.metrics.export()
@@ -101,6 +111,7 @@ class LiveCounters:
     flow_table_full_bytes: int = 0
     tls_events: int = 0
     tls_lost: int = 0
+    reads_lost: int = 0
 
 
 @dataclass

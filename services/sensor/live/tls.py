@@ -13,7 +13,8 @@ so that the message framing holds (the call is still counted); a larger one ends
 one starts at the next message head. The engine tells client from server
 by who sends the request. The process's end is named by ``name_of_pid`` (pod, container or ``comm[pid]``) through
 the engine's naming hook; a peer the process called is named by the request's Host header, as any destination is;
-a peer that called the process is ``tls-client`` (plaintext does not say who it is).
+a peer that called the process is ``tls-client`` (plaintext does not say who it is). Calls a process served are
+recorded only with ``sensor.tls_server_side`` (counted in ``costmesh_sensor_tls_served_calls_total`` otherwise).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from costmesh.common.schemas import ObservedCall, add_counters
 from costmesh.native.http import HTTP_METHODS
 
 from ..core import Sensor
-from .metrics import ParserMetrics
+from .metrics import TLS_SERVED_CALLS, ParserMetrics
 from .sinks import TlsChunk
 
 TLS_CHUNK = 4096  # records.h
@@ -96,6 +97,7 @@ class TlsPlaintextSink:
         keep_plaintext: int = 0,
     ) -> None:
         self.sensor = Sensor(config, node, window_us, name_of=self._name_of_end)
+        self.server_side = config.sensor.tls_server_side
         self.metrics = ParserMetrics(self.sensor, "tls")
         self.name_of_pid = name_of_pid or (lambda pid, _cg, comm: f"{comm}[{pid}]")
         self.max_chunks = max_chunks
@@ -203,6 +205,9 @@ class TlsPlaintextSink:
         self._retired.clear()
         for r in records:
             if r.src_workload.startswith(_PEER_TEXT):
+                if not self.server_side:
+                    TLS_SERVED_CALLS.inc(r.requests)
+                    continue
                 r.src_workload = PEER_CALLER
             if r.dst.startswith("[" + _PEER_TEXT):
                 r.dst = PEER_UNNAMED
