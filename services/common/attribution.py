@@ -104,6 +104,7 @@ class Solution:
         direct: Mapping[str, Mapping[Key, int]],
         calls: Mapping[str, Mapping[str, int]],
         rest: Iterable[Usage] = (),
+        passers: Collection[str] = (),
     ) -> None:
         self._direct, self._calls = direct, calls
         self._rest = list(rest)
@@ -116,7 +117,7 @@ class Solution:
         # Unknowns are only the nodes that pass a mix on (callers of untagged calls): every other node's mix follows
         # from theirs directly. Solving over all of ``known`` (every resource called) would be the same answer in
         # O(resources^3) fraction work per span: minutes instead of milliseconds for a few thousand resources.
-        order = sorted(w for w in self.known if w in callees)
+        order = sorted(w for w in self.known if w in callees or w in passers)
         index = {w: i for i, w in enumerate(order)}
         empty: dict[str, int] = {}
         matrix = [[Fraction(int(i == j)) for j in range(len(order))] for i in range(len(order))]
@@ -207,11 +208,12 @@ def solve(
     behind an HTTP API; ``background``: workloads whose work is platform (never a queue's consumer). Callers
     reachable from no tagged call have no mix and are left out of a workload's total, as unknown.
     """
+    usage = list(usage)
     rows = [u for u in usage if u.requests > 0]
     queue_rows = [q for q in queues if q.requests > 0]
     # the nodes whose inbound decides a mix passed on: callers of untagged calls, queues, consumers of topics
-    passers = {u.src_workload for u in rows if tagged(u) is None}
-    passers |= {q.workload for q in queue_rows if q.role == "consumer"}
+    passers = {u.src_workload for u in usage if tagged(u) is None}
+    passers |= {q.workload for q in queue_rows if q.role == "consumer" or tagged(q) is None}
     passers |= set(queue_endpoints)
     inbound: dict[str, _Inbound] = defaultdict(_Inbound)
     to_queue: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # untagged HTTP queue callers
@@ -251,7 +253,7 @@ def solve(
             direct[node] = d
         if c:
             calls[node] = c
-    return Solution(direct, calls, rest)
+    return Solution(direct, calls, rest, passers)
 
 
 def _queue_roles(
