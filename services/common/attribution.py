@@ -43,7 +43,7 @@ from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping
 from fractions import Fraction
 
-from .usage import DIRECT_METHODS, Category, QueueUse, Usage
+from .usage import DIRECT_METHODS, QUEUE_PROTOCOLS, Category, QueueUse, Usage
 
 #: (tenant, feature, agent, category): whom a share goes to and how that was found.
 Key = tuple[str, str, str, Category]
@@ -214,7 +214,7 @@ def solve(
     # the nodes whose inbound decides a mix passed on: callers of untagged calls, queues, consumers of topics
     passers = {u.src_workload for u in usage if tagged(u) is None}
     passers |= {q.workload for q in queue_rows if q.role == "consumer" or tagged(q) is None}
-    passers |= set(queue_endpoints)
+    passers |= {u.dst for u in rows if u.dst in queue_endpoints and u.protocol not in QUEUE_PROTOCOLS}
     inbound: dict[str, _Inbound] = defaultdict(_Inbound)
     to_queue: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # untagged HTTP queue callers
     rest: list[Usage] = []
@@ -223,7 +223,7 @@ def solve(
             rest.append(u)
             continue
         key = tagged(u)
-        if u.dst in queue_endpoints:
+        if u.dst in queue_endpoints and u.protocol not in QUEUE_PROTOCOLS:
             inbound[u.dst].queue = True
             if key is None:
                 to_queue[u.dst][u.src_workload] += u.requests
