@@ -635,6 +635,10 @@ def to_line_allocations(
     make = Allocation
     out: list[Allocation] = []
     append = out.append
+    # units × 10**-scale by one multiplication: exact (a line's units have at most ``money.MAX_DIGITS`` digits, the
+    # context's precision), the same value and exponent as ``from_units``' scaleb, at a quarter of its cost
+    quantum = {int(sc): Decimal(1).scaleb(-int(sc)) for sc in np.unique(cols.line_scale).tolist()}
+    currency = cols.currency
     for lo in range(0, len(order), chunk):
         rows = order[lo : lo + chunk]
         line_idx = result.line[rows]
@@ -657,8 +661,8 @@ def to_line_allocations(
                     line_id=line.line_id,
                     tenant=tenant,
                     method=method,  # type: ignore[arg-type]
-                    amount=line.amount if w else Decimal(u).scaleb(-sc),
-                    currency=line.currency,
+                    amount=line.amount if w else Decimal(u) * quantum[sc],
+                    currency=currency,
                     feature=feature,
                     agent=agent,
                     resource=resource[g],
