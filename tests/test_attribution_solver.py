@@ -14,7 +14,8 @@ from costmesh.billing.model import CostLine, Window
 from costmesh.billing.pipeline import run
 from costmesh.common.attribution import attribute, inbound_mixes, solve, weights
 from costmesh.common.config import Config, ResourceMapping
-from costmesh.common.usage import Usage
+from costmesh.common.schemas import ObservedCall
+from costmesh.common.usage import QueueUse, Usage, hourly_from_records
 
 
 def use(src: str, dst: str, requests: int, tenant: str = "", busy_us: int = 0, **kw) -> Usage:
@@ -150,3 +151,25 @@ def test_integer_weights_are_the_exact_shares_proportions(tagged, untagged, cons
     assert all(Fraction(ints[k], total_i) == exact[k] / total_e for k in ints)
     for mix in solution.all_mixes().values():
         assert sum(mix.values()) == 1
+
+
+def test_a_topic_passes_its_producers_features_and_agents():
+    def produce(tenant: str, feature: str, agent: str = "") -> QueueUse:
+        return QueueUse(topic="jobs", role="producer", workload="api", tenant=tenant, tenant_method="header",
+                        feature=feature, agent=agent, requests=2)  # fmt: skip
+
+    queues = [produce("acme", "export", "bot"), produce("globex", "import"),
+              QueueUse(topic="jobs", role="consumer", workload="worker", requests=4)]  # fmt: skip
+    assert inbound_mixes([], queues)["worker"] == {
+        ("acme", "export", "bot", "propagated"): Fraction(1, 2),
+        ("globex", "import", "", "propagated"): Fraction(1, 2),
+    }
+
+
+def test_queue_rows_from_records_keep_feature_and_agent():
+    record = ObservedCall(window_start_us=0, window_end_us=1_000_000, node="n", src_workload="api", dst="kafka:9092",
+                          protocol="kafka", operation="produce jobs", tenant="acme", tenant_method="header",
+                          feature="export", agent="bot", requests=3, bytes_out=300)  # fmt: skip
+    (row,) = hourly_from_records([record]).queues
+    assert (row.topic, row.role, row.tenant, row.feature, row.agent, row.requests) == (
+        "jobs", "producer", "acme", "export", "bot", 3)  # fmt: skip
