@@ -16,8 +16,11 @@ For a line of resource R over window P (DESIGN.md, "Allocation, in one paragraph
    background work, else ``unallocated``.
 3. A tenant tag on the bill line itself (``tenant``/``customer``…) is a direct signal and wins; a line mapped to no
    observed resource, or with no consumption in P, is ``unallocated`` whole.
-4. Shares are exact fractions until the end, then split with largest remainders in integer units of the line's own
+4. Shares are exact until the end — the solver's integer weights, the smallest integers in the exact fractions'
+   proportion (``attribution.weights``) — then split with largest remainders in integer units of the line's own
    precision, so **the allocations of a line sum to its amount exactly**. Keys are sorted first: deterministic.
+5. Queues behind an HTTP API are the config's ``queue`` resources (``queue_endpoints``): their workers take the
+   producers' mix, as topic consumers do (``costmesh.common.attribution``).
 """
 
 from __future__ import annotations
