@@ -9,9 +9,10 @@ the largest-remainder splits of all groups with the same number of keys are one 
 (``_split_groups``: per group, numpy's own overhead cost more than the arithmetic). ``split_rows`` equals
 ``money.largest_remainder`` row for row (tested); it falls back to Python integers (object arrays) when
 ``amount × Σweights`` would not fit in int64, so it is never inexact. ``read_focus_columns`` holds amounts in one
-quantum per file, the finest any of its lines needs (the row engine uses each line's own, at least micro-units: both are exact, the parts of a line may differ in the last digits);
-``columns_from_lines`` holds each line in its own quantum (``Columns.line_scale``), as ``allocate.split`` does, so its
-rows are the row engine's exactly (``to_line_allocations``).
+quantum per file, the finest any of its lines needs (the row engine uses each line's own, at least micro-units: both
+are exact, the parts of a line may differ in the last digits); ``columns_from_lines`` holds each line in its own
+quantum (``Columns.line_scale``), as ``allocate.split`` does, so its rows are the row engine's exactly
+(``to_line_allocations``).
 """
 
 from __future__ import annotations
