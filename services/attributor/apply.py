@@ -142,11 +142,11 @@ ON CONFLICT (name) DO UPDATE SET
 """
 
 MERGE_QUEUES = f"""
-INSERT INTO queue_minute AS q (minute, topic, role, workload, tenant, tenant_method, requests, bytes)
-SELECT to_timestamp(m * 60), {_TOPIC_SQL}, {_ROLE_SQL}, src_workload, tenant, tenant_method, sum(requests),
-    sum(bytes_in + bytes_out)
-FROM staging_agg WHERE protocol IN {QUEUE_PROTOCOLS!r} GROUP BY 1, 2, 3, 4, 5, 6
-ON CONFLICT (minute, topic, role, workload, tenant, tenant_method) DO UPDATE SET
+INSERT INTO queue_minute AS q (minute, topic, role, workload, tenant, tenant_method, feature, agent, requests, bytes)
+SELECT to_timestamp(m * 60), {_TOPIC_SQL}, {_ROLE_SQL}, src_workload, tenant, tenant_method, feature, agent,
+    sum(requests), sum(bytes_in + bytes_out)
+FROM staging_agg WHERE protocol IN {QUEUE_PROTOCOLS!r} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+ON CONFLICT (minute, topic, role, workload, tenant, tenant_method, feature, agent) DO UPDATE SET
     requests = q.requests + EXCLUDED.requests, bytes = q.bytes + EXCLUDED.bytes
 """
 

@@ -42,7 +42,7 @@ SIDE_ROLLUPS: tuple[tuple[str, str, str, str], ...] = (
     (
         "queue_hourly",
         "queue_minute",
-        "topic, role, workload, tenant, tenant_method",
+        "topic, role, workload, tenant, tenant_method, feature, agent",
         "requests, bytes",
     ),
     (

@@ -16,8 +16,11 @@ For a line of resource R over window P (DESIGN.md, "Allocation, in one paragraph
    background work, else ``unallocated``.
 3. A tenant tag on the bill line itself (``tenant``/``customer``…) is a direct signal and wins; a line mapped to no
    observed resource, or with no consumption in P, is ``unallocated`` whole.
-4. Shares are exact fractions until the end, then split with largest remainders in integer units of the line's own
+4. Shares are exact until the end — the solver's integer weights, the smallest integers in the exact fractions'
+   proportion (``attribution.weights``) — then split with largest remainders in integer units of the line's own
    precision, so **the allocations of a line sum to its amount exactly**. Keys are sorted first: deterministic.
+5. Queues behind an HTTP API are the config's ``queue`` resources (``queue_endpoints``): their workers take the
+   producers' mix, as topic consumers do (``costmesh.common.attribution``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from fractions import Fraction
 
 import msgspec
 
-from costmesh.common.attribution import Key, Mix, attribute, inbound_mixes
+from costmesh.common.attribution import Key, Mix, Solution, attribute, solve
+from costmesh.common.attribution import weights as share_weights
 from costmesh.common.money import from_units, largest_remainder, scale_of, to_units
 from costmesh.common.prices import PriceTable
 from costmesh.common.usage import QueueUse
@@ -81,6 +85,7 @@ class Allocator:
         zones: Mapping[str, str] | None = None,
         internal: Iterable[str] | None = None,
         tag_keys: Sequence[str] = DEFAULT_TAG_KEYS,
+        queue_endpoints: Iterable[str] = (),
     ) -> None:
         self.usage = sorted(usage, key=lambda u: (u.start_us, u.src_workload, u.dst, u.tenant, u.feature, u.agent))
         # Rows sorted by start plus the longest row's length bound the rows a window can overlap (bisect, not scan).
@@ -101,8 +106,10 @@ class Allocator:
             else frozenset(u.src_workload for u in self.usage) | frozenset(self.zones)
         )
         self.tag_keys = tuple(k.lower() for k in tag_keys)
+        # Destinations that are queues behind an HTTP API (``queue`` resources of the config): producer → consumer.
+        self.queue_endpoints = frozenset(queue_endpoints)
         self._windows: dict[Window, tuple[list[Usage], dict[str, list[Usage]]]] = {}
-        self._mixes: dict[Window, dict[str, Mix]] = {}
+        self._solutions: dict[Window, Solution] = {}
 
     # -- consumption ---------------------------------------------------------------------------------------------
     def _in(self, window: Window) -> tuple[list[Usage], dict[str, list[Usage]]]:
@@ -197,24 +204,38 @@ class Allocator:
         return not (address.is_private or address.is_loopback or address.is_link_local)
 
     # -- tenants -------------------------------------------------------------------------------------------------
-    def window_mixes(self, window: Window) -> dict[str, Mix]:
-        """Inbound tenant mix of every workload in ``window`` (``attribution.inbound_mixes`` over its calls and the
-        queue traffic that feeds it), cached per window."""
-        cached = self._mixes.get(window)
+    def solution(self, window: Window) -> Solution:
+        """The solved inbound mixes of ``window`` (``attribution.solve`` over its calls and the queue traffic that
+        feeds it), cached per window."""
+        cached = self._solutions.get(window)
         if cached is None:
-            cached = self._mixes[window] = inbound_mixes(self._in(window)[0], self.queues_for(window))
+            cached = self._solutions[window] = solve(
+                self._in(window)[0],
+                self.queues_for(window),
+                queue_endpoints=self.queue_endpoints,
+                background=self.background,
+            )
         return cached
+
+    def window_mixes(self, window: Window) -> dict[str, Mix]:
+        """Inbound tenant mix of every workload in ``window``."""
+        return self.solution(window).all_mixes()
 
     def inbound_mix(self, workload: str, window: Window) -> Mix:
         """Tenant shares of the calls into ``workload`` in ``window``; ``{}`` when nothing is known."""
-        return self.window_mixes(window).get(workload, {})
+        return self.solution(window).mix(workload)
 
     def shares(self, target: Target, window: Window, line: CostLine | None = None) -> tuple[str, dict[Key, Fraction]]:
         """Exact shares of ``target`` in ``window`` per (tenant, feature, agent, method), and the metric's name."""
         metric, consumed = self.consumption(target, window, line)
         if not any(w > 0 for _, w in consumed):
             return metric, {}
-        return metric, attribute(consumed, self.window_mixes(window), self.background)
+        return metric, attribute(consumed, self.solution(window), self.background)
+
+    def weights(self, target: Target, window: Window, line: CostLine | None = None) -> tuple[str, dict[Key, int]]:
+        """``shares`` as the smallest integers in their exact proportion (what a split reads), and the metric."""
+        metric, consumed = self.consumption(target, window, line)
+        return metric, share_weights(consumed, self.solution(window), self.background)
 
     # -- lines ---------------------------------------------------------------------------------------------------
     def tag_tenant(self, line: CostLine) -> tuple[str, str] | None:
@@ -234,7 +255,7 @@ class Allocator:
             return [_whole(line, tenant, "direct", f"tag:{key}", resource)]
         if target is None:
             return [_whole(line, "", "unallocated", "unmatched", "")]
-        metric, shares = self.shares(target, line.window, line)
+        metric, shares = self.weights(target, line.window, line)
         if not shares:
             return [_whole(line, "", "unallocated", f"no {metric} observed", resource)]
         return split(line, shares, metric, resource)
@@ -258,6 +279,15 @@ def _whole(line: CostLine, tenant: str, method: Category, basis: str, resource: 
     )
 
 
+def integer_weights(shares: Sequence[Fraction | int]) -> list[int]:
+    """Positive shares as integers in the same proportion (integers as they are)."""
+    if all(type(v) is int for v in shares):
+        return list(shares)  # type: ignore[arg-type]
+    fractions = [Fraction(v) for v in shares]
+    denominator = math.lcm(*(f.denominator for f in fractions))
+    return [f.numerator * (denominator // f.denominator) for f in fractions]
+
+
 def split(line: CostLine, shares: Mapping[_Key, Fraction | int], basis: str, resource: str = "") -> list[Allocation]:
     """Split ``line.amount`` by exact ``shares`` with largest remainders; parts sum to the amount exactly.
 
@@ -267,11 +297,8 @@ def split(line: CostLine, shares: Mapping[_Key, Fraction | int], basis: str, res
     keys = sorted(k for k, v in shares.items() if v > 0)
     if not keys:
         return [_whole(line, "", "unallocated", f"no {basis} observed", resource)]
-    fractions = [Fraction(shares[k]) for k in keys]
-    denominator = math.lcm(*(f.denominator for f in fractions))
-    weights = [f.numerator * (denominator // f.denominator) for f in fractions]
     scale = scale_of(line.amount)
-    parts = largest_remainder(to_units(line.amount, scale), weights)
+    parts = largest_remainder(to_units(line.amount, scale), integer_weights([shares[k] for k in keys]))
     out = [
         Allocation(
             line_id=line.line_id,

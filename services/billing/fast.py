@@ -4,13 +4,15 @@ Reads a FOCUS CSV into columns (``read_focus_columns``, pyarrow's C++ CSV reader
 (``columns_from_lines``, the product path: ``pipeline.run`` on large bills) and consumption rows; emits
 allocation columns (line index, key index, units) that sum exactly to every line's amount. The split is grouped:
 lines of the same mapped resource whose charge windows see the same consumption rows get the same shares, so the
-per-line Python work of the row engine becomes one ``Allocator.shares`` call per (resource, consumption epoch) and one
-numpy largest-remainder split per group. ``split_rows`` equals ``money.largest_remainder`` row for row (tested); it
-falls back to Python integers (object arrays) when ``amount × Σweights`` would not fit in int64, so it is never
-inexact. ``read_focus_columns`` holds amounts in one quantum per file, the finest any of its lines needs (the row
-engine uses each line's own, at least micro-units: both are exact, the parts of a line may differ in the last digits);
-``columns_from_lines`` holds each line in its own quantum (``Columns.line_scale``), as ``allocate.split`` does, so its
-rows are the row engine's exactly (``to_line_allocations``).
+per-line Python work of the row engine becomes one ``Allocator.weights`` call per (resource, consumption epoch), and
+the largest-remainder splits of all groups with the same number of keys are one numpy array operation
+(``_split_groups``: per group, numpy's own overhead cost more than the arithmetic). ``split_rows`` equals
+``money.largest_remainder`` row for row (tested); it falls back to Python integers (object arrays) when
+``amount × Σweights`` would not fit in int64, so it is never inexact. ``read_focus_columns`` holds amounts in one
+quantum per file, the finest any of its lines needs (the row engine uses each line's own, at least micro-units: both
+are exact, the parts of a line may differ in the last digits); ``columns_from_lines`` holds each line in its own
+quantum (``Columns.line_scale``), as ``allocate.split`` does, so its rows are the row engine's exactly
+(``to_line_allocations``).
 """
 
 from __future__ import annotations
@@ -18,11 +20,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import time
 from collections.abc import Sequence
 from decimal import Decimal
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +381,101 @@ def _epochs(
     return window_epoch[inverse.reshape(-1)], members
 
 
+#: Cells of one batch of ``_split_groups`` (lines × keys): bounds its temporary arrays to some hundred MB.
+_BATCH_CELLS = 1 << 22
+
+
+def _split_groups(
+    units: np.ndarray,
+    order: np.ndarray,
+    bounds: np.ndarray,
+    group_keys: list[np.ndarray],
+    group_weights: list[list[int]],
+    unallocated: int,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Every group's lines split by its weights (``split_rows``, row for row), batched: the lines of all groups with
+    the same number of keys are one (lines × keys) array, so the numpy work is per batch, not per group. A group
+    given whole keeps one row per line (its key, the line's units); a line of amount 0 split by weights keeps one
+    unallocated row, as ``allocate.split`` does. Groups whose products would not fit in int64 go one by one through
+    ``split_rows``' exact wide path."""
+    sizes = np.diff(bounds)
+    out_line: list[np.ndarray] = []
+    out_key: list[np.ndarray] = []
+    out_units: list[np.ndarray] = []
+    out_group: list[np.ndarray] = []
+
+    def emit(lines: np.ndarray, key: np.ndarray, parts: np.ndarray, group: np.ndarray) -> None:
+        out_line.append(lines)
+        out_key.append(key)
+        out_units.append(parts)
+        out_group.append(group)
+
+    by_k: dict[int, list[int]] = {}
+    whole = [g for g, w in enumerate(group_weights) if not w]
+    if whole:
+        wg = np.array(whole, dtype=np.int64)
+        lines = np.concatenate([order[bounds[g] : bounds[g + 1]] for g in whole])
+        group = np.repeat(wg, sizes[wg]).astype(np.int32)
+        first_key = np.array([group_keys[g][0] for g in whole], dtype=np.int32)
+        emit(lines, np.repeat(first_key, sizes[wg]), units[lines], group)
+    narrow = units.dtype != object
+    for g, w in enumerate(group_weights):
+        if not w:
+            continue
+        total = sum(w)
+        idx = order[bounds[g] : bounds[g + 1]]
+        if not narrow or total > _INT64_MAX or int(np.abs(units[idx]).max()) * total > _INT64_MAX:
+            parts = split_rows(units[idx], w)
+            _emit_parts(emit, idx, parts, group_keys[g], np.full(len(idx), g, dtype=np.int32), unallocated)
+        else:
+            by_k.setdefault(len(w), []).append(g)
+    for k, groups in by_k.items():
+        weights = np.array([group_weights[g] for g in groups], dtype=np.int64)
+        keys = np.stack([group_keys[g] for g in groups])
+        gs = np.array(groups, dtype=np.int64)
+        member = np.repeat(np.arange(len(groups)), sizes[gs])
+        lines = np.concatenate([order[bounds[g] : bounds[g + 1]] for g in groups])
+        step = max(_BATCH_CELLS // k, 1)
+        for lo in range(0, len(lines), step):
+            m, li = member[lo : lo + step], lines[lo : lo + step]
+            parts = _split_batch(units[li], weights[m])
+            _emit_parts(emit, li, parts, keys[m], gs[m].astype(np.int32), unallocated)
+    return out_line, out_key, out_units, out_group
+
+
+def _split_batch(units: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``split_rows`` with a weight row per line: (n,) units, (n, k) int64 weights → (n, k) parts; the caller has
+    checked that |units| × Σweights fits in int64."""
+    n, k = w.shape
+    total = w.sum(axis=1)
+    negative = units < 0
+    mag = np.abs(units)
+    num = mag[:, None] * w
+    q = num // total[:, None]
+    r = num - q * total[:, None]
+    left = mag - q.sum(axis=1)
+    ranked = r.astype(np.float64) if int(total.max(initial=0)) <= 2**53 else r
+    order = np.argsort(-ranked, axis=1, kind="stable")
+    rank = np.empty((n, k), dtype=np.int64)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(k), (n, k)), axis=1)
+    q += rank < left[:, None]
+    return np.where(negative[:, None], -q, q)
+
+
+def _emit_parts(emit: Any, lines: np.ndarray, parts: np.ndarray, keys: np.ndarray, group: np.ndarray, unallocated: int):
+    """The non-zero parts of split lines as rows; a line whose parts are all zero (amount 0) keeps one unallocated
+    row of 0, so that it stays visible. ``keys`` is one row of key ids for all lines, or one row per line."""
+    nz = parts != 0
+    zero_lines = ~nz.any(axis=1)
+    if zero_lines.any():
+        count = int(zero_lines.sum())
+        emit(lines[zero_lines], np.full(count, unallocated, dtype=np.int32), np.zeros(count, parts.dtype),
+             group[zero_lines])  # fmt: skip
+    rows, cols_ = np.nonzero(nz)
+    key = keys[cols_] if keys.ndim == 1 else keys[rows, cols_]
+    emit(lines[rows], key, parts[rows, cols_], group[rows])
+
+
 def allocate_columns(
     cols: Columns,
     usage: Sequence[Usage],
@@ -433,11 +528,11 @@ def allocate_columns(
     whole: list[bool] = []
     order = np.argsort(group_of_line, kind="stable")
     bounds = np.searchsorted(group_of_line[order], np.arange(len(codes) + 1))
-    out_line, out_key, out_units, out_group = [], [], [], []
+    group_keys: list[np.ndarray] = []  # per group: its keys' ids, sorted keys first
+    group_weights: list[list[int]] = []  # per group: integer weights, [] for a group given whole to its one key
     for g, code in enumerate(codes.tolist()):
-        idx = order[bounds[g] : bounds[g + 1]]
-        first = int(idx[0])
-        shares: dict[_Key, Fraction | int]
+        first = int(order[bounds[g]])
+        shares: dict[_Key, int]
         if code >= base:
             key, tenant = tag_tenant[int(cols.tags[first])]  # type: ignore[misc]
             shares, metric, resource = {(tenant, "", "", "direct"): 1}, f"tag:{key}", ""
@@ -456,42 +551,25 @@ def allocate_columns(
                     kwargs = {**allocator_kwargs, "queues": queues, "ai": ai}
                     alloc = allocators[e] = Allocator([usage[i] for i in rows], **kwargs)
                 window = Window(int(cols.start_us[first]), int(cols.end_us[first]))
-                metric, shares = alloc.shares(target, window, cols.descriptors[int(cols.desc[first])])
+                metric, shares = alloc.weights(target, window, cols.descriptors[int(cols.desc[first])])
                 resource = target.resource
                 if not shares:
                     metric = f"no {metric} observed"
-        t1 = clock()
-        spent["shares"] += t1 - t0
-        ordered = sorted(k for k, v in shares.items() if v > 0)
+        ordered = sorted(shares)
         whole.append(code >= base or not ordered)
         if not ordered:
-            if shares:  # every share was zero: nothing observed, as ``allocate.split`` says
-                metric = f"no {metric} observed"
-            ordered, weights = [("", "", "", "unallocated")], [1]
-        else:
-            fracs = [Fraction(shares[k]) for k in ordered]
-            lcm = math.lcm(*(f.denominator for f in fracs))
-            weights = [f.numerator * (lcm // f.denominator) for f in fracs]
+            ordered = [("", "", "", "unallocated")]
         basis.append(metric)
         resources.append(resource)
-        key_ids = np.array([keys.setdefault(k, len(keys)) for k in ordered], dtype=np.int32)
-        parts = split_rows(cols.units[idx], weights)
-        nz = parts != 0
-        zero_lines = ~nz.any(axis=1)
-        if zero_lines.any():  # a line of amount 0 keeps one row (its tag's tenant, else unallocated): it stays visible
-            keep = ordered[0] if code >= base else ("", "", "", "unallocated")
-            unalloc = keys.setdefault(keep, len(keys))
-            out_line.append(idx[zero_lines])
-            out_key.append(np.full(int(zero_lines.sum()), unalloc, dtype=np.int32))
-            out_units.append(np.zeros(int(zero_lines.sum()), dtype=parts.dtype))
-            out_group.append(np.full(int(zero_lines.sum()), g, dtype=np.int32))
-        rows, cols_ = np.nonzero(nz)
-        out_line.append(idx[rows])
-        out_key.append(key_ids[cols_])
-        out_units.append(parts[rows, cols_])
-        out_group.append(np.full(len(rows), g, dtype=np.int32))
-        t0 = clock()
-        spent["split"] += t0 - t1
+        group_keys.append(np.array([keys.setdefault(k, len(keys)) for k in ordered], dtype=np.int32))
+        group_weights.append([] if whole[-1] else [shares[k] for k in ordered])
+    t1 = clock()
+    spent["shares"] = t1 - t0
+    unallocated = keys.setdefault(("", "", "", "unallocated"), len(keys))
+    out_line, out_key, out_units, out_group = _split_groups(
+        cols.units, order, bounds, group_keys, group_weights, unallocated
+    )
+    spent["split"] = clock() - t1
     if timings is not None:
         timings.update(spent)
     wide = any(u.dtype == object for u in out_units)
@@ -559,6 +637,10 @@ def to_line_allocations(
     make = Allocation
     out: list[Allocation] = []
     append = out.append
+    # units × 10**-scale by one multiplication: exact (a line's units have at most ``money.MAX_DIGITS`` digits, the
+    # context's precision), the same value and exponent as ``from_units``' scaleb, at a quarter of its cost
+    quantum = {int(sc): Decimal(1).scaleb(-int(sc)) for sc in np.unique(cols.line_scale).tolist()}
+    currency = cols.currency
     for lo in range(0, len(order), chunk):
         rows = order[lo : lo + chunk]
         line_idx = result.line[rows]
@@ -581,8 +663,8 @@ def to_line_allocations(
                     line_id=line.line_id,
                     tenant=tenant,
                     method=method,  # type: ignore[arg-type]
-                    amount=line.amount if w else Decimal(u).scaleb(-sc),
-                    currency=line.currency,
+                    amount=line.amount if w else Decimal(u) * quantum[sc],
+                    currency=currency,
                     feature=feature,
                     agent=agent,
                     resource=resource[g],

@@ -18,7 +18,7 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -124,8 +124,66 @@ class _RowError(Exception):
         self.column, self.reason = column, reason
 
 
-def row_to_line(row: Mapping[str, Any], line_id: str, source: str, cost_column: str = "BilledCost") -> CostLine:
-    """One FOCUS row as a ``CostLine``; raises ``_RowError(column, reason)`` on the first bad cell."""
+#: ``CostLine`` text fields and the FOCUS columns they are read from, first non-null wins.
+_TEXT_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("provider", ("ProviderName", "ServiceProviderName", "PublisherName")),
+    ("account", ("SubAccountId", "BillingAccountId")),
+    ("service", ("ServiceName",)),
+    ("resource_id", ("ResourceId",)),
+    ("resource_name", ("ResourceName",)),
+    ("resource_type", ("ResourceType",)),
+    ("usage_type", ("x_UsageType", "x_usage_type")),
+    ("operation", ("x_Operation", "x_operation")),
+    ("description", ("ChargeDescription",)),
+    ("sku", ("SkuId",)),
+    ("sku_meter", ("SkuMeter",)),
+    ("pricing_unit", ("PricingUnit",)),
+    ("region", ("RegionId", "Region")),
+    ("zone", ("AvailabilityZone",)),
+    ("unit", ("ConsumedUnit",)),
+)
+
+
+class _Memo:
+    """What one file's rows repeat, parsed once: the columns each field is read from (those the file has), and the
+    timestamps, periods and tag texts seen (an hourly bill has a few thousand of each for a million rows)."""
+
+    def __init__(self, columns: Iterable[str] | None = None) -> None:
+        have = None if columns is None else set(columns)
+        self.fields = [(f, tuple(n for n in names if have is None or n in have)) for f, names in _TEXT_FIELDS]
+        self.times: dict[Any, int] = {}
+        self.periods: dict[int, str] = {}
+        self.tags: dict[str, dict[str, str]] = {}
+
+    def time(self, value: Any) -> int:
+        got = self.times.get(value) if isinstance(value, str) else None
+        if got is None:
+            got = parse_time(value)
+            if isinstance(value, str):
+                self.times[value] = got
+        return got
+
+    def period(self, us: int) -> str:
+        got = self.periods.get(us)
+        if got is None:
+            got = self.periods[us] = period_of(us)
+        return got
+
+    def parse_tags(self, value: Any) -> dict[str, str]:
+        if not isinstance(value, str):
+            return parse_tags(value)
+        got = self.tags.get(value)
+        if got is None:
+            got = self.tags[value] = parse_tags(value)
+        return dict(got)
+
+
+def row_to_line(
+    row: Mapping[str, Any], line_id: str, source: str, cost_column: str = "BilledCost", memo: _Memo | None = None
+) -> CostLine:
+    """One FOCUS row as a ``CostLine``; raises ``_RowError(column, reason)`` on the first bad cell. ``memo``: the
+    file's, when rows come by the million."""
+    memo = memo or _Memo()
 
     def need(name: str) -> Any:
         value = _cell(row, name)
@@ -143,7 +201,7 @@ def row_to_line(row: Mapping[str, Any], line_id: str, source: str, cost_column: 
     times = {}
     for name in ("BillingPeriodStart", "ChargePeriodStart", "ChargePeriodEnd"):
         try:
-            times[name] = parse_time(need(name))
+            times[name] = memo.time(need(name))
         except (ValueError, TypeError) as exc:
             raise _RowError(name, f"not a timestamp: {exc}") from None
     if times["ChargePeriodEnd"] < times["ChargePeriodStart"]:
@@ -152,7 +210,7 @@ def row_to_line(row: Mapping[str, Any], line_id: str, source: str, cost_column: 
     if category and category.lower() not in CHARGE_CATEGORIES:
         raise _RowError("ChargeCategory", f"unknown charge category {category!r}")
     try:
-        tags = parse_tags(_cell(row, "Tags"))
+        tags = memo.parse_tags(_cell(row, "Tags"))
     except (ValueError, TypeError) as exc:
         raise _RowError("Tags", f"not a JSON object: {exc}") from None
     quantity = None
@@ -165,29 +223,35 @@ def row_to_line(row: Mapping[str, Any], line_id: str, source: str, cost_column: 
     return CostLine(
         line_id=line_id,
         source=source,
-        billing_period=period_of(times["BillingPeriodStart"]),
+        billing_period=memo.period(times["BillingPeriodStart"]),
         window=Window(times["ChargePeriodStart"], times["ChargePeriodEnd"]),
         amount=amount,
         currency=currency,
-        provider=_text(row, "ProviderName", "ServiceProviderName", "PublisherName"),
-        account=_text(row, "SubAccountId", "BillingAccountId"),
-        service=_text(row, "ServiceName"),
-        resource_id=_text(row, "ResourceId"),
-        resource_name=_text(row, "ResourceName"),
-        resource_type=_text(row, "ResourceType"),
-        usage_type=_text(row, "x_UsageType", "x_usage_type"),
-        operation=_text(row, "x_Operation", "x_operation"),
         charge_category=category,
-        description=_text(row, "ChargeDescription"),
-        sku=_text(row, "SkuId"),
-        sku_meter=_text(row, "SkuMeter"),
-        pricing_unit=_text(row, "PricingUnit"),
-        region=_text(row, "RegionId", "Region"),
-        zone=_text(row, "AvailabilityZone"),
         quantity=quantity,
-        unit=_text(row, "ConsumedUnit"),
         tags=tags,
+        **_texts(row, memo.fields),
     )
+
+
+def _texts(row: Mapping[str, Any], fields: list[tuple[str, tuple[str, ...]]]) -> dict[str, str]:
+    """``_text`` of every field at once (a million rows make the calls count)."""
+    out = {}
+    for field, names in fields:
+        text = ""
+        for name in names:
+            value = row.get(name)
+            if value is None:
+                continue
+            if isinstance(value, str):
+                if value.strip() in NULLS:
+                    continue
+                text = value
+            else:
+                text = str(value)
+            break
+        out[field] = text
+    return out
 
 
 def _sniff(data: bytes) -> str:
@@ -267,6 +331,7 @@ def read_focus(
     lines: list[CostLine] = []
     problems: list[ImportProblem] = []
     seen: dict[str, int] = {}
+    memo = _Memo(columns)
     count = 0
     try:
         for rowno, row in rows:
@@ -277,7 +342,7 @@ def read_focus(
             digest = hashlib.sha256("\x1f".join(str(row.get(c)) for c in columns).encode()).hexdigest()[:32]
             n = seen[digest] = seen.get(digest, 0) + 1
             try:
-                lines.append(row_to_line(row, f"{source}:{digest}:{n}", source, cost_column))
+                lines.append(row_to_line(row, f"{source}:{digest}:{n}", source, cost_column, memo))
             except _RowError as exc:
                 problems.append(ImportProblem(name, rowno, exc.column, exc.reason))
     except csv.Error as exc:

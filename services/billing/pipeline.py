@@ -127,6 +127,7 @@ def run(
         "zones": {w.name: w.zone for w in config.workloads if w.zone},
         "internal": internal,
         "tag_keys": config.billing.tag_keys,
+        "queue_endpoints": queue_endpoints(config),
     }
     if columns is None:
         return Run(all_lines, Allocator(usage, **kwargs).allocate_all(all_lines, targets), targets, unmatched)
@@ -134,6 +135,12 @@ def run(
     if extra_lines:
         allocations += Allocator(usage, **kwargs).allocate_all(extra_lines, targets)
     return Run(all_lines, allocations, targets, unmatched)
+
+
+def queue_endpoints(config: Config) -> set[str]:
+    """Destinations that are queues: the names of the config's ``queue`` resources and their endpoints (a queue
+    behind an HTTP API is followed producer → worker through them; see ``costmesh.common.attribution``)."""
+    return {name for rule in config.resources if rule.kind == "queue" for name in (rule.resource, *rule.endpoints)}
 
 
 def observed_names(consumption: Consumption, config: Config) -> set[str]:

@@ -206,7 +206,7 @@ SELECT hour, tenant, tenant_method, feature, agent, src_workload, dst, protocol,
 FROM consumption_hourly WHERE hour >= $1 AND hour < $2
 """
 _QUEUES_BY_HOUR = """
-SELECT hour, topic, role, workload, tenant, tenant_method, requests, bytes
+SELECT hour, topic, role, workload, tenant, tenant_method, feature, agent, requests, bytes
 FROM queue_hourly WHERE hour >= $1 AND hour < $2
 """
 _AI_BY_HOUR = """
@@ -239,7 +239,9 @@ async def load_consumption(conn: asyncpg.Connection, window: Window, queue_windo
     # one order whatever the database returned: the allocation is deterministic in its input
     out.usage.sort(key=_usage_order)
     out.ai.sort(key=_usage_order)
-    out.queues.sort(key=lambda q: (q.start_us, q.topic, q.role, q.workload, q.tenant, q.tenant_method))
+    out.queues.sort(
+        key=lambda q: (q.start_us, q.topic, q.role, q.workload, q.tenant, q.tenant_method, q.feature, q.agent)
+    )
     return out
 
 

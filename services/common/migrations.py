@@ -280,6 +280,21 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         """,
     ),
     (
+        7,
+        "queue traffic by feature and agent, so that a consumer's work goes to the features and agents its messages "
+        "were produced for",
+        """
+        ALTER TABLE queue_minute ADD COLUMN feature text NOT NULL DEFAULT '';
+        ALTER TABLE queue_minute ADD COLUMN agent text NOT NULL DEFAULT '';
+        ALTER TABLE queue_minute DROP CONSTRAINT queue_minute_pkey;
+        ALTER TABLE queue_minute ADD PRIMARY KEY (minute, topic, role, workload, tenant, tenant_method, feature, agent);
+        ALTER TABLE queue_hourly ADD COLUMN feature text NOT NULL DEFAULT '';
+        ALTER TABLE queue_hourly ADD COLUMN agent text NOT NULL DEFAULT '';
+        ALTER TABLE queue_hourly DROP CONSTRAINT queue_hourly_pkey;
+        ALTER TABLE queue_hourly ADD PRIMARY KEY (hour, topic, role, workload, tenant, tenant_method, feature, agent);
+        """,
+    ),
+    (
         30,
         "alerting: AI spend per scope and 5-second bucket, its change marks, alert fingerprints, groups, silences, "
         "and the notification outbox",

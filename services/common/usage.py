@@ -77,13 +77,16 @@ class Usage(msgspec.Struct, kw_only=True):
 
 
 class QueueUse(msgspec.Struct, kw_only=True):
-    """Messages one workload produced to or consumed from one topic for one tenant over a window (``queue_hourly``)."""
+    """Messages one workload produced to or consumed from one topic for one tenant, feature and agent over a window
+    (``queue_hourly``): a consumer's work goes to the features and agents its messages were produced for."""
 
     topic: str
     role: Literal["producer", "consumer"]
     workload: str
     tenant: str = ""
     tenant_method: str = "unallocated"
+    feature: str = ""
+    agent: str = ""
     start_us: int = 0
     end_us: int = 0
     requests: int = 0
@@ -165,8 +168,13 @@ def hourly_from_records(records: Iterable[ObservedCall]) -> Consumption:
             a[2] += r.tokens_out
             a[3] += r.tokens_cached
             a[4] += r.tokens_reasoning
-    for (minute, tenant, method, _f, _a, src, dst, _p, operation), (requests, b_in, b_out) in queue_minutes.items():
-        key = (_hour(minute), queue_topic(operation, dst), queue_role(operation, b_in, b_out), src, tenant, method)
+    for (minute, tenant, method, feature, agent, src, dst, _p, operation), (
+        requests,
+        b_in,
+        b_out,
+    ) in queue_minutes.items():
+        role = queue_role(operation, b_in, b_out)
+        key = (_hour(minute), queue_topic(operation, dst), role, src, tenant, method, feature, agent)
         q = queues.setdefault(key, [0, 0])
         q[0] += requests
         q[1] += b_in + b_out
@@ -179,7 +187,7 @@ def hourly_from_records(records: Iterable[ObservedCall]) -> Consumption:
                 hour, {**dict(zip(call_names, dims_, strict=True)), **dict(zip(call_measures, m, strict=True))}
             )
         )
-    for (hour, topic, role, workload, tenant, method), (requests, nbytes) in sorted(queues.items()):
+    for (hour, topic, role, workload, tenant, method, feature, agent), (requests, nbytes) in sorted(queues.items()):
         out.queues.append(
             QueueUse(
                 topic=topic,
@@ -187,6 +195,8 @@ def hourly_from_records(records: Iterable[ObservedCall]) -> Consumption:
                 workload=workload,
                 tenant=tenant,
                 tenant_method=method,
+                feature=feature,
+                agent=agent,
                 start_us=hour,
                 end_us=hour + HOUR_US,
                 requests=requests,
