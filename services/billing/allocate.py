@@ -6,7 +6,9 @@ charge window (``Usage`` rows); emits ``Allocation`` rows, each with its ``metho
 For a line of resource R over window P (DESIGN.md, "Allocation, in one paragraph"):
 1. Who consumed R in P, by the metric fitting R's kind: database → server time (``busy_us``) when measured, else
    requests; queue → bytes per topic; NAT gateway → bytes to destinations outside the cluster; cross-AZ → bytes between
-   workloads in different zones; compute → server time of the workloads on the node (CPU proxy), else requests;
+   workloads in different zones; compute → the CPU and memory the node's workloads used or requested, whichever is
+   larger, with the rest of the node's capacity as ``idle`` (``compute``, OpenCost's rule), where the sensor read
+   them; else server time of the workloads on the node (a CPU proxy), else requests;
    AI API → the tokens of the kind the line meters (``tokenkind``: input by ``tokens_in``, output by ``tokens_out``,
    cache reads by ``tokens_cached``), a line of several kinds by price-weighted tokens (``costmesh.common.prices``);
    storage → bytes; other → requests.
@@ -35,8 +37,9 @@ import msgspec
 from costmesh.common.attribution import Key, Mix, attribute, inbound_mixes
 from costmesh.common.money import from_units, largest_remainder, scale_of, to_units
 from costmesh.common.prices import PriceTable
-from costmesh.common.usage import QueueUse
+from costmesh.common.usage import ComputeUse, NodeCapacity, QueueUse
 
+from . import compute as node_compute
 from . import tokenkind
 from .model import Allocation, Category, CostLine, ResourceKind, Usage, Window
 
@@ -81,6 +84,11 @@ class Allocator:
         zones: Mapping[str, str] | None = None,
         internal: Iterable[str] | None = None,
         tag_keys: Sequence[str] = DEFAULT_TAG_KEYS,
+        compute: Iterable[ComputeUse] = (),
+        capacity: Iterable[NodeCapacity] = (),
+        cpu_price: Decimal = node_compute.DEFAULT_CPU_PRICE,
+        memory_price: Decimal = node_compute.DEFAULT_MEMORY_PRICE,
+        cluster_cidrs: Sequence[str] = (),
     ) -> None:
         self.usage = sorted(usage, key=lambda u: (u.start_us, u.src_workload, u.dst, u.tenant, u.feature, u.agent))
         # Rows sorted by start plus the longest row's length bound the rows a window can overlap (bisect, not scan).
@@ -101,6 +109,15 @@ class Allocator:
             else frozenset(u.src_workload for u in self.usage) | frozenset(self.zones)
         )
         self.tag_keys = tuple(k.lower() for k in tag_keys)
+        self.compute = list(compute)
+        self.capacity = list(capacity)
+        self.cpu_price, self.memory_price = cpu_price, memory_price
+        # Addresses of the cluster (pods, services, nodes): never egress, private or not.
+        self.cluster_networks = [ipaddress.ip_network(c, strict=False) for c in cluster_cidrs]
+        # Zones the sensors read off the nodes (Kubernetes labels) where the config names none.
+        for u in self.compute:
+            if u.zone:
+                self.zones.setdefault(u.workload, u.zone)
         self._windows: dict[Window, tuple[list[Usage], dict[str, list[Usage]]]] = {}
         self._mixes: dict[Window, dict[str, Mix]] = {}
 
@@ -194,6 +211,8 @@ class Allocator:
             address = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
             return True
+        if any(address in net for net in self.cluster_networks if net.version == address.version):
+            return False
         return not (address.is_private or address.is_loopback or address.is_link_local)
 
     # -- tenants -------------------------------------------------------------------------------------------------
@@ -211,10 +230,43 @@ class Allocator:
 
     def shares(self, target: Target, window: Window, line: CostLine | None = None) -> tuple[str, dict[Key, Fraction]]:
         """Exact shares of ``target`` in ``window`` per (tenant, feature, agent, method), and the metric's name."""
+        if target.kind == "compute":
+            found = self._compute_shares(target, window)
+            if found is not None:
+                return found
         metric, consumed = self.consumption(target, window, line)
         if not any(w > 0 for _, w in consumed):
             return metric, {}
         return metric, attribute(consumed, self.window_mixes(window), self.background)
+
+    def _compute_shares(self, target: Target, window: Window) -> tuple[str, dict[Key, Fraction]] | None:
+        """A node line by its workloads' CPU and memory (``compute``), idle apart; None when the sensors read none
+        for it (the line then falls back to server time)."""
+        uses, caps = node_compute.node_rows(self.compute, self.capacity, target.endpoints | {target.resource}, window)
+        held, idle = node_compute.weights(uses, caps, cpu_price=self.cpu_price, memory_price=self.memory_price)
+        if not any(w > 0 for _, w in held) and not idle:
+            return None
+        consumed = [
+            (
+                Usage(
+                    src_workload=u.workload,
+                    dst=u.node,
+                    tenant=u.tenant,
+                    tenant_method=u.tenant_method,
+                    feature=u.feature,
+                    start_us=u.start_us,
+                    end_us=u.end_us,
+                ),
+                w,
+            )
+            for u, w in held
+        ]
+        # the workload's own work is for whom it served: its inbound mix (``attribute`` reads the row's
+        # ``src_workload``), its label's tenant, or platform for background work
+        out = attribute(consumed, self.window_mixes(window), self.background)
+        if idle:
+            out[("", "", "", "idle")] = out.get(("", "", "", "idle"), Fraction(0)) + idle
+        return "cpu_memory", out
 
     # -- lines ---------------------------------------------------------------------------------------------------
     def tag_tenant(self, line: CostLine) -> tuple[str, str] | None:
