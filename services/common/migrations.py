@@ -356,7 +356,7 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
     ),
     (
         80,
-        "cluster: CPU and memory per workload and node capacity per hour (node lines split by them); idle category",
+        "cluster: CPU and memory per workload and node capacity per hour (node lines are split by them)",
         """
         CREATE TABLE compute_hourly (
             hour                    timestamptz NOT NULL,
@@ -380,9 +380,6 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
             memory_byte_s   bigint NOT NULL DEFAULT 0,
             PRIMARY KEY (hour, node)
         );
-        ALTER TABLE allocations DROP CONSTRAINT allocations_method_check;
-        ALTER TABLE allocations ADD CONSTRAINT allocations_method_check
-            CHECK (method IN ('direct', 'trace', 'propagated', 'platform', 'idle', 'unallocated'));
         """,
     ),
     (
@@ -462,6 +459,15 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         ALTER TABLE cost_lines ADD COLUMN sku text NOT NULL DEFAULT '';
         ALTER TABLE cost_lines ADD COLUMN sku_meter text NOT NULL DEFAULT '';
         ALTER TABLE cost_lines ADD COLUMN pricing_unit text NOT NULL DEFAULT '';
+        """,
+    ),
+    (
+        110,
+        "billing: idle, a node's capacity no workload used or requested, is an allocation category of its own",
+        """
+        ALTER TABLE allocations DROP CONSTRAINT allocations_method_check;
+        ALTER TABLE allocations ADD CONSTRAINT allocations_method_check
+            CHECK (method IN ('direct', 'trace', 'propagated', 'platform', 'idle', 'unallocated'));
         """,
     ),
     (
