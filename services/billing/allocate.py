@@ -8,7 +8,8 @@ For a line of resource R over window P (DESIGN.md, "Allocation, in one paragraph
    requests; queue → bytes per topic; NAT gateway → bytes to destinations outside the cluster; cross-AZ → bytes between
    workloads in different zones; compute → the CPU and memory the node's workloads used or requested, whichever is
    larger, with the rest of the node's capacity as ``idle`` (``compute``, OpenCost's rule), where the sensor read
-   them; else server time of the workloads on the node (a CPU proxy), else requests;
+   them, each workload's part over the calls it served by their server time; else server time of the workloads on
+   the node (a CPU proxy), else requests;
    AI API → the tokens of the kind the line meters (``tokenkind``: input by ``tokens_in``, output by ``tokens_out``,
    cache reads by ``tokens_cached``), a line of several kinds by price-weighted tokens (``costmesh.common.prices``);
    storage → bytes; other → requests.
@@ -246,23 +247,30 @@ class Allocator:
         held, idle = node_compute.weights(uses, caps, cpu_price=self.cpu_price, memory_price=self.memory_price)
         if not any(w > 0 for _, w in held) and not idle:
             return None
-        consumed = [
-            (
-                Usage(
-                    src_workload=u.workload,
-                    dst=u.node,
-                    tenant=u.tenant,
-                    tenant_method=u.tenant_method,
-                    feature=u.feature,
-                    start_us=u.start_us,
-                    end_us=u.end_us,
-                ),
-                w,
+        by_dst = self._in(window)[1]
+        consumed: list[tuple[Usage, Fraction]] = []
+        for u, w in held:
+            inbound = [x for x in by_dst.get(u.workload, ()) if x.busy_us > 0 or x.requests > 0]
+            if inbound and not u.tenant:
+                # what the workload spent its CPU on: the calls it served, by the time it took to serve each (by
+                # requests when no time was measured); each call goes by its own tenant, else its caller's mix
+                timed = any(x.busy_us for x in inbound)
+                served = [(x, x.busy_us if timed else x.requests) for x in inbound]
+                total = sum(v for _, v in served)
+                consumed += [(x, w * v / total) for x, v in served if v > 0]
+                continue
+            # no calls served (a queue worker, a job) or a label's tenant: the workload's own row, by its label's
+            # tenant, else its inbound mix (queues), else platform for background work (``attribute``)
+            own = Usage(
+                src_workload=u.workload,
+                dst=u.node,
+                tenant=u.tenant,
+                tenant_method=u.tenant_method,
+                feature=u.feature,
+                start_us=u.start_us,
+                end_us=u.end_us,
             )
-            for u, w in held
-        ]
-        # the workload's own work is for whom it served: its inbound mix (``attribute`` reads the row's
-        # ``src_workload``), its label's tenant, or platform for background work
+            consumed.append((own, w))
         out = attribute(consumed, self.window_mixes(window), self.background)
         if idle:
             out[("", "", "", "idle")] = out.get(("", "", "", "idle"), Fraction(0)) + idle
