@@ -25,13 +25,14 @@ from pathlib import Path
 import pytest
 
 from costmesh.attributor.apply import apply_batches, prepare
+from costmesh.attributor.fold import BatchRef, Meta, fold_group
 from costmesh.billing.allocate import Allocator, Target
 from costmesh.billing.compute import weights
 from costmesh.billing.model import CostLine, Window
 from costmesh.billing.store import load_consumption
 from costmesh.common.config import CgroupWorkload, ClusterConfig, Config, Workload
 from costmesh.common.prices import PriceTable
-from costmesh.common.schemas import CallBatch, CapacitySample, ComputeSample
+from costmesh.common.schemas import CallBatch, CapacitySample, Codec, ComputeSample
 from costmesh.common.usage import HOUR_US, ComputeUse, NodeCapacity, Usage, hourly_compute
 from costmesh.redactor.records import RecordRedactor
 from costmesh.sensor.live.compute import ComputeSampler, cgroup2_root, read_cgroup
@@ -167,7 +168,7 @@ def _check(readings: dict[str, int], burnt: dict[str, float], split: dict[str, D
     for name, seconds in burnt.items():
         measured = readings[name] / 1e6
         print(f"{name}: burnt {seconds:.4f} CPU-s (its own clock), read {measured:.4f} CPU-s")
-        assert abs(measured - seconds) <= 0.02 * seconds + 0.02  # process ticks are 10 ms
+        assert abs(measured - seconds) <= 0.02 * seconds
     known = {"acme": burnt["shop/a"] / total, "globex": burnt["shop/b"] / total}
     used = split["acme"] + split["globex"]
     for tenant, share in known.items():
@@ -299,7 +300,13 @@ async def test_samples_pass_the_redactor_and_reach_the_hourly_table_exactly_once
         0
     ].cpu_millicores == 2000
     await prepare(migrated)
-    first = await apply_batches(migrated, [batch], PriceTable())
+    # as the attributor's consumer gets it: the payload folded (the compiled fold declines the compute fields, so
+    # msgspec decodes it and the batch is marked as holding samples), applied from its reference
+    group = fold_group([Codec().encode(batch)])
+    (meta,) = group.metas
+    assert isinstance(meta, Meta) and meta.has_compute and meta.n_records == 0
+    ref = BatchRef(meta, Codec().encode(batch))
+    first = await apply_batches(migrated, [ref], PriceTable(), group.copy)
     again = await apply_batches(migrated, [batch], PriceTable())  # a redelivery changes nothing
     assert first.fresh == {batch.batch_id} and again.duplicates == 1
     got = await load_consumption(migrated, Window(start, start + HOUR_US))

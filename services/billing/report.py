@@ -158,9 +158,7 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
         )
     rest = report["unallocated_by_category"]
     zero = "0"
-    rows.append(
-        ["(not allocated)", "", report["unallocated"], *(rest.get(k) or zero for k in CATEGORIES), "", ""]
-    )
+    rows.append(["(not allocated)", "", report["unallocated"], *(rest.get(k) or zero for k in CATEGORIES), "", ""])
     rows.append(
         ["(total billed)", report["revenue"], report["billed"], *(report["by_category"][k] for k in CATEGORIES), "", ""]
     )

@@ -113,7 +113,8 @@ async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> 
         ctx.health["windows"] = int(ctx.health["windows"]) + 1
         ctx.health["ring_drops"] = int(ctx.health["ring_drops"]) + win.counters.ring_drops
         if sampler is not None:
-            win.compute, win.capacity = sampler.sample(win.window_start_us, win.window_end_us)
+            # a read of /proc and the cgroup files: off the event loop, as the sends are
+            win.compute, win.capacity = await asyncio.to_thread(sampler.sample, win.window_start_us, win.window_end_us)
         if k8s is not None:
             k8s.label_records(win.records)
         if not win.records and not win.flows and not win.compute:
