@@ -107,7 +107,7 @@ async def within_deadline(attempt: Awaitable[T], errors: list[BaseException], wh
         return await asyncio.wait_for(attempt, CONNECT_DEADLINE_S)
     except TimeoutError:
         why = errors[0] if errors else "timed out"
-        raise Unreachable(f"could not reach {what}: {why!r}") from None
+        raise Unreachable(f"could not reach {what} within {CONNECT_DEADLINE_S:g} s: {why!r}") from None
 
 
 async def ensure_stream(js: JetStreamContext, cfg: NatsConfig) -> None:
