@@ -89,11 +89,11 @@ KEY_OF[F_OP] = 7
 DEF NPROTO = 11
 cdef const char* PROTOCOLS[NPROTO]
 PROTOCOLS[:] = [b"http", b"postgres", b"tls", b"dns", b"kafka", b"redis", b"mongodb", b"amqp", b"nats", b"tcp", b"udp"]
-DEF NMETHOD = 13
+DEF NMETHOD = 14
 cdef const char* METHODS[NMETHOD]
 METHODS[:] = [
-    b"header", b"baggage", b"jwt", b"query", b"path", b"body", b"db", b"sni", b"host", b"trace", b"propagated",
-    b"platform", b"unallocated",
+    b"header", b"baggage", b"jwt", b"query", b"path", b"body", b"db", b"sni", b"host", b"label", b"trace",
+    b"propagated", b"platform", b"unallocated",
 ]
 cdef Py_ssize_t PROTOCOL_LEN[NPROTO]
 for _i in range(NPROTO):

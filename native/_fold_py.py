@@ -61,8 +61,10 @@ class Folder:
             batch = _codec.decode_batch(payload)
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
             return None
-        if batch.flows or holds_nul(batch) or not ints_fit(batch):
-            return None  # as the compiled fold: the caller decodes it itself (and sees the flows, or refuses the NUL)
+        if batch.flows or batch.compute or batch.capacity or holds_nul(batch) or not ints_fit(batch):
+            # as the compiled fold (``compute``/``capacity`` are fields it does not know): the caller decodes it itself
+            # (and sees the flows and compute samples, or refuses the NUL)
+            return None
         self.add_records(batch.records)
         has_tokens = any(r.tokens_in or r.tokens_out or r.tokens_cached or r.tokens_reasoning for r in batch.records)
         return (batch.batch_id, batch.node, batch.seq, len(batch.records), has_tokens)

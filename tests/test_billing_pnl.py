@@ -65,10 +65,18 @@ def test_pnl_orders_negative_margins_first_and_reconciles():
         "trace": 0,
         "propagated": Decimal("10.005"),
         "platform": 0,
+        "idle": 0,
         "unallocated": 0,
     }
     assert (initech.revenue, initech.margin_pct, hooli.cost) == (0, None, 0)
-    assert pnl.not_allocated_by_category == {"direct": 0, "trace": 0, "propagated": 0, "platform": 4, "unallocated": 6}
+    assert pnl.not_allocated_by_category == {
+        "direct": 0,
+        "trace": 0,
+        "propagated": 0,
+        "platform": 4,
+        "idle": 0,
+        "unallocated": 6,
+    }
     assert sum(c.cost for c in pnl.customers) + pnl.not_allocated == pnl.billed == Decimal("99.005")
     assert [r.currency for r in pnl.skipped_revenue] == ["EUR"]
 

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from costmesh.billing.report import COLUMNS
 from costmesh.cli import SERVICES
 from costmesh.common.config import load_config
 from costmesh.common.embedded import free_port
@@ -94,7 +95,7 @@ def test_demo_prints_tenants_then_cost_and_margin_and_leaves_nothing_running():
     head, *lines = chargeback.strip().splitlines()
     assert head == "Chargeback 2026-01 in USD: billed 15.75, 3 customer(s), unallocated 2.66"
     printed = {
-        cells[0]: (Decimal(cells[1]), Decimal(cells[2]), Decimal(cells[8]))
+        cells[0]: (Decimal(cells[1]), Decimal(cells[2]), Decimal(cells[COLUMNS.index("margin")]))
         for cells in (line.split() for line in lines[3 : lines.index("", 1)])
         if not cells[0].startswith("(")
     }

@@ -111,7 +111,14 @@ def test_sensor_daemonset_host_namespaces_and_only_documented_capabilities(docs)
 def test_sensor_rbac_is_read_only_and_covers_identity(docs):
     (role,) = [r for r in _of(docs, "ClusterRole") if r["metadata"]["name"] == "costmesh-sensor"]
     granted = {(g, r) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
-    assert granted == {("", "pods"), ("", "nodes"), ("apps", "replicasets"), ("batch", "jobs")}
+    assert granted == {
+        ("", "pods"),
+        ("", "nodes"),
+        ("", "services"),
+        ("discovery.k8s.io", "endpointslices"),
+        ("apps", "replicasets"),
+        ("batch", "jobs"),
+    }
     assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for rule in role["rules"])
     (binding,) = _of(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == "costmesh-sensor"

@@ -35,7 +35,7 @@ def reconciles(report: dict) -> None:
         assert sum((Decimal(a["amount"]) for a in x["allocations"]), Decimal(0)) == Decimal(x["amount"])
     for c in report["customers"].values():
         assert sum((Decimal(v) for v in c["by_category"].values()), Decimal(0)) == Decimal(c["cost"])
-        assert set(c["by_category"]) == {"direct", "trace", "propagated", "platform", "unallocated"}
+        assert set(c["by_category"]) == {"direct", "trace", "propagated", "platform", "idle", "unallocated"}
 
 
 def test_bills_alone_everything_unallocated_and_shown():

@@ -17,7 +17,7 @@ from msgspec import UNSET, UnsetType
 
 Role = Literal["viewer", "finance", "admin"]
 Step = Literal["hour", "day", "month"]
-Method = Literal["direct", "trace", "propagated", "platform", "unallocated"]
+Method = Literal["direct", "trace", "propagated", "platform", "idle", "unallocated"]
 
 
 class _Answer(msgspec.Struct, kw_only=True):

@@ -35,7 +35,7 @@ from .answer_cache import AnswerCache
 from .params import BadRequest
 
 ZERO = Decimal(0)
-METHODS: Final = ("direct", "trace", "propagated", "platform", "unallocated")
+METHODS: Final = ("direct", "trace", "propagated", "platform", "idle", "unallocated")
 #: At most this many buckets in one series (e.g. 41 days of hours); more is a 400 asking for a coarser step.
 MAX_BUCKETS = 1000
 
@@ -746,7 +746,7 @@ async def coverage(
         parts = {
             "attributed": m["direct"] + m["trace"],
             "propagated": m["propagated"],
-            "modeled": m["platform"],
+            "modeled": m["platform"] + m["idle"],  # explicit, not attributed: background work and idle capacity
             "unallocated": m["unallocated"],
         }
         periods.append(

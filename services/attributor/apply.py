@@ -3,7 +3,9 @@
 Reads: decoded ``CallBatch`` messages (several per transaction). Writes, in ONE transaction per group of batches:
 ``applied_batches`` (one row per batch id), ``consumption_minute`` (per-minute sums), the live graph
 (``graph_node``, ``graph_edge_minute``), queue producer/consumer volumes (``queue_minute``), AI token cost
-(``ai_usage_minute``) and the minutes whose rollups and tenant resolution must be recomputed (``dirty_minutes``).
+(``ai_usage_minute``), CPU/memory per workload and node capacity (``compute_hourly``, ``node_capacity_hourly``:
+few rows, summed per hour straight away, since node lines are split per hour) and the minutes whose rollups and tenant
+resolution must be recomputed (``dirty_minutes``).
 
 Why it is exactly once in effect: the batch ids are inserted first with ``ON CONFLICT DO NOTHING RETURNING``; only the
 records of batches whose id was new go on to be written, and all of it commits or none of it does. A batch seen again
@@ -26,7 +28,7 @@ import asyncpg
 
 from costmesh.common.prices import PriceTable
 from costmesh.common.schemas import CONSUMPTION_KEY, COUNTERS, CallBatch, ObservedCall
-from costmesh.common.usage import CONSUME_VERBS, PRODUCE_VERBS, QUEUE_PROTOCOLS
+from costmesh.common.usage import CONSUME_VERBS, PRODUCE_VERBS, QUEUE_PROTOCOLS, hourly_compute
 from costmesh.native.fold import Folder
 
 #: The columns of ``staging_agg``, in COPY order: what ``costmesh.native.fold`` emits per (minute, key), the operation
@@ -170,6 +172,29 @@ ON CONFLICT (minute) DO UPDATE SET gen = d.gen + 1
 
 #: Every statement after the COPY, in order, as one simple-protocol message: one round trip per group.
 MERGE_ALL = ";\n".join((MERGE_CONSUMPTION, FILL_EDGES, MERGE_EDGES, MERGE_NODES, MERGE_QUEUES, MARK_DIRTY))
+
+#: Compute rows are additive sums per hour (``usage.hourly_compute``): a new batch's rows add to what is there.
+MERGE_COMPUTE = """
+INSERT INTO compute_hourly AS c (hour, node, workload, tenant, tenant_method, feature, zone, cpu_usage_us,
+    cpu_request_us, memory_byte_s, memory_request_byte_s)
+SELECT to_timestamp(h::bigint / 1000000), n, w, t, tm, f, z, cu, cr, mb, mr
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[],
+    $9::bigint[], $10::bigint[], $11::bigint[]) AS x(h, n, w, t, tm, f, z, cu, cr, mb, mr)
+ON CONFLICT (hour, node, workload, tenant, tenant_method, feature) DO UPDATE SET
+    zone = CASE WHEN EXCLUDED.zone = '' THEN c.zone ELSE EXCLUDED.zone END,
+    cpu_usage_us = c.cpu_usage_us + EXCLUDED.cpu_usage_us, cpu_request_us = c.cpu_request_us + EXCLUDED.cpu_request_us,
+    memory_byte_s = c.memory_byte_s + EXCLUDED.memory_byte_s,
+    memory_request_byte_s = c.memory_request_byte_s + EXCLUDED.memory_request_byte_s
+"""
+
+MERGE_CAPACITY = """
+INSERT INTO node_capacity_hourly AS c (hour, node, zone, cpu_us, memory_byte_s)
+SELECT to_timestamp(h::bigint / 1000000), n, z, cu, mb
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) AS x(h, n, z, cu, mb)
+ON CONFLICT (hour, node) DO UPDATE SET
+    zone = CASE WHEN EXCLUDED.zone = '' THEN c.zone ELSE EXCLUDED.zone END,
+    cpu_us = c.cpu_us + EXCLUDED.cpu_us, memory_byte_s = c.memory_byte_s + EXCLUDED.memory_byte_s
+"""
 
 _RECORD_IDS = """
 WITH ins AS (
@@ -321,7 +346,35 @@ async def apply_batches(
             await conn.execute(MERGE_AI)
             if spend is not None:
                 await spend(conn, costs)
+        await _apply_compute(conn, new)
     return Applied(fresh=fresh, duplicates=len(batches) - len(fresh), records=records, ai_costs=costs)
+
+
+async def _apply_compute(conn: asyncpg.Connection, new: Sequence[CallBatch]) -> None:
+    """The new batches' compute samples and node capacity, summed per hour, added to the hourly tables."""
+    with_compute = [b for b in new if getattr(b, "has_compute", True) and (b.compute or b.capacity)]
+    if not with_compute:
+        return
+    uses, caps = hourly_compute(
+        [s for b in with_compute for s in b.compute], [c for b in with_compute for c in b.capacity]
+    )
+    if uses:
+        columns = [
+            [u.start_us for u in uses], [u.node for u in uses], [u.workload for u in uses], [u.tenant for u in uses],
+            [u.tenant_method for u in uses], [u.feature for u in uses], [u.zone for u in uses],
+            [u.cpu_usage_us for u in uses], [u.cpu_request_us for u in uses], [u.memory_byte_s for u in uses],
+            [u.memory_request_byte_s for u in uses],
+        ]  # fmt: skip
+        await conn.execute(MERGE_COMPUTE, *columns)
+    if caps:
+        await conn.execute(
+            MERGE_CAPACITY,
+            [c.start_us for c in caps],
+            [c.node for c in caps],
+            [c.zone for c in caps],
+            [c.cpu_us for c in caps],
+            [c.memory_byte_s for c in caps],
+        )
 
 
 def _count(batch: CallBatch) -> int:

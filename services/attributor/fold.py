@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from costmesh.common.schemas import Codec, ObservedCall
+from costmesh.common.schemas import CallBatch, CapacitySample, Codec, ComputeSample, ObservedCall
 from costmesh.native._fold_py import holds_nul, ints_fit
 from costmesh.native.fold import Folder
 
@@ -47,6 +47,9 @@ class Meta:
     seq: int
     n_records: int
     has_tokens: bool
+    #: The batch carries compute samples or node capacity (only msgspec-decoded batches can: the compiled fold
+    #: declines fields it does not know).
+    has_compute: bool = False
 
 
 @dataclass(slots=True)
@@ -80,7 +83,7 @@ def fold_group(payloads: list[bytes]) -> FoldedGroup:
             continue
         folder.add_records(b.records)
         has_tokens = any(r.tokens_in or r.tokens_out or r.tokens_cached or r.tokens_reasoning for r in b.records)
-        out.metas.append(Meta(b.batch_id, b.node, b.seq, len(b.records), has_tokens))
+        out.metas.append(Meta(b.batch_id, b.node, b.seq, len(b.records), has_tokens, bool(b.compute or b.capacity)))
     out.records = folder.records
     out.rows = len(folder)
     out.copy = folder.copy_data()
@@ -90,7 +93,7 @@ def fold_group(payloads: list[bytes]) -> FoldedGroup:
 class BatchRef:
     """A batch known by its identity and size; its records are decoded (in this process) only if asked for."""
 
-    __slots__ = ("_records", "batch_id", "has_tokens", "n_records", "node", "payload", "seq")
+    __slots__ = ("_batch", "batch_id", "has_compute", "has_tokens", "n_records", "node", "payload", "seq")
 
     def __init__(self, meta: Meta, payload: bytes) -> None:
         self.batch_id = meta.batch_id
@@ -98,11 +101,23 @@ class BatchRef:
         self.seq = meta.seq
         self.n_records = meta.n_records
         self.has_tokens = meta.has_tokens
+        self.has_compute = meta.has_compute
         self.payload = payload
-        self._records: list[ObservedCall] | None = None
+        self._batch: CallBatch | None = None
+
+    def _decoded(self) -> CallBatch:
+        if self._batch is None:
+            self._batch = _the_codec().decode_batch(self.payload)
+        return self._batch
 
     @property
     def records(self) -> list[ObservedCall]:
-        if self._records is None:
-            self._records = _the_codec().decode_batch(self.payload).records
-        return self._records
+        return self._decoded().records
+
+    @property
+    def compute(self) -> list[ComputeSample]:
+        return self._decoded().compute if self.has_compute else []
+
+    @property
+    def capacity(self) -> list[CapacitySample]:
+        return self._decoded().capacity if self.has_compute else []

@@ -53,6 +53,9 @@ SIDE_ROLLUPS: tuple[tuple[str, str, str, str], ...] = (
     ),
 )
 
+#: Tables written per hour straight away (``apply``: compute samples, node capacity), kept as long as the rollups.
+HOURLY_TABLES = ("compute_hourly", "node_capacity_hourly")
+
 
 @dataclass
 class Upkeep:
@@ -161,7 +164,7 @@ async def expire(conn: asyncpg.Connection, cfg: AttributorConfig, now: datetime,
             "DELETE FROM applied_batches WHERE applied_at < $1", now - timedelta(days=cfg.applied_batches_keep_days)
         )
         up.rows_expired += int(status.split()[-1])
-        for table, *_ in SIDE_ROLLUPS:
+        for table in (*(t for t, *_ in SIDE_ROLLUPS), *HOURLY_TABLES):
             status = await conn.execute(
                 f"DELETE FROM {table} WHERE hour < $1", base - timedelta(days=cfg.retention_hourly_days)
             )

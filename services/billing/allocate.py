@@ -6,7 +6,10 @@ charge window (``Usage`` rows); emits ``Allocation`` rows, each with its ``metho
 For a line of resource R over window P (DESIGN.md, "Allocation, in one paragraph"):
 1. Who consumed R in P, by the metric fitting R's kind: database → server time (``busy_us``) when measured, else
    requests; queue → bytes per topic; NAT gateway → bytes to destinations outside the cluster; cross-AZ → bytes between
-   workloads in different zones; compute → server time of the workloads on the node (CPU proxy), else requests;
+   workloads in different zones; compute → the CPU and memory the node's workloads used or requested, whichever is
+   larger, with the rest of the node's capacity as ``idle`` (``compute``, OpenCost's rule), where the sensor read
+   them, each workload's part over the calls it served by their server time; else server time of the workloads on
+   the node (a CPU proxy), else requests;
    AI API → the tokens of the kind the line meters (``tokenkind``: input by ``tokens_in``, output by ``tokens_out``,
    cache reads by ``tokens_cached``), a line of several kinds by price-weighted tokens (``costmesh.common.prices``);
    storage → bytes; other → requests.
@@ -39,8 +42,9 @@ from costmesh.common.attribution import Key, Mix, Solution, attribute, solve
 from costmesh.common.attribution import weights as share_weights
 from costmesh.common.money import from_units, largest_remainder, scale_of, to_units
 from costmesh.common.prices import PriceTable
-from costmesh.common.usage import QueueUse
+from costmesh.common.usage import ComputeUse, NodeCapacity, QueueUse
 
+from . import compute as node_compute
 from . import tokenkind
 from .model import Allocation, Category, CostLine, ResourceKind, Usage, Window
 
@@ -86,6 +90,11 @@ class Allocator:
         internal: Iterable[str] | None = None,
         tag_keys: Sequence[str] = DEFAULT_TAG_KEYS,
         queue_endpoints: Iterable[str] = (),
+        compute: Iterable[ComputeUse] = (),
+        capacity: Iterable[NodeCapacity] = (),
+        cpu_price: Decimal = node_compute.DEFAULT_CPU_PRICE,
+        memory_price: Decimal = node_compute.DEFAULT_MEMORY_PRICE,
+        cluster_cidrs: Sequence[str] = (),
     ) -> None:
         self.usage = sorted(usage, key=lambda u: (u.start_us, u.src_workload, u.dst, u.tenant, u.feature, u.agent))
         # Rows sorted by start plus the longest row's length bound the rows a window can overlap (bisect, not scan).
@@ -108,6 +117,15 @@ class Allocator:
         self.tag_keys = tuple(k.lower() for k in tag_keys)
         # Destinations that are queues behind an HTTP API (``queue`` resources of the config): producer → consumer.
         self.queue_endpoints = frozenset(queue_endpoints)
+        self.compute = list(compute)
+        self.capacity = list(capacity)
+        self.cpu_price, self.memory_price = cpu_price, memory_price
+        # Addresses of the cluster (pods, services, nodes): never egress, private or not.
+        self.cluster_networks = [ipaddress.ip_network(c, strict=False) for c in cluster_cidrs]
+        # Zones the sensors read off the nodes (Kubernetes labels) where the config names none.
+        for u in self.compute:
+            if u.zone:
+                self.zones.setdefault(u.workload, u.zone)
         self._windows: dict[Window, tuple[list[Usage], dict[str, list[Usage]]]] = {}
         self._solutions: dict[Window, Solution] = {}
 
@@ -201,6 +219,8 @@ class Allocator:
             address = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
             return True
+        if any(address in net for net in self.cluster_networks if net.version == address.version):
+            return False
         return not (address.is_private or address.is_loopback or address.is_link_local)
 
     # -- tenants -------------------------------------------------------------------------------------------------
@@ -227,6 +247,10 @@ class Allocator:
 
     def shares(self, target: Target, window: Window, line: CostLine | None = None) -> tuple[str, dict[Key, Fraction]]:
         """Exact shares of ``target`` in ``window`` per (tenant, feature, agent, method), and the metric's name."""
+        if target.kind == "compute":
+            found = self._compute_shares(target, window)
+            if found is not None:
+                return found
         metric, consumed = self.consumption(target, window, line)
         if not any(w > 0 for _, w in consumed):
             return metric, {}
@@ -234,8 +258,48 @@ class Allocator:
 
     def weights(self, target: Target, window: Window, line: CostLine | None = None) -> tuple[str, dict[Key, int]]:
         """``shares`` as the smallest integers in their exact proportion (what a split reads), and the metric."""
+        if target.kind == "compute":
+            found = self._compute_shares(target, window)
+            if found is not None:
+                return found[0], _integer_weights(found[1])
         metric, consumed = self.consumption(target, window, line)
         return metric, share_weights(consumed, self.solution(window), self.background)
+
+    def _compute_shares(self, target: Target, window: Window) -> tuple[str, dict[Key, Fraction]] | None:
+        """A node line by its workloads' CPU and memory (``compute``), idle apart; None when the sensors read none
+        for it (the line then falls back to server time)."""
+        uses, caps = node_compute.node_rows(self.compute, self.capacity, target.endpoints | {target.resource}, window)
+        held, idle = node_compute.weights(uses, caps, cpu_price=self.cpu_price, memory_price=self.memory_price)
+        if not any(w > 0 for _, w in held) and not idle:
+            return None
+        by_dst = self._in(window)[1]
+        consumed: list[tuple[Usage, Fraction]] = []
+        for u, w in held:
+            inbound = [x for x in by_dst.get(u.workload, ()) if x.busy_us > 0 or x.requests > 0]
+            if inbound and not u.tenant:
+                # what the workload spent its CPU on: the calls it served, by the time it took to serve each (by
+                # requests when no time was measured); each call goes by its own tenant, else its caller's mix
+                timed = any(x.busy_us for x in inbound)
+                served = [(x, x.busy_us if timed else x.requests) for x in inbound]
+                total = sum(v for _, v in served)
+                consumed += [(x, w * v / total) for x, v in served if v > 0]
+                continue
+            # no calls served (a queue worker, a job) or a label's tenant: the workload's own row, by its label's
+            # tenant, else its inbound mix (queues), else platform for background work (``attribute``)
+            own = Usage(
+                src_workload=u.workload,
+                dst=u.node,
+                tenant=u.tenant,
+                tenant_method=u.tenant_method,
+                feature=u.feature,
+                start_us=u.start_us,
+                end_us=u.end_us,
+            )
+            consumed.append((own, w))
+        out = attribute(consumed, self.solution(window), self.background)
+        if idle:
+            out[("", "", "", "idle")] = out.get(("", "", "", "idle"), Fraction(0)) + idle
+        return "cpu_memory", out
 
     # -- lines ---------------------------------------------------------------------------------------------------
     def tag_tenant(self, line: CostLine) -> tuple[str, str] | None:
@@ -265,6 +329,17 @@ class Allocator:
         for line in lines:
             out.extend(self.allocate(line, targets.get(line.line_id)))
         return out
+
+
+def _integer_weights(shares: Mapping[Key, Fraction]) -> dict[Key, int]:
+    """Exact fractions as the smallest positive integers in the same proportion (zero shares left out)."""
+    positive = {k: v for k, v in shares.items() if v > 0}
+    if not positive:
+        return {}
+    lcm = math.lcm(*(v.denominator for v in positive.values()))
+    scaled = {k: v.numerator * (lcm // v.denominator) for k, v in positive.items()}
+    g = math.gcd(*scaled.values())
+    return {k: v // g for k, v in scaled.items()}
 
 
 def _whole(line: CostLine, tenant: str, method: Category, basis: str, resource: str) -> Allocation:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -113,8 +114,11 @@ def run(
             targets[line.line_id] = target
     all_lines += extra_lines
     internal = {u.src_workload for u in usage} | {w.name for w in config.workloads}
+    internal |= {u.workload for u in consumption.compute}
     for rule in config.resources:
-        internal |= {rule.resource, *rule.endpoints}
+        # an AI API or a NAT gateway is outside, whatever names it is mapped by: the calls to it are the egress
+        if rule.kind not in ("nat_gateway", "ai_api"):
+            internal |= {rule.resource, *rule.endpoints}
     for target in set(targets.values()):
         if target is not None and target.kind not in ("nat_gateway", "ai_api"):
             internal |= {target.resource, *target.endpoints}
@@ -128,6 +132,11 @@ def run(
         "internal": internal,
         "tag_keys": config.billing.tag_keys,
         "queue_endpoints": queue_endpoints(config),
+        "compute": consumption.compute,
+        "capacity": consumption.capacity,
+        "cpu_price": Decimal(config.cluster.cpu_price_per_core_hour),
+        "memory_price": Decimal(config.cluster.memory_price_per_gib_hour),
+        "cluster_cidrs": config.cluster.cidrs,
     }
     if columns is None:
         return Run(all_lines, Allocator(usage, **kwargs).allocate_all(all_lines, targets), targets, unmatched)

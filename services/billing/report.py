@@ -28,6 +28,8 @@ from .pipeline import periods_window, run
 from .revenue import Revenue, RevenueError, read_revenue
 
 CENT = Decimal("0.01")
+#: The categories no customer carries: modeled background work, a node's idle capacity, and the rest.
+NOT_CARRIED = ("platform", "idle", "unallocated")
 
 
 class ReportError(InputError):
@@ -104,7 +106,7 @@ def build_report(
             for c in pnl.customers
         },
         "unallocated": _s(pnl.not_allocated),
-        "unallocated_by_category": {k: _s(pnl.not_allocated_by_category[k]) for k in ("platform", "unallocated")},
+        "unallocated_by_category": {k: _s(pnl.not_allocated_by_category[k]) for k in NOT_CARRIED},
         "by_category": {k: _s(v) for k, v in by_category.items()},
         "revenue": _s(pnl.revenue),
         "sources": {"bills": [str(p) for p in bills], "captures": [str(p) for p in captures]},
@@ -156,9 +158,7 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
         )
     rest = report["unallocated_by_category"]
     zero = "0"
-    rows.append(
-        ["(not allocated)", "", report["unallocated"], zero, zero, zero, rest["platform"], rest["unallocated"], "", ""]
-    )
+    rows.append(["(not allocated)", "", report["unallocated"], *(rest.get(k) or zero for k in CATEGORIES), "", ""])
     rows.append(
         ["(total billed)", report["revenue"], report["billed"], *(report["by_category"][k] for k in CATEGORIES), "", ""]
     )
@@ -193,7 +193,7 @@ def from_api_pnl(pnl: dict[str, Any]) -> dict[str, Any]:
         "billed": pnl["billed"],
         "customers": customers,
         "unallocated": pnl["unallocated"],
-        "unallocated_by_category": {k: rest.get(k) or "0" for k in ("platform", "unallocated")},
+        "unallocated_by_category": {k: rest.get(k) or "0" for k in NOT_CARRIED},
         "by_category": by_category,
         "revenue": pnl["revenue"],
         "unmatched_lines": None,
@@ -214,7 +214,7 @@ def render_table(
     )
     if report["unmatched_lines"] is not None:
         head += f", {report['unmatched_lines']} line(s) matched no observed resource"
-    body = [[r[0], *(cents(v) if i < 8 else v for i, v in enumerate(r[1:]))] for r in _rows(report)]
+    body = [[r[0], *(cents(v) if i < len(COLUMNS) - 2 else v for i, v in enumerate(r[1:]))] for r in _rows(report)]
     for row in body:
         row[-1] = f"{row[-1]}%" if row[-1] else ""
     cells = [[*COLUMNS[:-1], "margin %"], *body]

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from costmesh.common import allocation_summary
-from costmesh.common.usage import HOUR_US, Consumption, QueueUse, hourly_usage
+from costmesh.common.usage import HOUR_US, ComputeUse, Consumption, NodeCapacity, QueueUse, hourly_usage
 
 from .model import Allocation, CostLine, ImportResult, Usage, Window
 from .revenue import Revenue
@@ -214,6 +214,15 @@ SELECT hour, tenant, tenant_method, feature, agent, src_workload, dst, provider,
     tokens_cached, tokens_reasoning
 FROM ai_usage_hourly WHERE hour >= $1 AND hour < $2
 """
+_COMPUTE_BY_HOUR = """
+SELECT hour, node, workload, zone, tenant, tenant_method, feature, cpu_usage_us, cpu_request_us, memory_byte_s,
+    memory_request_byte_s
+FROM compute_hourly WHERE hour >= $1 AND hour < $2 ORDER BY hour, node, workload, tenant, tenant_method, feature
+"""
+_CAPACITY_BY_HOUR = """
+SELECT hour, node, zone, cpu_us, memory_byte_s FROM node_capacity_hourly WHERE hour >= $1 AND hour < $2
+ORDER BY hour, node
+"""
 
 
 async def load_consumption(conn: asyncpg.Connection, window: Window, queue_window_s: int = 0) -> Consumption:
@@ -235,6 +244,14 @@ async def load_consumption(conn: asyncpg.Connection, window: Window, queue_windo
             for r in queues
         ],
         ai=[hourly_usage(to_us(r["hour"]), {k: v for k, v in r.items() if k != "hour"}) for r in ai],
+        compute=[
+            ComputeUse(start_us=to_us(r["hour"]), end_us=to_us(r["hour"]) + HOUR_US, **_but_hour(r))
+            for r in await conn.fetch(_COMPUTE_BY_HOUR, to_dt(lo), to_dt(hi))
+        ],
+        capacity=[
+            NodeCapacity(start_us=to_us(r["hour"]), end_us=to_us(r["hour"]) + HOUR_US, **_but_hour(r))
+            for r in await conn.fetch(_CAPACITY_BY_HOUR, to_dt(lo), to_dt(hi))
+        ],
     )
     # one order whatever the database returned: the allocation is deterministic in its input
     out.usage.sort(key=_usage_order)
@@ -243,6 +260,10 @@ async def load_consumption(conn: asyncpg.Connection, window: Window, queue_windo
         key=lambda q: (q.start_us, q.topic, q.role, q.workload, q.tenant, q.tenant_method, q.feature, q.agent)
     )
     return out
+
+
+def _but_hour(r: asyncpg.Record) -> dict:
+    return {k: v for k, v in r.items() if k != "hour"}
 
 
 def _hour_floor(us: int) -> int:

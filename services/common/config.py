@@ -9,6 +9,8 @@ An empty ``nats.url`` or ``postgres.dsn`` means "use the embedded default" (``co
 
 from __future__ import annotations
 
+import decimal
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -328,6 +330,54 @@ class SensorConfig(_Section):
     identity: Literal["auto", "proc", "kubernetes", "static"] = "auto"
 
 
+class CgroupWorkload(_Section):
+    """A cgroup (v2, path under the cgroup2 mount) whose CPU and memory are one workload's (bare hosts, systemd
+    services, tests); on Kubernetes the containers' cgroups are found by their container ids instead."""
+
+    path: str
+    workload: str
+
+
+class ClusterConfig(_Section):
+    """What the cluster around the workloads is: its addresses, zones, labels and node prices (issue 16)."""
+
+    #: The cluster's own networks (pod, service and node CIDRs): traffic to them is never NAT/internet egress,
+    #: private or not. Empty: the node's directly connected routes (``/proc/net/route``, all but the default route)
+    #: and the private, loopback and link-local ranges.
+    cidrs: list[str] = []
+    #: This node's zone off Kubernetes (on Kubernetes the node label ``topology.kubernetes.io/zone`` says it).
+    zone: str = ""
+    #: Pod labels or annotations naming the tenant / feature of everything a workload does (jobs that carry no
+    #: tenant on their calls), first found wins.
+    tenant_labels: list[str] = msgspec.field(default_factory=lambda: ["costmesh.io/tenant"])
+    feature_labels: list[str] = msgspec.field(default_factory=lambda: ["costmesh.io/feature"])
+    #: CPU and memory per workload, sampled each sensor window: ``auto`` (containers' cgroups, and processes named
+    #: by the workloads table), ``cgroup`` (cgroups only), ``proc`` (processes only), ``off``.
+    compute: Literal["auto", "cgroup", "proc", "off"] = "auto"
+    cgroups: list[CgroupWorkload] = []
+    #: Report the node's capacity (CPU count and memory) so that what no workload used or requested shows as idle.
+    #: Off on a host that also runs what is not billed with the node (a laptop, the demo).
+    capacity: bool = True
+    #: The node's CPU:memory price ratio (decimal text, per vCPU-hour and per GiB-hour; OpenCost's defaults): how a
+    #: node line is divided between CPU and memory before each is split by max(used, requested).
+    cpu_price_per_core_hour: str = "0.031611"
+    memory_price_per_gib_hour: str = "0.004237"
+
+    def __post_init__(self) -> None:
+        for cidr in self.cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"invalid CIDR {cidr!r}: {exc}") from exc
+        for name in ("cpu_price_per_core_hour", "memory_price_per_gib_hour"):
+            try:
+                value = decimal.Decimal(getattr(self, name))
+            except decimal.InvalidOperation:
+                raise ValueError(f"{name} must be a decimal number (got {getattr(self, name)!r})") from None
+            if value < 0 or not value.is_finite():
+                raise ValueError(f"{name} must be a finite number >= 0 (got {value})")
+
+
 class RedactorConfig(_Section):
     #: Environment variable with the HMAC key; when set, tenant ids leave the node pseudonymised.
     tenant_hmac_key_env: str = ""
@@ -398,6 +448,7 @@ class Config(_Section):
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
     postgres: PostgresConfig = msgspec.field(default_factory=PostgresConfig)
     sensor: SensorConfig = msgspec.field(default_factory=SensorConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     redactor: RedactorConfig = msgspec.field(default_factory=RedactorConfig)
     attributor: AttributorConfig = msgspec.field(default_factory=AttributorConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)

@@ -370,6 +370,34 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         """,
     ),
     (
+        80,
+        "cluster: CPU and memory per workload and node capacity per hour (node lines are split by them)",
+        """
+        CREATE TABLE compute_hourly (
+            hour                    timestamptz NOT NULL,
+            node                    text NOT NULL,
+            workload                text NOT NULL,
+            tenant                  text NOT NULL,
+            tenant_method           text NOT NULL,
+            feature                 text NOT NULL,
+            zone                    text NOT NULL DEFAULT '',
+            cpu_usage_us            bigint NOT NULL DEFAULT 0,
+            cpu_request_us          bigint NOT NULL DEFAULT 0,
+            memory_byte_s           bigint NOT NULL DEFAULT 0,
+            memory_request_byte_s   bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (hour, node, workload, tenant, tenant_method, feature)
+        );
+        CREATE TABLE node_capacity_hourly (
+            hour            timestamptz NOT NULL,
+            node            text NOT NULL,
+            zone            text NOT NULL DEFAULT '',
+            cpu_us          bigint NOT NULL DEFAULT 0,
+            memory_byte_s   bigint NOT NULL DEFAULT 0,
+            PRIMARY KEY (hour, node)
+        );
+        """,
+    ),
+    (
         100,
         "billing: imported files, cost lines, allocations per period, revenue",
         """
@@ -446,6 +474,15 @@ MIGRATIONS: Final[list[tuple[int, str, str]]] = [
         ALTER TABLE cost_lines ADD COLUMN sku text NOT NULL DEFAULT '';
         ALTER TABLE cost_lines ADD COLUMN sku_meter text NOT NULL DEFAULT '';
         ALTER TABLE cost_lines ADD COLUMN pricing_unit text NOT NULL DEFAULT '';
+        """,
+    ),
+    (
+        110,
+        "billing: idle, a node's capacity no workload used or requested, is an allocation category of its own",
+        """
+        ALTER TABLE allocations DROP CONSTRAINT allocations_method_check;
+        ALTER TABLE allocations ADD CONSTRAINT allocations_method_check
+            CHECK (method IN ('direct', 'trace', 'propagated', 'platform', 'idle', 'unallocated'));
         """,
     ),
     (

@@ -31,7 +31,8 @@ class Pnl(msgspec.Struct, kw_only=True):
     currency: str
     billed: Decimal
     customers: list[CustomerPnl]
-    #: Cost no customer carries, by category (``platform`` and ``unallocated``); ``not_allocated`` is their sum.
+    #: Cost no customer carries, by category (``platform``, ``idle`` and ``unallocated``); ``not_allocated`` is their
+    #: sum.
     not_allocated_by_category: dict[str, Decimal]
     not_allocated: Decimal
     revenue: Decimal

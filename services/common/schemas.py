@@ -16,9 +16,10 @@ import msgspec
 CONTRACT_VERSION: Final = 1
 
 #: How the tenant of a record was found. ``header``/``baggage``/``jwt``/``query``/``path``/``body``/``db``/``sni``/
-#: ``host`` are measured directly on the call; ``trace`` joins an untagged call to a tagged one of the same trace;
-#: ``propagated`` comes from the caller's inbound tenant mix; ``platform`` is modeled background work; ``unallocated``
-#: means nothing could be said.
+#: ``host`` are measured directly on the call; ``label`` is read off the workload itself (a pod label or annotation
+#: such as ``costmesh.io/tenant``: everything that workload does is that tenant's); ``trace`` joins an untagged call
+#: to a tagged one of the same trace; ``propagated`` comes from the caller's inbound tenant mix; ``platform`` is
+#: modeled background work; ``unallocated`` means nothing could be said.
 TenantMethod = Literal[
     "header",
     "baggage",
@@ -29,6 +30,7 @@ TenantMethod = Literal[
     "db",
     "sni",
     "host",
+    "label",
     "trace",
     "propagated",
     "platform",
@@ -145,6 +147,44 @@ class FlowVolume(msgspec.Struct, kw_only=True, omit_defaults=True):
     dst_workload: str = ""
 
 
+class ComputeSample(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """CPU and memory of one workload on one node in one window, read from its cgroups (``cpu.stat usage_usec``,
+    ``memory.current``) or, for workloads that are processes, from ``/proc/<pid>/stat`` and ``statm``.
+
+    ``cpu_usage_us`` is CPU time used in the window (summed over the workload's containers or processes);
+    ``memory_bytes`` what they held at the window's end. Requests and limits come from the pod spec where known
+    (millicores, bytes; 0: none). ``tenant``/``feature`` are a workload label's (``tenant_method`` ``label``).
+    """
+
+    v: int = CONTRACT_VERSION
+    window_start_us: int
+    window_end_us: int
+    node: str
+    workload: str
+    zone: str = ""
+    tenant: str = ""
+    tenant_method: TenantMethod = "unallocated"
+    feature: str = ""
+    cpu_usage_us: int = 0
+    memory_bytes: int = 0
+    cpu_request_millicores: int = 0
+    cpu_limit_millicores: int = 0
+    memory_request_bytes: int = 0
+    memory_limit_bytes: int = 0
+
+
+class CapacitySample(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What the node could give in one window: its allocatable CPU (millicores) and memory (bytes), and its zone."""
+
+    v: int = CONTRACT_VERSION
+    window_start_us: int
+    window_end_us: int
+    node: str
+    zone: str = ""
+    cpu_millicores: int = 0
+    memory_bytes: int = 0
+
+
 class CallBatch(msgspec.Struct, tag="call_batch", tag_field="type", kw_only=True, omit_defaults=True):
     """One publish from a node: its id is the ``Nats-Msg-Id`` and the attributor's applied-batch key.
 
@@ -157,6 +197,8 @@ class CallBatch(msgspec.Struct, tag="call_batch", tag_field="type", kw_only=True
     seq: int
     records: list[ObservedCall] = []
     flows: list[FlowVolume] = []
+    compute: list[ComputeSample] = []
+    capacity: list[CapacitySample] = []
 
 
 class Alert(msgspec.Struct, tag="alert", tag_field="type", kw_only=True, omit_defaults=True):

@@ -16,17 +16,21 @@ from typing import Final, Literal
 
 import msgspec
 
-from .schemas import CONSUMPTION_KEY, ObservedCall
+from .schemas import CONSUMPTION_KEY, CapacitySample, ComputeSample, ObservedCall
 
 HOUR_US: Final = 3_600_000_000
 
 #: The allocation categories, always all shown: measured on the call (``direct``), joined by trace id (``trace``),
-#: through the caller's inbound tenant mix (``propagated``), modeled background work (``platform``), and the rest.
-Category = Literal["direct", "trace", "propagated", "platform", "unallocated"]
-CATEGORIES: Final[tuple[Category, ...]] = ("direct", "trace", "propagated", "platform", "unallocated")
+#: through the caller's inbound tenant mix (``propagated``), modeled background work (``platform``), node capacity
+#: no workload used or requested (``idle``, OpenCost's idle: a node line's part beyond its workloads), and the rest.
+Category = Literal["direct", "trace", "propagated", "platform", "idle", "unallocated"]
+CATEGORIES: Final[tuple[Category, ...]] = ("direct", "trace", "propagated", "platform", "idle", "unallocated")
 
-#: Tenant methods (``schemas.TenantMethod``, plus a bill's ``tag``) that read the tenant on the call itself.
-DIRECT_METHODS: Final = frozenset({"header", "baggage", "jwt", "query", "path", "body", "db", "sni", "host", "tag"})
+#: Tenant methods (``schemas.TenantMethod``, plus a bill's ``tag``) that read the tenant on the call itself; a
+#: workload label (``label``: ``costmesh.io/tenant`` on the pod) names the tenant of everything the workload does.
+DIRECT_METHODS: Final = frozenset(
+    {"header", "baggage", "jwt", "query", "path", "body", "db", "sni", "host", "tag", "label"}
+)
 
 #: Protocols whose destination is a topic or queue: kept as producer → topic → consumer.
 QUEUE_PROTOCOLS: Final = ("kafka", "amqp", "nats")
@@ -93,13 +97,50 @@ class QueueUse(msgspec.Struct, kw_only=True):
     bytes: int = 0
 
 
+class ComputeUse(msgspec.Struct, kw_only=True):
+    """CPU and memory one workload used and requested on one node over a window (``compute_hourly``), for one
+    tenant when a workload label names it (else ``tenant`` is empty and the workload's inbound mix decides).
+
+    Units in the names: ``cpu_usage_us`` is CPU time used (cgroup ``cpu.stat usage_usec``, or a process's
+    ``utime + stime``), ``cpu_request_us`` the CPU time its request reserves (requested cores × time observed);
+    memory in byte-seconds (bytes held × seconds), used (``memory.current`` / RSS) and requested.
+    """
+
+    node: str
+    workload: str
+    zone: str = ""
+    tenant: str = ""
+    tenant_method: str = "unallocated"
+    feature: str = ""
+    start_us: int = 0
+    end_us: int = 0
+    cpu_usage_us: int = 0
+    cpu_request_us: int = 0
+    memory_byte_s: int = 0
+    memory_request_byte_s: int = 0
+
+
+class NodeCapacity(msgspec.Struct, kw_only=True):
+    """What one node could give over a window (``node_capacity_hourly``): CPU time (allocatable cores × time
+    observed) and memory byte-seconds. What its workloads did not use or request of it is idle."""
+
+    node: str
+    zone: str = ""
+    start_us: int = 0
+    end_us: int = 0
+    cpu_us: int = 0
+    memory_byte_s: int = 0
+
+
 class Consumption(msgspec.Struct):
-    """What allocation reads for a span of time: calls, queue traffic (for propagation through topics) and AI
-    tokens by provider and model (for AI lines)."""
+    """What allocation reads for a span of time: calls, queue traffic (for propagation through topics), AI tokens by
+    provider and model (for AI lines), and container/process CPU and memory with node capacity (for node lines)."""
 
     usage: list[Usage] = []
     queues: list[QueueUse] = []
     ai: list[Usage] = []
+    compute: list[ComputeUse] = []
+    capacity: list[NodeCapacity] = []
 
 
 def queue_topic(operation: str, dst: str) -> str:
@@ -211,3 +252,63 @@ def hourly_from_records(records: Iterable[ObservedCall]) -> Consumption:
             )
         )
     return out
+
+
+def hourly_compute(
+    samples: Iterable[ComputeSample], capacity: Iterable[CapacitySample] = ()
+) -> tuple[list[ComputeUse], list[NodeCapacity]]:
+    """Hourly CPU/memory rows and node capacity from the sensor's per-window samples, summed exactly as the
+    attributor stores them (``compute_hourly``, ``node_capacity_hourly``): CPU time as is, requests and memory times
+    the window's length (a request of 500 millicores held for 2 s reserves 1 CPU-second). A window is counted in the
+    hour it starts in."""
+    uses: dict[tuple, list[int]] = {}
+    zones: dict[tuple, str] = {}
+    for s in samples:
+        key = (_hour(s.window_start_us), s.node, s.workload, s.tenant, s.tenant_method, s.feature)
+        span = max(s.window_end_us - s.window_start_us, 0)
+        m = uses.setdefault(key, [0, 0, 0, 0])
+        m[0] += s.cpu_usage_us
+        m[1] += s.cpu_request_millicores * span // 1000
+        m[2] += s.memory_bytes * span // 1_000_000
+        m[3] += s.memory_request_bytes * span // 1_000_000
+        if s.zone:
+            zones[key] = s.zone
+    nodes: dict[tuple[int, str], list[int]] = {}
+    node_zones: dict[tuple[int, str], str] = {}
+    for c in capacity:
+        key2 = (_hour(c.window_start_us), c.node)
+        span = max(c.window_end_us - c.window_start_us, 0)
+        n = nodes.setdefault(key2, [0, 0])
+        n[0] += c.cpu_millicores * span // 1000
+        n[1] += c.memory_bytes * span // 1_000_000
+        if c.zone:
+            node_zones[key2] = c.zone
+    compute = [
+        ComputeUse(
+            node=node,
+            workload=workload,
+            zone=zones.get((hour, node, workload, tenant, method, feature), ""),
+            tenant=tenant,
+            tenant_method=method,
+            feature=feature,
+            start_us=hour,
+            end_us=hour + HOUR_US,
+            cpu_usage_us=m[0],
+            cpu_request_us=m[1],
+            memory_byte_s=m[2],
+            memory_request_byte_s=m[3],
+        )
+        for (hour, node, workload, tenant, method, feature), m in sorted(uses.items())
+    ]
+    caps = [
+        NodeCapacity(
+            node=node,
+            zone=node_zones.get((hour, node), ""),
+            start_us=hour,
+            end_us=hour + HOUR_US,
+            cpu_us=n[0],
+            memory_byte_s=n[1],
+        )
+        for (hour, node), n in sorted(nodes.items())
+    ]
+    return compute, caps

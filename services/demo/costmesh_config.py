@@ -10,6 +10,7 @@ this SaaS, and nothing from the truth.
   probed in the SaaS's own processes only (``tls_processes``: on a shared host every other process's HTTPS would
   otherwise be captured too, and the model endpoint stands for a provider's server, which no sensor sees), the
   capture length the run asks for (see ``run.DEMO_SNAPLEN``).
+- ``cluster``: CPU per workload process, the node line split by it (no idle: the host is shared).
 - ``attributor``: minutes rolled up at once, every second (billing allocates from the hourly rollups; the default
   waits two minutes for late data, longer than the demo runs).
 """
@@ -75,6 +76,10 @@ def config_document(plan: Plan, *, api_port: int, bills: Path, revenue: Path, sn
         ],
         "workloads": workloads,
         "resources": resources,
+        # the workloads are processes on a shared host: their CPU per process (``/proc``), the node line split by
+        # it alone (no capacity: the host runs the clients, the database and the model too, which the node line
+        # does not pay for; memory not priced: every workload is the same Python interpreter's resident set)
+        "cluster": {"compute": "proc", "capacity": False, "memory_price_per_gib_hour": "0"},
         # billing allocates from hourly rollups: roll minutes up at once and every second (a live run is minutes old)
         "attributor": {"maintenance_interval_s": 1.0, "settle_s": 0.0},
         "api": {"port": api_port},

@@ -22,7 +22,7 @@ import msgspec
 
 from costmesh.common.config import Config, ConfigError
 from costmesh.common.errors import InputError
-from costmesh.common.schemas import CONTRACT_VERSION, CallBatch, FlowVolume, ObservedCall
+from costmesh.common.schemas import CONTRACT_VERSION, CallBatch, CapacitySample, ComputeSample, FlowVolume, ObservedCall
 
 #: Headers whose values are credentials.
 SENSITIVE_HEADERS: Final = frozenset(
@@ -44,6 +44,10 @@ def _str_fields(cls: type) -> set[str]:
 TEXT: Final = frozenset(_str_fields(ObservedCall) - OPERATION - ENDPOINT - TENANT)
 FLOW_ENDPOINT: Final = frozenset({"src_workload", "dst_workload", "src_addr", "dst_addr"})
 FLOW_TEXT: Final = frozenset(_str_fields(FlowVolume) - FLOW_ENDPOINT)
+#: Compute samples: the workload is an endpoint name, the tenant a tenant (a label's), the rest free text.
+COMPUTE_ENDPOINT: Final = frozenset({"workload"})
+COMPUTE_TEXT: Final = frozenset(_str_fields(ComputeSample) - COMPUTE_ENDPOINT - TENANT)
+CAPACITY_TEXT: Final = frozenset(_str_fields(CapacitySample))
 
 
 class _StrictCall(ObservedCall, forbid_unknown_fields=True):
@@ -54,15 +58,27 @@ class _StrictFlow(FlowVolume, forbid_unknown_fields=True):
     pass
 
 
+class _StrictCompute(ComputeSample, forbid_unknown_fields=True):
+    pass
+
+
+class _StrictCapacity(CapacitySample, forbid_unknown_fields=True):
+    pass
+
+
 class _StrictBatch(CallBatch, forbid_unknown_fields=True):
     records: list[_StrictCall] = msgspec.field(default_factory=list)
     flows: list[_StrictFlow] = msgspec.field(default_factory=list)
+    compute: list[_StrictCompute] = msgspec.field(default_factory=list)
+    capacity: list[_StrictCapacity] = msgspec.field(default_factory=list)
 
 
 _FIELDS: Final = {
     "batch": set(CallBatch.__struct_fields__) | {"type"},
     "record": set(ObservedCall.__struct_fields__),
     "flow": set(FlowVolume.__struct_fields__),
+    "compute": set(ComputeSample.__struct_fields__),
+    "capacity": set(CapacitySample.__struct_fields__),
 }
 
 
@@ -102,7 +118,7 @@ class Decoder:
         if not isinstance(raw, dict):
             raise Refused("a batch must be a map")
         dropped = _strip(raw, _FIELDS["batch"])
-        for name, kind in (("records", "record"), ("flows", "flow")):
+        for name, kind in (("records", "record"), ("flows", "flow"), ("compute", "compute"), ("capacity", "capacity")):
             items = raw.get(name)
             if isinstance(items, list):
                 for item in items:

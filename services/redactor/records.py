@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from costmesh.common.config import Config
-from costmesh.common.schemas import CallBatch, FlowVolume, ObservedCall, add_counters
+from costmesh.common.schemas import CallBatch, CapacitySample, ComputeSample, FlowVolume, ObservedCall, add_counters
 
 from . import policy, pseudonym, scan, shapes
 
@@ -234,6 +234,8 @@ class RecordRedactor:
                 add_counters(first, r)
         stats.records_in += len(batch.records)
         flows = [self._flow(f, use) for f in batch.flows]
+        compute = [self._compute(c, use) for c in batch.compute]
+        capacity = [self._capacity(c, use) for c in batch.capacity]
         records = list(merged.values())
         stats.records_out += len(records)
         out = CallBatch(
@@ -243,6 +245,8 @@ class RecordRedactor:
             seq=batch.seq,
             records=records,
             flows=flows,
+            compute=compute,
+            capacity=capacity,
         )
         return out, stats
 
@@ -285,6 +289,24 @@ class RecordRedactor:
             f.dst_workload = use(self.endpoint(f.dst_workload))
         return f
 
+    def _compute(self, c: ComputeSample, use: Callable[[_Cached], str]) -> ComputeSample:
+        """A compute sample's names as a record's: the workload as an endpoint, a label's tenant as a tenant."""
+        c.node = use(self.text(c.node))
+        c.workload = use(self.endpoint(c.workload))
+        if c.zone:
+            c.zone = use(self.text(c.zone))
+        if c.tenant:
+            c.tenant = use(self.tenant(c.tenant))
+        if c.feature:
+            c.feature = use(self.text(c.feature))
+        return c
+
+    def _capacity(self, c: CapacitySample, use: Callable[[_Cached], str]) -> CapacitySample:
+        c.node = use(self.text(c.node))
+        if c.zone:
+            c.zone = use(self.text(c.zone))
+        return c
+
     def _sensitive(self, rule: str) -> bool:
         known = self._sensitive_rules.get(rule)
         if known is None:
@@ -301,3 +323,11 @@ CONTEXT_FIELDS = (
 )  # fmt: skip
 if set(CONTEXT_FIELDS) != policy.TEXT | policy.ENDPOINT | policy.TENANT | {"tenant_method"}:
     raise ImportError("records.CONTEXT_FIELDS does not cover the contract's text fields: classify the new field")
+
+#: The text fields of compute and capacity samples that ``_compute`` and ``_capacity`` handle (fail closed, as above).
+COMPUTE_FIELDS = ("node", "workload", "zone", "tenant", "feature")
+CAPACITY_FIELDS = ("node", "zone")
+if set(COMPUTE_FIELDS) != policy.COMPUTE_TEXT | policy.COMPUTE_ENDPOINT | policy.TENANT or set(CAPACITY_FIELDS) != set(
+    policy.CAPACITY_TEXT
+):
+    raise ImportError("records.COMPUTE_FIELDS / CAPACITY_FIELDS do not cover the samples' text fields: classify them")

@@ -17,7 +17,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from costmesh.common import natsio
 from costmesh.common.metrics import BATCHES, RECORDS
-from costmesh.common.schemas import CallBatch, Codec, FlowVolume, ObservedCall
+from costmesh.common.schemas import CallBatch, CapacitySample, Codec, ComputeSample, FlowVolume, ObservedCall
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,28 @@ class BatchSender:
         self.run_id = uuid.uuid4().hex[:12]
 
     async def send(
-        self, records: Sequence[ObservedCall], stopping: asyncio.Event, flows: Sequence[FlowVolume] = ()
+        self,
+        records: Sequence[ObservedCall],
+        stopping: asyncio.Event,
+        flows: Sequence[FlowVolume] = (),
+        compute: Sequence[ComputeSample] = (),
+        capacity: Sequence[CapacitySample] = (),
     ) -> int:
-        """Send ``records`` then ``flows``, records first in each batch; returns the number of batches."""
+        """Send ``records`` then ``flows``, records first in each batch, and a window's compute samples and node
+        capacity (a few per window) in a batch of their own; returns the number of batches."""
         sent, size = 0, self.batch_records
         r = f = 0
+        if compute or capacity:
+            self.seq += 1
+            batch = CallBatch(
+                batch_id=f"{self.node}-{self.run_id}-{self.seq}",
+                node=self.node,
+                seq=self.seq,
+                compute=list(compute),
+                capacity=list(capacity),
+            )
+            await self._deliver(batch, stopping)
+            sent += 1
         while r < len(records) or f < len(flows):
             take_r = list(records[r : r + size])
             take_f = list(flows[f : f + size - len(take_r)])

@@ -5,12 +5,13 @@
 import { dependencyGraph, kindLegend, stackedColumns } from "./charts.js";
 import { amount, bytes, duration, esc, integer, isNegative, label, magnitude, percent, when } from "./format.js";
 
-const METHODS = ["direct", "trace", "propagated", "platform", "unallocated"];
+const METHODS = ["direct", "trace", "propagated", "platform", "idle", "unallocated"];
 const METHOD_NAMES = {
   direct: "measured",
   trace: "trace-joined",
   propagated: "propagated",
   platform: "modeled (platform)",
+  idle: "idle (node capacity)",
   unallocated: "unallocated",
 };
 const TOKEN_KEY = "costmesh.token";

@@ -187,6 +187,15 @@ class ProcIdentity:
         self._by_endpoint, self._listen, self._owner, self._at = by_endpoint, listen, owner, time.monotonic()
         self._local = {a for a, _p in by_endpoint} - {"0.0.0.0", "::"}
 
+    def sockets(self) -> list[tuple[str, int, ProcessInfo]]:
+        """Every local socket of the last snapshot with the process holding it: (address, port, process)."""
+        out = []
+        for (addr, port), inode in self._by_endpoint.items():
+            info = self._owner.get(inode)
+            if info is not None:
+                out.append((addr, port, info))
+        return out
+
     def _is_local(self, addr: str) -> bool:
         return addr in self._local or addr.startswith("127.") or addr == "::1"
 
@@ -216,6 +225,36 @@ class ProcIdentity:
         if info is None and port in self._listen:
             info = self._owner.get(self._listen[port])
         return info
+
+
+class ProcessWorkloads:
+    """Which workload a process is, by the addresses its sockets are bound to (the workloads table names an address
+    as a pod IP is named): what CPU per process is summed by where workloads are processes, not containers.
+
+    The /proc socket snapshot is rebuilt at most every ``refresh_s`` (it reads every process's file descriptors)."""
+
+    def __init__(self, static: StaticIdentity, proc: ProcIdentity, refresh_s: float = 5.0) -> None:
+        self.static = static
+        self.proc = proc
+        self.refresh_s = refresh_s
+        self._by_pid: dict[int, str] = {}
+        self._at = -1e9
+
+    def __call__(self, pid: int) -> str:
+        if time.monotonic() - self._at > self.refresh_s:
+            self._rebuild()
+        return self._by_pid.get(pid, "")
+
+    def _rebuild(self) -> None:
+        self.proc.refresh()
+        by_pid: dict[int, str] = {}
+        for addr, port, info in self.proc.sockets():
+            if info.pid in by_pid or addr in ("0.0.0.0", "::"):
+                continue
+            name = self.static.name(addr, port)
+            if name:
+                by_pid[info.pid] = name
+        self._by_pid, self._at = by_pid, time.monotonic()
 
 
 def process_name(info: ProcessInfo) -> str:

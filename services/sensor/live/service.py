@@ -1,9 +1,10 @@
 """Live mode of the sensor service (``costmesh sensor`` without ``--replay``): capture on the configured interfaces,
 name both ends of every flow, and send each window's calls and flow volumes to the node's redactor.
 
-Reads: ``LiveCapture`` windows (see ``capture``), workload identity (``identity``, ``identity_k8s``). Emits:
-``CallBatch`` messages with ``records`` and ``flows`` on ``costmesh.raw.<node>``, through the same confirmed
-request/reply as replayed captures.
+Reads: ``LiveCapture`` windows (see ``capture``), workload identity (``identity``, ``identity_k8s``), CPU and memory
+per workload (``compute``). Emits: ``CallBatch`` messages with ``records``, ``flows`` and ``compute``/``capacity``
+samples on ``costmesh.raw.<node>``, through the same confirmed request/reply as replayed captures. Calls of a
+workload whose pod names its tenant in a label (``cluster.tenant_labels``) carry that tenant.
 
 The capture loop never waits for the network: windows go through a bounded queue to a separate sender task, and when
 the redactor is away long enough for the queue to fill, whole windows are dropped and counted
@@ -26,7 +27,8 @@ from ..bpf import BpfUnavailable
 from ..core import Sensor
 from ..sender import BatchSender
 from .capture import LiveCapture
-from .identity import IdentityResolver, ProcIdentity
+from .compute import ComputeSampler
+from .identity import IdentityResolver, ProcessWorkloads, ProcIdentity, StaticIdentity
 from .metrics import WINDOWS_DROPPED
 from .sinks import LiveWindow, SensorFrameSink
 from .tls import TlsPlaintextSink
@@ -68,6 +70,23 @@ def build_capture(
     return capture, k8s
 
 
+def build_sampler(config: Config, node: str, k8s: KubernetesIdentity | None) -> ComputeSampler | None:
+    """The compute sampler of this node: containers by the pod watch, processes by the workloads table (the
+    addresses of their sockets), the zone from the node's label or the config."""
+    if config.cluster.compute == "off":
+        return None
+    processes = None
+    if config.workloads and k8s is None:
+        processes = ProcessWorkloads(StaticIdentity(config.workloads), ProcIdentity())
+    return ComputeSampler(
+        config,
+        node,
+        process_workload=processes,
+        containers=k8s.container_owners if k8s is not None else None,
+        zone=(lambda: k8s.zone_of_node(node) or config.cluster.zone) if k8s is not None else None,
+    )
+
+
 async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> None:
     """Capture until ``ctx.stopping``; without BPF (not root, old kernel, no headers) log why and idle."""
     config, node = ctx.config, ctx.config.node_name()
@@ -88,12 +107,18 @@ async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> 
         ctx.health["tls"] = "probing " + ", ".join(capture.tls_files)
     ctx.health["server_reads"] = f"unavailable: {capture.reads_error}" if capture.reads_error else "following"
     sender = BatchSender(nc, node, config.sensor.batch_records)
+    sampler = build_sampler(config, node, k8s)
     queue: asyncio.Queue[LiveWindow] = asyncio.Queue(QUEUE_WINDOWS)
 
     async def on_window(win: LiveWindow) -> None:
         ctx.health["windows"] = int(ctx.health["windows"]) + 1
         ctx.health["ring_drops"] = int(ctx.health["ring_drops"]) + win.counters.ring_drops
-        if not win.records and not win.flows:
+        if sampler is not None:
+            # a read of /proc and the cgroup files: off the event loop, as the sends are
+            win.compute, win.capacity = await asyncio.to_thread(sampler.sample, win.window_start_us, win.window_end_us)
+        if k8s is not None:
+            k8s.label_records(win.records)
+        if not win.records and not win.flows and not win.compute:
             return
         try:
             queue.put_nowait(win)
@@ -103,7 +128,7 @@ async def run_live(ctx: ServiceContext, nc, *, print_programs: bool = False) -> 
     async def _send_loop() -> None:
         while True:
             win = await queue.get()
-            batches = await sender.send(win.records, ctx.stopping, win.flows)
+            batches = await sender.send(win.records, ctx.stopping, win.flows, win.compute, win.capacity)
             ctx.health["batches_published"] = int(ctx.health.get("batches_published", 0)) + batches
             ctx.health["records_published"] = int(ctx.health.get("records_published", 0)) + len(win.records)
             ctx.health["flows_published"] = int(ctx.health.get("flows_published", 0)) + len(win.flows)

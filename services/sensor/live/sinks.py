@@ -3,7 +3,8 @@
 ``FrameSink`` takes frames straight from a packet ring, ``TlsSink`` batches of OpenSSL plaintext (``TlsChunk``);
 the capture does not know which parser runs behind them. ``SensorFrameSink`` is the sensor's own (frames by pointer
 into the compiled engine, the same parsing core capture replays use), ``FrameListSink`` the base of sinks that want
-frames as Python objects (tests, tools). A ``LiveWindow`` carries one window's records, flow volumes and counters.
+frames as Python objects (tests, tools). A ``LiveWindow`` carries one window's records, flow volumes, counters and
+compute samples.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from costmesh.common.schemas import FlowVolume, ObservedCall
+from costmesh.common.schemas import CapacitySample, ComputeSample, FlowVolume, ObservedCall
 
 from ..core import Sensor
 from .metrics import ParserMetrics
@@ -123,3 +124,6 @@ class LiveWindow:
     records: list[ObservedCall]
     flows: list[FlowVolume]
     counters: LiveCounters = field(default_factory=LiveCounters)
+    #: CPU and memory per workload in the window, and the node's capacity (``compute.ComputeSampler``).
+    compute: list[ComputeSample] = field(default_factory=list)
+    capacity: list[CapacitySample] = field(default_factory=list)
